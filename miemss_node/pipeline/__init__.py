@@ -1,0 +1,1 @@
+"""The image pipeline: decode, enhance, features, anomaly scores, regions, report."""

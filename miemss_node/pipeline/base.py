@@ -1,0 +1,144 @@
+"""Typed inputs and outputs of the pipeline stages.
+
+Every stage is a plain function (or a small class) taking and returning these value objects, so each
+can be tested and benchmarked alone. The worker and the encoders rely on these names: change them
+together with ``encode/`` and ``worker.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """Tunable parameters of the classical pipeline (``[pipeline]`` in config.toml)."""
+
+    #: Longest side, in pixels, of the working image used for features and scores.
+    analysis_max_side: int = 512
+    #: Patch size, in pixels of the working image, for HOG features and anomaly scores.
+    patch_size: int = 16
+    #: Denoising method of the enhance stage ("wavelet", "bilateral", "tv", "nlmeans", "none").
+    denoise_method: str = "wavelet"
+    #: Isolation Forest trees.
+    n_estimators: int = 100
+    #: Heatmap value (0..1) above which a pixel belongs to the mask.
+    threshold: float = 0.6
+    #: Regions smaller than this many mm² (or pixels, when the spacing is unknown) are dropped.
+    min_region_area_mm2: float = 25.0
+    #: Seed for the Isolation Forest, so a retry gives the same result.
+    random_seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodedImage:
+    """One 2-D frame ready for analysis.
+
+    ``pixels`` is float32 in [0, 1], display-oriented (higher is brighter: Modality LUT, VOI LUT or
+    window applied, MONOCHROME1 inverted), with the source's rows and columns.
+    """
+
+    pixels: np.ndarray
+    #: (row spacing, column spacing) in mm, from Pixel Spacing or Imager Pixel Spacing; None if unknown.
+    pixel_spacing_mm: tuple[float, float] | None
+    #: SOP Instance UID of the source, or None for a PNG/JPEG input.
+    sop_instance_uid: str | None = None
+    #: 1-based frame number for multi-frame sources, None for single-frame.
+    frame_number: int | None = None
+    modality: str = "OT"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnhancedImage:
+    """The denoised image, full resolution, float32 in [0, 1]."""
+
+    pixels: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchFeatures:
+    """Feature vectors of a regular grid of patches over the working image."""
+
+    #: (grid_rows * grid_cols, n_features), row-major over the grid.
+    vectors: np.ndarray
+    grid_shape: tuple[int, int]
+    #: Patch size in pixels of the *source* image (rows, cols), to map the grid back.
+    patch_size_px: tuple[float, float]
+    #: Which extractors produced the columns, e.g. ("hog",) or ("hog", "vit").
+    extractors: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnomalyScores:
+    """Anomaly score per patch, in [0, 1], higher is more anomalous; shape ``grid_shape``."""
+
+    scores: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Region:
+    """One connected anomalous region of the mask."""
+
+    #: 1-based label, also the SEG segment number and the SR measurement group order.
+    label: int
+    area_px: int
+    #: Area in mm², None when the pixel spacing is unknown.
+    area_mm2: float | None
+    #: Centroid (row, col) in source pixels.
+    centroid: tuple[float, float]
+    #: Bounding box (min_row, min_col, max_row, max_col), max exclusive, in source pixels.
+    bbox: tuple[int, int, int, int]
+    mean_score: float
+    max_score: float
+    #: Where in the image, in words, e.g. "upper left".
+    location: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegionMap:
+    """Heatmap, mask and regions at the source image's size."""
+
+    #: float32 in [0, 1], shape of the source image.
+    heatmap: np.ndarray
+    #: uint16 label image (0 = background, k = region k), shape of the source image.
+    labels: np.ndarray
+    regions: tuple[Region, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRun:
+    """A model that contributed to a result (name as configured, and its revision or hash)."""
+
+    role: str  # "vit" or "blip"
+    name: str
+    revision: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageAnalysis:
+    """Everything the pipeline found in one frame; the input of the encoders."""
+
+    decoded: DecodedImage
+    enhanced: EnhancedImage
+    features: PatchFeatures
+    scores: AnomalyScores
+    region_map: RegionMap
+    #: Sentences made from the measured findings of this frame.
+    findings: tuple[str, ...]
+    #: Seconds per stage name.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """The report text of a study or image."""
+
+    text: str
+    #: BLIP caption when a BLIP model ran, else None.
+    caption: str | None
+    findings: tuple[str, ...]
+    models: tuple[ModelRun, ...] = ()
