@@ -1,0 +1,247 @@
+"""The ``miemss-node`` command line.
+
+Exit codes: 0 success, 1 a failure while running, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from miemss_node import __version__
+from miemss_node.config import Config, load_config
+from miemss_node.errors import ConfigError, MiemssError
+from miemss_node.logconfig import configure_logging
+
+if TYPE_CHECKING:
+    from miemss_node.node import Node
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+CONFIG_ENV = "MIEMSS_CONFIG"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    configure_logging("INFO", verbose=args.verbose)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"miemss-node: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MiemssError as exc:
+        _print_error(exc, verbose=args.verbose)
+        return EXIT_FAILURE
+
+
+def _print_error(exc: BaseException, *, verbose: bool) -> None:
+    if verbose:
+        logger.exception("command failed", exc_info=exc)
+    cause: BaseException | None = exc
+    prefix = "miemss-node: "
+    while cause is not None:
+        print(f"{prefix}{cause}", file=sys.stderr)
+        cause, prefix = cause.__cause__, "  caused by: "
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="miemss-node", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"miemss-node {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, ours and pynetdicom's")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        return sub
+
+    def with_config(sub: argparse.ArgumentParser, *, required: bool = False) -> None:
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            required=required,
+            help=f"config.toml to use (env {CONFIG_ENV}; default: built-in defaults)",
+        )
+
+    serve = command("serve", _serve, "run the node: receiver, settler, workers and sender")
+    with_config(serve)
+    serve.add_argument("--port", type=int, help="listening port (env MIEMSS_PORT)")
+    serve.add_argument("-aet", "--ae-title", dest="ae_title", help="our AE title (env MIEMSS_AE_TITLE)")
+
+    worker = command("worker", _worker, "run workers only (receiver and sender run elsewhere)")
+    with_config(worker)
+    worker.add_argument("--concurrency", type=int, default=1, help="worker threads (default 1)")
+
+    process = command("process", _process, "run the pipeline on files offline (no network, no database)")
+    with_config(process)
+    process.add_argument("--input", type=Path, required=True, help="PNG/JPEG/DICOM file or a folder of them")
+    process.add_argument("--output", type=Path, required=True, help="folder for the outputs")
+
+    check = command("check-config", _check_config, "validate a config file and print every problem")
+    with_config(check, required=True)
+
+    jobs = command("jobs", _jobs, "list recent jobs with state, attempts and last error")
+    with_config(jobs)
+    jobs.add_argument("--limit", type=int, default=50)
+
+    retry = command("retry", _retry, "queue a failed job again")
+    with_config(retry)
+    retry.add_argument("job_id", type=int)
+
+    resend = command("resend", _resend, "send a study's latest results again")
+    with_config(resend)
+    resend.add_argument("study_uid")
+    resend.add_argument("--destination", help="name of one destination (default: all of the job's)")
+
+    health = command("healthcheck", _healthcheck, "C-ECHO the node's receiver; exit 0 when it answers")
+    with_config(health)
+    return parser
+
+
+def _load(args: argparse.Namespace, **overrides: object) -> Config:
+    import os
+
+    path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    flags = {("node", key): value for key, value in overrides.items() if value is not None}
+    config = load_config(path, overrides=flags)
+    configure_logging(config.logging.level, verbose=args.verbose)
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from miemss_node.node import Node
+
+    config = _load(args, port=args.port, ae_title=args.ae_title)
+    return _run_until_signal(Node(config))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from miemss_node.node import Node
+
+    config = _load(args)
+    return _run_until_signal(Node(config, with_receiver=False, worker_count=args.concurrency))
+
+
+def _run_until_signal(node: Node) -> int:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum, extra={"action": "node.stopping"})
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    node.start()
+    node.wait()
+    node.stop()
+    return EXIT_OK
+
+
+def _process(args: argparse.Namespace) -> int:
+    from miemss_node.process import process_path
+
+    config = _load(args)
+    if not args.input.exists():
+        print(f"miemss-node: input not found: {args.input}", file=sys.stderr)
+        return EXIT_USAGE
+    done = process_path(args.input, args.output, config.pipeline)
+    for item in done:
+        status = f"refused: {item.error}" if item.error else f"{item.regions} region(s)"
+        print(f"{item.source}: {status} -> {item.output_dir}")
+    return EXIT_FAILURE if all(item.error for item in done) else EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.source}: ok")
+    print(f"  receiver {config.node.ae_title} on {config.node.host}:{config.node.port}")
+    print(f"  storage {config.node.storage_dir}")
+    print(f"  database {config.database_url.split('@')[-1]}")
+    for destination in config.destinations:
+        print(f"  destination {destination.name}: {destination.ae_title}@{destination.host}:{destination.port}")
+    return EXIT_OK
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from miemss_node.queue import repository
+    from miemss_node.queue.db import create_database_engine, session_factory
+
+    config = _load(args)
+    sessions = session_factory(create_database_engine(config.database_url))
+    with sessions() as session:
+        rows = repository.list_jobs(session, limit=args.limit)
+    print(f"{'job':>5} {'state':<10} {'tries':>5}  study / last error")
+    for job, study_uid in rows:
+        print(f"{job.id:>5} {job.state.value:<10} {job.attempts:>2}/{job.max_attempts:<2}  {study_uid} v{job.version}")
+        if job.last_error:
+            print(f"{'':>25}{job.last_error}")
+    return EXIT_OK
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from miemss_node.clock import utcnow
+    from miemss_node.queue import repository
+    from miemss_node.queue.db import create_database_engine, session_factory
+
+    config = _load(args)
+    sessions = session_factory(create_database_engine(config.database_url))
+    with sessions.begin() as session:
+        job = repository.requeue_job(session, job_id=args.job_id, now=utcnow())
+    if job is None:
+        print(f"miemss-node: job {args.job_id} does not exist or is not failed", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"job {args.job_id} queued again")
+    return EXIT_OK
+
+
+def _resend(args: argparse.Namespace) -> int:
+    from miemss_node.clock import utcnow
+    from miemss_node.queue import repository
+    from miemss_node.queue.db import create_database_engine, session_factory
+
+    config = _load(args)
+    known = {d.name for d in config.destinations}
+    if args.destination is not None and args.destination not in known:
+        print(f"miemss-node: unknown destination {args.destination!r} (configured: {sorted(known)})", file=sys.stderr)
+        return EXIT_USAGE
+    sessions = session_factory(create_database_engine(config.database_url))
+    with sessions.begin() as session:
+        count = repository.reset_deliveries(
+            session, study_instance_uid=args.study_uid, destination=args.destination, now=utcnow()
+        )
+    if count == 0:
+        print(f"miemss-node: no results to resend for study {args.study_uid}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{count} delivery(ies) of study {args.study_uid} queued again; the running node sends them")
+    return EXIT_OK
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    config = _load(args)
+    ae = AE(ae_title="MIEMSS-HEALTH")
+    ae.add_requested_context(Verification)
+    host = "127.0.0.1" if config.node.host in ("0.0.0.0", "") else config.node.host
+    assoc = ae.associate(host, config.node.port, ae_title=config.node.ae_title)
+    if not assoc.is_established:
+        print(f"unhealthy: no association with {config.node.ae_title}@{host}:{config.node.port}; is `serve` running?")
+        return EXIT_FAILURE
+    status = assoc.send_c_echo()
+    assoc.release()
+    ok = "Status" in status and status.Status == 0
+    print("healthy" if ok else "unhealthy: C-ECHO did not answer Success")
+    return EXIT_OK if ok else EXIT_FAILURE

@@ -1,0 +1,394 @@
+"""Load ``config.toml`` into frozen dataclasses, validating everything at once.
+
+Precedence: a CLI flag > a ``MIEMSS_*`` environment variable > the file > the default. The
+environment variables are listed in :data:`ENV_OVERRIDES`. Relative paths resolve against the
+folder of the config file, never against the package or the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from pynetdicom._validators import validate_ae
+
+from miemss_node.errors import ConfigError
+from miemss_node.pipeline.base import PipelineSettings
+
+DENOISE_METHODS = ("wavelet", "bilateral", "tv", "nlmeans", "none")
+
+#: Environment variables that override a key of the file: (section, key) -> variable.
+ENV_OVERRIDES: dict[tuple[str, str], str] = {
+    ("node", "ae_title"): "MIEMSS_AE_TITLE",
+    ("node", "host"): "MIEMSS_HOST",
+    ("node", "port"): "MIEMSS_PORT",
+    ("node", "storage_dir"): "MIEMSS_STORAGE_DIR",
+    ("node", "database_url"): "MIEMSS_DATABASE_URL",
+    ("study", "settle_seconds"): "MIEMSS_SETTLE_SECONDS",
+    ("worker", "count"): "MIEMSS_WORKERS",
+    ("logging", "level"): "MIEMSS_LOG_LEVEL",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    """The receiver: who we are and where received data lives (``[node]``)."""
+
+    ae_title: str = "MIEMSS"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    storage_dir: Path = Path("var/storage")
+    #: SQLAlchemy URL; empty in the file means a SQLite file under ``storage_dir``.
+    database_url: str = ""
+    #: Calling AE titles allowed to associate; empty means any.
+    allowed_calling_aets: tuple[str, ...] = ()
+    #: Largest PDU we receive, in bytes; 0 means unlimited.
+    max_pdu: int = 0
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    max_associations: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySettings:
+    """When a study counts as complete (``[study]``)."""
+
+    #: Seconds without a new instance after which a study is settled and a job queued.
+    settle_seconds: float = 10.0
+    #: Instances arriving after a study's job was queued start a new job for the study.
+    reprocess_late_instances: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """Job processing (``[worker]``)."""
+
+    #: Worker threads inside ``serve``; 0 runs no worker (a separate worker process does the work).
+    count: int = 1
+    poll_seconds: float = 1.0
+    #: A running job whose lease is not renewed for this long is run again by another worker.
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultSettings:
+    """The DICOM results we produce (``[results]``)."""
+
+    seg_series_number: int = 9001
+    sr_series_number: int = 9002
+    sc_series_number: int = 9003
+    institution_name: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliverySettings:
+    """Retries of deliveries to the destinations (``[delivery]``)."""
+
+    max_attempts: int = 10
+    backoff_seconds: float = 10.0
+    max_backoff_seconds: float = 600.0
+    poll_seconds: float = 1.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Destination:
+    """A PACS (or any Storage SCP) that receives our results (one ``[[destinations]]`` table)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingSettings:
+    """Log level and format (``[logging]``)."""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration of one node."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    study: StudySettings = field(default_factory=StudySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    results: ResultSettings = field(default_factory=ResultSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    destinations: tuple[Destination, ...] = ()
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: The file this came from, None for the built-in defaults.
+    source: Path | None = None
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL, with the embedded SQLite default filled in."""
+        if self.node.database_url:
+            return self.node.database_url
+        return f"sqlite:///{self.node.storage_dir / 'miemss.db'}"
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "study": StudySettings,
+    "worker": WorkerSettings,
+    "pipeline": PipelineSettings,
+    "results": ResultSettings,
+    "delivery": DeliverySettings,
+    "logging": LoggingSettings,
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    """Read and validate a config file.
+
+    Parameters
+    ----------
+    path
+        The TOML file; None uses the built-in defaults (relative paths then resolve against the
+        working directory).
+    environ
+        Environment for the ``MIEMSS_*`` overrides; defaults to ``os.environ``.
+    overrides
+        Values from CLI flags, keyed by (section, key); they win over everything else.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, not just the first.
+    """
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    source: Path | None = None
+    if path is not None:
+        source = Path(path).resolve()
+        base_dir = source.parent
+        try:
+            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{source}: file not found"]) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
+
+    _apply_environment(raw, os.environ if environ is None else environ, problems)
+    for (section, key), value in (overrides or {}).items():
+        raw.setdefault(section, {})[key] = value
+
+    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    problems += [f"unknown section [{name}]" for name in sorted(unknown)]
+
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), problems) for name, cls in _SECTIONS.items()
+    }
+    destinations = _build_destinations(raw.get("destinations", []), problems)
+    node: NodeSettings = sections["node"]
+    node = _resolve_paths(node, base_dir)
+    sections["node"] = node
+
+    _validate(sections, destinations, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(**sections, destinations=destinations, source=source)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
+    defaults = {name: {f.name: f for f in fields(cls)} for name, cls in _SECTIONS.items()}
+    for (section, key), variable in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        text = environ[variable]
+        kind = defaults[section][key].type
+        try:
+            value: Any = _parse_env_value(text, str(kind))
+        except ValueError:
+            problems.append(f"{variable}={text!r}: expected {kind}")
+            continue
+        raw.setdefault(section, {})[key] = value
+
+
+def _parse_env_value(text: str, kind: str) -> Any:
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    return text
+
+
+def _build_section(name: str, cls: type, table: Any, problems: list[str]) -> Any:
+    """Build one section's dataclass from its table, recording type problems."""
+    if not isinstance(table, dict):
+        problems.append(f"[{name}] must be a table")
+        return cls()
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            problems.append(f"[{name}] unknown key {key!r}")
+            continue
+        coerced = _coerce(value, str(known[key].type))
+        if coerced is _INVALID:
+            problems.append(f"[{name}] {key} = {value!r}: expected {known[key].type}")
+            continue
+        values[key] = coerced
+    return cls(**values)
+
+
+_INVALID = object()
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    """Check a TOML value against a field's annotation (as a string); ints pass for floats."""
+    if kind == "bool":
+        return value if isinstance(value, bool) else _INVALID
+    if kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _INVALID
+    if kind == "str":
+        return value if isinstance(value, str) else _INVALID
+    if kind == "Path":
+        return Path(value) if isinstance(value, str) and value else _INVALID
+    if kind.startswith("tuple[str"):
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        return tuple(value) if ok else _INVALID
+    raise TypeError(f"no coercion for annotation {kind}")
+
+
+def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
+    if not isinstance(tables, list):
+        problems.append("[[destinations]] must be an array of tables")
+        return ()
+    result = []
+    for index, table in enumerate(tables, start=1):
+        where = f"[[destinations]] #{index}"
+        if not isinstance(table, dict):
+            problems.append(f"{where} must be a table")
+            continue
+        for key in sorted(set(table) - {"name", "ae_title", "host", "port"}):
+            problems.append(f"{where} unknown key {key!r}")
+        missing = [key for key in ("ae_title", "host", "port") if key not in table]
+        problems += [f"{where} missing {key!r}" for key in missing]
+        if missing:
+            continue
+        port = table["port"]
+        if not isinstance(port, int) or isinstance(port, bool):
+            problems.append(f"{where} port = {port!r}: expected int")
+            continue
+        name = str(table.get("name") or table["ae_title"])
+        result.append(
+            Destination(name=name, ae_title=str(table["ae_title"]), host=str(table["host"]), port=port)
+        )
+    names = [d.name for d in result]
+    problems += [f"[[destinations]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    return tuple(result)
+
+
+def _resolve_paths(node: NodeSettings, base_dir: Path) -> NodeSettings:
+    storage = node.storage_dir if node.storage_dir.is_absolute() else base_dir / node.storage_dir
+    url = node.database_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        url = prefix + str(base_dir / url[len(prefix) :])
+    return NodeSettings(**{**_as_dict(node), "storage_dir": storage.resolve(), "database_url": url})
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], problems: list[str]) -> None:
+    node: NodeSettings = sections["node"]
+    _check_ae("[node] ae_title", node.ae_title, problems)
+    for aet in node.allowed_calling_aets:
+        _check_ae("[node] allowed_calling_aets", aet, problems)
+    _check_port("[node] port", node.port, problems, allow_zero=True)
+    for name in ("acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"):
+        _check_positive(f"[node] {name}", getattr(node, name), problems)
+    _check_positive("[node] max_associations", node.max_associations, problems)
+    if node.max_pdu < 0:
+        problems.append("[node] max_pdu must be >= 0 (0 = unlimited)")
+    url = node.database_url
+    if url and "://" not in url:
+        problems.append(f"[node] database_url {url!r} is not an SQLAlchemy URL (e.g. sqlite:///miemss.db)")
+
+    study: StudySettings = sections["study"]
+    if study.settle_seconds < 0:
+        problems.append("[study] settle_seconds must be >= 0")
+
+    worker: WorkerSettings = sections["worker"]
+    if worker.count < 0:
+        problems.append("[worker] count must be >= 0")
+    for name in ("poll_seconds", "lease_seconds", "max_attempts"):
+        _check_positive(f"[worker] {name}", getattr(worker, name), problems)
+    if worker.retry_backoff_seconds < 0:
+        problems.append("[worker] retry_backoff_seconds must be >= 0")
+
+    _validate_pipeline(sections["pipeline"], problems)
+
+    results: ResultSettings = sections["results"]
+    for name in ("seg_series_number", "sr_series_number", "sc_series_number"):
+        _check_positive(f"[results] {name}", getattr(results, name), problems)
+    if len(results.institution_name) > 64:
+        problems.append("[results] institution_name must be at most 64 characters (VR LO)")
+
+    delivery: DeliverySettings = sections["delivery"]
+    for name in ("max_attempts", "poll_seconds", "timeout_seconds", "max_backoff_seconds"):
+        _check_positive(f"[delivery] {name}", getattr(delivery, name), problems)
+    if delivery.backoff_seconds < 0:
+        problems.append("[delivery] backoff_seconds must be >= 0")
+
+    for index, destination in enumerate(destinations, start=1):
+        _check_ae(f"[[destinations]] #{index} ae_title", destination.ae_title, problems)
+        _check_port(f"[[destinations]] #{index} port", destination.port, problems)
+        if not destination.host:
+            problems.append(f"[[destinations]] #{index} host must not be empty")
+
+    level = sections["logging"].level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        problems.append(f"[logging] level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+
+
+def _validate_pipeline(pipeline: PipelineSettings, problems: list[str]) -> None:
+    if pipeline.denoise_method not in DENOISE_METHODS:
+        problems.append(f"[pipeline] denoise_method {pipeline.denoise_method!r} is not one of {DENOISE_METHODS}")
+    if not 0.0 < pipeline.threshold < 1.0:
+        problems.append("[pipeline] threshold must be between 0 and 1")
+    for name in ("analysis_max_side", "patch_size", "n_estimators"):
+        _check_positive(f"[pipeline] {name}", getattr(pipeline, name), problems)
+    if pipeline.patch_size * 4 > pipeline.analysis_max_side:
+        problems.append("[pipeline] patch_size must be at most a quarter of analysis_max_side")
+    if pipeline.min_region_area_mm2 < 0:
+        problems.append("[pipeline] min_region_area_mm2 must be >= 0")
+
+
+def _check_ae(where: str, value: str, problems: list[str]) -> None:
+    ok, reason = validate_ae(value)
+    if not ok or not value.strip():
+        problems.append(f"{where} {value!r} is not a valid AE title: {reason or 'must not be empty'}")
+
+
+def _check_port(where: str, value: int, problems: list[str], *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        problems.append(f"{where} {value} is not a TCP port ({low}..65535)")
+
+
+def _check_positive(where: str, value: float, problems: list[str]) -> None:
+    if value <= 0:
+        problems.append(f"{where} must be > 0")

@@ -1,0 +1,98 @@
+"""Runs the parts of ``serve`` together: receiver, settler, workers and sender."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from miemss_node.config import Config
+from miemss_node.queue.db import create_database_engine, session_factory
+from miemss_node.receive.handlers import InstanceStore
+from miemss_node.receive.scp import start_receiver
+from miemss_node.send import Sender
+from miemss_node.settle import Settler
+from miemss_node.worker import Worker
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """One MIEMSS node process. ``start()`` returns at once; ``stop()`` shuts every part down."""
+
+    def __init__(self, config: Config, *, with_receiver: bool = True, worker_count: int | None = None) -> None:
+        self.config = config
+        self.with_receiver = with_receiver
+        self.worker_count = config.worker.count if worker_count is None else worker_count
+        self.engine = create_database_engine(config.database_url)
+        self.sessions = session_factory(self.engine)
+        self.server: ThreadedAssociationServer | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        """The port the receiver listens on (useful when the config asked for port 0)."""
+        if self.server is None:
+            raise RuntimeError("the receiver is not running")
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        """Create the storage folder, start the receiver and the background loops."""
+        self.config.node.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.with_receiver:
+            store = InstanceStore(self.config.node.storage_dir, self.sessions)
+            self.server = start_receiver(self.config.node, store)
+            settler = Settler(self.sessions, self.config.study, self.config.worker)
+            self._spawn("settler", settler.run_once, min(1.0, max(self.config.study.settle_seconds / 4, 0.05)))
+            sender = Sender(
+                self.sessions,
+                self.config.node.storage_dir,
+                self.config.destinations,
+                self.config.delivery,
+                self.config.node.ae_title,
+            )
+            self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
+        for index in range(self.worker_count):
+            worker = Worker(self.sessions, self.config)
+            self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
+
+    def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
+        thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _loop(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
+        """Call ``step`` until stopped, pausing when it found nothing to do or failed."""
+        while not self._stop.is_set():
+            try:
+                busy = step()
+            except Exception:  # noqa: BLE001 - a loop must survive a database outage and retry
+                logger.exception("%s pass failed; retrying", name, extra={"action": "node.loop_error", "loop": name})
+                busy = 0
+            if not busy:
+                self._stop.wait(idle_seconds)
+
+    def request_stop(self) -> None:
+        """Ask the node to stop (safe from a signal handler); ``wait()`` then returns."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``stop()`` is called (or the timeout passes); True when stopped."""
+        return self._stop.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop receiving, let the current job step finish, and release the database."""
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self.engine.dispose()
+        logger.info("node stopped", extra={"action": "node.stopped"})

@@ -1,0 +1,120 @@
+"""The offline ``process`` command: run the pipeline on files, with no network and no database."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from miemss_node.encode.study import EncodeContext, encode_study
+from miemss_node.errors import DecodeError
+from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
+from miemss_node.pipeline.decode import decode_image_file, is_image_dataset, read_dicom_file
+from miemss_node.pipeline.overlay import overlay_rgb
+from miemss_node.pipeline.report import build_report
+from miemss_node.pipeline.runner import analyse_dataset, analyse_image
+
+logger = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessedFile:
+    """What ``process`` wrote for one input file."""
+
+    source: Path
+    output_dir: Path
+    regions: int
+    error: str | None = None
+
+
+def process_path(input_path: Path, output_dir: Path, settings: PipelineSettings) -> list[ProcessedFile]:
+    """Process a file, or every file under a folder, writing one output folder per input."""
+    files = sorted(p for p in input_path.rglob("*") if p.is_file()) if input_path.is_dir() else [input_path]
+    done = []
+    for path in files:
+        target = output_dir / path.stem if input_path.is_dir() else output_dir
+        try:
+            done.append(process_file(path, target, settings))
+        except DecodeError as exc:
+            logger.warning("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
+            done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=str(exc)))
+    return done
+
+
+def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> ProcessedFile:
+    """Run the pipeline on one PNG/JPEG or DICOM file and write its outputs.
+
+    Raises
+    ------
+    DecodeError
+        When the file is neither a readable raster image nor a DICOM image.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        analyses = [analyse_image(decode_image_file(path), settings)]
+        source = None
+    else:
+        source = read_dicom_file(path)
+        if not is_image_dataset(source):
+            raise DecodeError(f"{path.name} is not an image (SOP class {source.get('SOPClassUID', '?')})")
+        analyses = analyse_dataset(source, settings)
+    report = build_report(analyses)
+    for index, analysis in enumerate(analyses, start=1):
+        suffix = "" if len(analyses) == 1 else f"_frame{index:03d}"
+        _write_images(analysis, output_dir, suffix)
+    (output_dir / "report.txt").write_text(report.text + "\n", encoding="utf-8")
+    (output_dir / "findings.json").write_text(json.dumps(_findings(analyses), indent=2) + "\n", encoding="utf-8")
+    if source is not None:
+        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}")
+        for item in encode_study([source], analyses, report, context):
+            item.dataset.save_as(output_dir / f"{item.kind}_{item.dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
+    regions = sum(len(a.region_map.regions) for a in analyses)
+    return ProcessedFile(source=path, output_dir=output_dir, regions=regions)
+
+
+def _write_images(analysis: ImageAnalysis, output_dir: Path, suffix: str) -> None:
+    def save(name: str, array: np.ndarray) -> None:
+        Image.fromarray(array).save(output_dir / f"{name}{suffix}.png")
+
+    save("enhanced", _to_uint8(analysis.enhanced.pixels))
+    save("heatmap", _to_uint8(analysis.region_map.heatmap))
+    save("mask", np.where(analysis.region_map.labels > 0, 255, 0).astype(np.uint8))
+    save("overlay", overlay_rgb(analysis))
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def _findings(analyses: list[ImageAnalysis]) -> list[dict[str, object]]:
+    return [
+        {
+            "sop_instance_uid": a.decoded.sop_instance_uid,
+            "frame_number": a.decoded.frame_number,
+            "rows": int(a.decoded.pixels.shape[0]),
+            "columns": int(a.decoded.pixels.shape[1]),
+            "pixel_spacing_mm": a.decoded.pixel_spacing_mm,
+            "stage_seconds": {k: round(v, 4) for k, v in a.stage_seconds.items()},
+            "findings": list(a.findings),
+            "regions": [
+                {
+                    "label": r.label,
+                    "location": r.location,
+                    "area_px": r.area_px,
+                    "area_mm2": r.area_mm2,
+                    "centroid": list(r.centroid),
+                    "bbox": list(r.bbox),
+                    "mean_score": r.mean_score,
+                    "max_score": r.max_score,
+                }
+                for r in a.region_map.regions
+            ],
+        }
+        for a in analyses
+    ]

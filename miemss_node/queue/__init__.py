@@ -1,0 +1,1 @@
+"""The database: received instances, studies, jobs and deliveries."""

@@ -1,0 +1,152 @@
+"""Typed SQLAlchemy 2.0 models of the node's database."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life."""
+
+    #: Waiting for a worker (also after a retryable failure, from ``not_before`` on).
+    QUEUED = "queued"
+    #: Claimed by a worker holding an unexpired lease.
+    RUNNING = "running"
+    #: Results written to disk; deliveries pending.
+    ENCODED = "encoded"
+    #: Every destination acknowledged every result.
+    DELIVERED = "delivered"
+    #: Gave up: the error is recorded; results (if any) stay on disk.
+    FAILED = "failed"
+
+
+class DeliveryState(enum.Enum):
+    """Where the delivery of one job's results to one destination is."""
+
+    #: Not yet sent, or to be retried from ``next_attempt_at`` on.
+    PENDING = "pending"
+    #: The destination answered Success (or a warning) for every result.
+    DELIVERED = "delivered"
+    #: Refused by the destination or out of attempts; ``resend`` can try again.
+    FAILED = "failed"
+
+
+class Study(Base):
+    """A study seen by the receiver, and whether instances arrived that no job covers yet."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    first_received_at: Mapped[datetime]
+    last_received_at: Mapped[datetime]
+    #: True while instances arrived that no queued job covers.
+    unsettled: Mapped[bool] = mapped_column(default=True)
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_unsettled", "unsettled", "last_received_at"),)
+
+
+class Instance(Base):
+    """One stored SOP instance."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    #: Path relative to the storage folder.
+    path: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int]
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime]
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """Processing of one settled version of a study."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    #: 1 for a study's first job, 2 for the job started by late instances, ...
+    version: Mapped[int]
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int]
+    not_before: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    study: Mapped[Study] = relationship()
+    results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.id")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
+
+    __table_args__ = (
+        UniqueConstraint("study_id", "version", name="uq_jobs_study_version"),
+        Index("ix_jobs_claim", "state", "not_before"),
+    )
+
+
+class JobEvent(Base):
+    """One state transition of a job, with its reason."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime]
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Result(Base):
+    """A DICOM object a job produced, stored under the storage folder."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    path: Mapped[str] = mapped_column(String(512))
+    job: Mapped[Job] = relationship(back_populates="results")
+
+
+class Delivery(Base):
+    """Sending one job's results to one destination."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(Enum(DeliveryState, native_enum=False, length=16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    job: Mapped[Job] = relationship(back_populates="deliveries")
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),
+        Index("ix_deliveries_due", "state", "next_attempt_at"),
+    )

@@ -1,0 +1,397 @@
+"""Every query the node runs, each a small function taking a session.
+
+The callers own the transaction (``with sessions.begin() as session``), so a function's writes commit
+together with the caller's. Claims work on SQLite and PostgreSQL alike: candidates are selected
+(``FOR UPDATE SKIP LOCKED`` where the database has it) and then taken with a conditional UPDATE
+whose row count says whether this caller won.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from miemss_node.queue.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobEvent,
+    JobState,
+    Result,
+    Study,
+)
+from miemss_node.queue.retry import RetryPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceRecord:
+    """What the receiver knows about an instance it has just written to disk."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size_bytes: int
+    calling_ae_title: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultRecord:
+    """A result object the worker has written to disk."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+
+
+def instance_exists(session: Session, sop_instance_uid: str) -> bool:
+    """True when this SOP Instance UID is already recorded."""
+    found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
+    return found is not None
+
+
+def record_instance(session: Session, record: InstanceRecord, now: datetime) -> None:
+    """Record a stored instance and mark its study as having unsettled instances."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == record.study_instance_uid))
+    if study is None:
+        study = Study(
+            study_instance_uid=record.study_instance_uid,
+            first_received_at=now,
+            last_received_at=now,
+            unsettled=True,
+        )
+        session.add(study)
+        session.flush()
+    else:
+        study.last_received_at = now
+        study.unsettled = True
+    session.add(
+        Instance(
+            study_id=study.id,
+            sop_instance_uid=record.sop_instance_uid,
+            sop_class_uid=record.sop_class_uid,
+            series_instance_uid=record.series_instance_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            path=record.path,
+            size_bytes=record.size_bytes,
+            calling_ae_title=record.calling_ae_title,
+            received_at=now,
+        )
+    )
+
+
+def settle_due_studies(
+    session: Session,
+    *,
+    now: datetime,
+    settle_seconds: float,
+    max_attempts: int,
+    reprocess_late_instances: bool,
+) -> list[Job]:
+    """Queue one job for each study quiet for ``settle_seconds``; return the new jobs.
+
+    A study that already has a queued job is only marked settled: that job reads the study's
+    instances when it runs, so it covers the late ones too.
+    """
+    cutoff = now - timedelta(seconds=settle_seconds)
+    due = session.scalars(
+        select(Study).where(Study.unsettled.is_(True), Study.last_received_at <= cutoff)
+    ).all()
+    created = []
+    for study in due:
+        taken = session.execute(
+            update(Study)
+            .where(Study.id == study.id, Study.unsettled.is_(True), Study.last_received_at == study.last_received_at)
+            .values(unsettled=False)
+        )
+        if taken.rowcount != 1:
+            continue  # another settler took it, or a new instance just arrived
+        versions = session.execute(
+            select(func.max(Job.version), func.count(Job.id).filter(Job.state == JobState.QUEUED)).where(
+                Job.study_id == study.id
+            )
+        ).one()
+        latest, queued = versions[0] or 0, versions[1]
+        if queued or (latest and not reprocess_late_instances):
+            continue
+        job = Job(
+            study_id=study.id,
+            version=latest + 1,
+            state=JobState.QUEUED,
+            attempts=0,
+            max_attempts=max_attempts,
+            not_before=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(job)
+        session.flush()
+        _add_event(session, job, now, "study settled")
+        created.append(job)
+    return created
+
+
+def claim_job(session: Session, *, owner: str, lease_seconds: float, now: datetime) -> Job | None:
+    """Claim the oldest due queued job for ``owner`` with a lease, counting an attempt."""
+    candidates = session.scalars(
+        select(Job.id)
+        .where(Job.state == JobState.QUEUED, Job.not_before <= now)
+        .order_by(Job.not_before, Job.id)
+        .limit(5)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job_id in candidates:
+        taken = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+        )
+        if taken.rowcount == 1:
+            job = session.get_one(Job, job_id, populate_existing=True)
+            _add_event(session, job, now, f"claimed by {owner} (attempt {job.attempts})")
+            return job
+    return None
+
+
+def renew_lease(session: Session, *, job_id: int, owner: str, lease_seconds: float, now: datetime) -> bool:
+    """Extend a running job's lease; False when ``owner`` no longer holds it."""
+    renewed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+    )
+    return renewed.rowcount == 1
+
+
+def reclaim_expired_leases(session: Session, *, now: datetime) -> list[Job]:
+    """Put running jobs whose lease expired back in the queue, or fail them when out of attempts."""
+    expired = session.scalars(
+        select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now).with_for_update(skip_locked=True)
+    ).all()
+    for job in expired:
+        error = f"lease of {job.lease_owner} expired (worker died or hung) on attempt {job.attempts}"
+        _retry_or_fail(session, job, error=error, retry_at=now if job.attempts < job.max_attempts else None, now=now)
+    return list(expired)
+
+
+def study_of_job(session: Session, job: Job) -> Study:
+    """The study a job processes."""
+    return session.get_one(Study, job.study_id)
+
+
+def study_instances(session: Session, study_id: int) -> list[Instance]:
+    """The stored instances of a study, in arrival order."""
+    return list(session.scalars(select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)))
+
+
+def finish_job_encoded(
+    session: Session,
+    *,
+    job_id: int,
+    owner: str,
+    results: list[ResultRecord],
+    destinations: list[str],
+    now: datetime,
+) -> bool:
+    """Record a job's results and queue one delivery per destination.
+
+    Returns False (recording nothing) when ``owner`` lost the lease meanwhile: the job runs
+    elsewhere, and that run's identical UIDs make the results the same.
+    """
+    job = session.get_one(Job, job_id, with_for_update=True, populate_existing=True)
+    if job.state != JobState.RUNNING or job.lease_owner != owner:
+        return False
+    for record in results:
+        existing = session.scalar(select(Result).where(Result.sop_instance_uid == record.sop_instance_uid))
+        if existing is None:
+            session.add(Result(job_id=job.id, **record.__dict__))
+    for name in destinations:
+        session.add(Delivery(job_id=job.id, destination=name, state=DeliveryState.PENDING, next_attempt_at=now))
+    job.state = JobState.ENCODED if destinations else JobState.DELIVERED
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.last_error = None
+    job.updated_at = now
+    _add_event(session, job, now, f"{len(results)} result(s) for {len(destinations)} destination(s)")
+    return True
+
+
+def fail_job(
+    session: Session, *, job_id: int, owner: str, error: str, policy: RetryPolicy, retryable: bool, now: datetime
+) -> JobState | None:
+    """Record a failed attempt: back to the queue after a backoff, or failed for good.
+
+    Returns the new state, or None when ``owner`` no longer holds the job.
+    """
+    job = session.get_one(Job, job_id, with_for_update=True, populate_existing=True)
+    if job.state != JobState.RUNNING or job.lease_owner != owner:
+        return None
+    retry_at = None
+    if retryable and job.attempts < job.max_attempts:
+        retry_at = now + timedelta(seconds=policy.delay(job.attempts))
+    _retry_or_fail(session, job, error=error, retry_at=retry_at, now=now)
+    return job.state
+
+
+def _retry_or_fail(session: Session, job: Job, *, error: str, retry_at: datetime | None, now: datetime) -> None:
+    job.last_error = error
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.updated_at = now
+    if retry_at is None:
+        job.state = JobState.FAILED
+    else:
+        job.state = JobState.QUEUED
+        job.not_before = retry_at
+    _add_event(session, job, now, error)
+
+
+def requeue_job(session: Session, *, job_id: int, now: datetime) -> Job | None:
+    """Queue a failed job once more with a fresh attempt budget (operator's ``retry``)."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != JobState.FAILED:
+        return None
+    job.state = JobState.QUEUED
+    job.attempts = 0
+    job.not_before = now
+    job.updated_at = now
+    _add_event(session, job, now, "requeued by operator")
+    return job
+
+
+def claim_due_deliveries(session: Session, *, now: datetime, hold_seconds: float, limit: int = 10) -> list[Delivery]:
+    """Take pending deliveries that are due, pushing their next attempt out while they are sent.
+
+    Pushing ``next_attempt_at`` by ``hold_seconds`` is the claim: a second sender skips them, and a
+    sender that dies leaves them due again once the hold passes.
+    """
+    due = session.scalars(
+        select(Delivery)
+        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    claimed = []
+    for delivery in due:
+        taken = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.next_attempt_at == delivery.next_attempt_at)
+            .values(next_attempt_at=now + timedelta(seconds=hold_seconds))
+        )
+        if taken.rowcount == 1:
+            claimed.append(delivery)
+    return claimed
+
+
+def job_results(session: Session, job_id: int) -> list[Result]:
+    """The result objects of a job, in the order they were produced."""
+    return list(session.scalars(select(Result).where(Result.job_id == job_id).order_by(Result.id)))
+
+
+def record_delivery_outcome(
+    session: Session,
+    *,
+    delivery_id: int,
+    delivered: bool,
+    retry_at: datetime | None,
+    status: int | None,
+    error: str | None,
+    now: datetime,
+) -> DeliveryState:
+    """Record one delivery attempt and bring the job's state up to date."""
+    delivery = session.get_one(Delivery, delivery_id, with_for_update=True, populate_existing=True)
+    delivery.attempts += 1
+    delivery.last_status = status
+    delivery.last_error = error
+    if delivered:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = now
+    elif retry_at is not None:
+        delivery.next_attempt_at = retry_at
+    else:
+        delivery.state = DeliveryState.FAILED
+    session.flush()
+    _update_job_after_delivery(session, delivery.job_id, now)
+    return delivery.state
+
+
+def _update_job_after_delivery(session: Session, job_id: int, now: datetime) -> None:
+    job = session.get_one(Job, job_id)
+    states = set(session.scalars(select(Delivery.state).where(Delivery.job_id == job_id)))
+    if DeliveryState.PENDING in states:
+        return
+    new_state = JobState.DELIVERED if states == {DeliveryState.DELIVERED} else JobState.FAILED
+    if job.state != new_state:
+        job.state = new_state
+        job.updated_at = now
+        if new_state == JobState.FAILED:
+            job.last_error = "delivery failed to at least one destination (see deliveries; `resend` retries)"
+        _add_event(session, job, now, "deliveries finished")
+
+
+def reset_deliveries(session: Session, *, study_instance_uid: str, destination: str | None, now: datetime) -> int:
+    """Make the deliveries of a study's latest encoded job pending again (operator's ``resend``)."""
+    job = session.scalar(
+        select(Job)
+        .join(Study)
+        .where(
+            Study.study_instance_uid == study_instance_uid,
+            Job.state.in_([JobState.ENCODED, JobState.DELIVERED, JobState.FAILED]),
+        )
+        .where(Job.results.any())
+        .order_by(Job.version.desc())
+    )
+    if job is None:
+        return 0
+    query = select(Delivery).where(Delivery.job_id == job.id)
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    deliveries = session.scalars(query).all()
+    for delivery in deliveries:
+        delivery.state = DeliveryState.PENDING
+        delivery.attempts = 0
+        delivery.next_attempt_at = now
+    if deliveries:
+        job.state = JobState.ENCODED
+        job.updated_at = now
+        _add_event(session, job, now, f"resend requested ({destination or 'all destinations'})")
+    return len(deliveries)
+
+
+def add_delivery(session: Session, *, job_id: int, destination: str, now: datetime) -> Delivery:
+    """Queue a delivery of a job's results to a destination it was not sent to before."""
+    delivery = Delivery(job_id=job_id, destination=destination, state=DeliveryState.PENDING, next_attempt_at=now)
+    session.add(delivery)
+    return delivery
+
+
+def list_jobs(session: Session, *, limit: int = 50) -> list[tuple[Job, str]]:
+    """The most recent jobs with their study's UID."""
+    rows = session.execute(
+        select(Job, Study.study_instance_uid).join(Study).order_by(Job.id.desc()).limit(limit)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def job_counts(session: Session) -> dict[JobState, int]:
+    """Number of jobs in each state."""
+    rows = session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all()
+    return {state: count for state, count in rows}
+
+
+def _add_event(session: Session, job: Job, now: datetime, detail: str) -> None:
+    session.add(JobEvent(job_id=job.id, at=now, state=job.state, detail=detail))

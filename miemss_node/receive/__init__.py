@@ -1,0 +1,1 @@
+"""The Storage SCP: receives instances and persists them before answering."""

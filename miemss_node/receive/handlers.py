@@ -1,0 +1,181 @@
+"""Thin C-ECHO / C-STORE glue: persist, record, and map every failure to a DICOM status.
+
+Statuses follow PS3.4 Annex B.2.3 (Storage Service Class) and PS3.7 Annex C.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from miemss_node.clock import utcnow
+from miemss_node.errors import StorageError
+from miemss_node.queue import repository
+from miemss_node.receive.spool import instance_relative_path, write_atomically
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+"""Stored and recorded, or a duplicate of an instance already recorded."""
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+"""Disk or database unavailable: the sender should retry later."""
+
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+"""The dataset's SOP Class or Instance UID differs from the C-STORE request's."""
+
+STATUS_CANNOT_UNDERSTAND = 0xC210
+"""The dataset cannot be parsed, or a UID we file it by is missing or malformed."""
+
+_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+class RejectedInstance(Exception):
+    """An instance we refuse, with the DICOM status to answer and the reason to log."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreOutcome:
+    """What happened to one received instance."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    duplicate: bool
+    size_bytes: int
+
+
+class InstanceStore:
+    """Writes received instances to disk and records them, in that order."""
+
+    def __init__(self, storage_dir: Path, sessions: sessionmaker[Session]) -> None:
+        self.storage_dir = storage_dir
+        self.sessions = sessions
+
+    def persist(
+        self, encoded: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, calling_aet: str
+    ) -> StoreOutcome:
+        """Persist one encoded instance (File Meta included).
+
+        Raises
+        ------
+        RejectedInstance
+            When the dataset cannot be understood or does not match the request.
+        StorageError
+            When the disk or the database cannot take it.
+        """
+        study_uid, series_uid = _parse_header(encoded, sop_class_uid, sop_instance_uid)
+        try:
+            relative = instance_relative_path(study_uid, series_uid, sop_instance_uid)
+        except ValueError as exc:
+            raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, str(exc)) from exc
+        try:
+            with self.sessions.begin() as session:
+                if repository.instance_exists(session, sop_instance_uid):
+                    return StoreOutcome(
+                        sop_instance_uid=sop_instance_uid,
+                        study_instance_uid=study_uid,
+                        duplicate=True,
+                        size_bytes=len(encoded),
+                    )
+                # The file is on disk (fsynced) before the row commits: a row never points at nothing.
+                write_atomically(self.storage_dir / relative, encoded)
+                record = repository.InstanceRecord(
+                    study_instance_uid=study_uid,
+                    series_instance_uid=series_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    sop_class_uid=sop_class_uid,
+                    transfer_syntax_uid=transfer_syntax_uid,
+                    path=relative.as_posix(),
+                    size_bytes=len(encoded),
+                    calling_ae_title=calling_aet,
+                )
+                repository.record_instance(session, record, utcnow())
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+        return StoreOutcome(
+            sop_instance_uid=sop_instance_uid, study_instance_uid=study_uid, duplicate=False, size_bytes=len(encoded)
+        )
+
+
+def _parse_header(encoded: bytes, sop_class_uid: str, sop_instance_uid: str) -> tuple[str, str]:
+    """Read the identifying UIDs without touching the pixel data; check them against the request."""
+    try:
+        header = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        values = {tag: str(header.get(tag, "") or "").strip() for tag in _HEADER_TAGS}
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, NotImplementedError, TypeError) as exc:
+        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {type(exc).__name__}") from exc
+    missing = [tag for tag in _HEADER_TAGS if not values[tag]]
+    if missing:
+        raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, f"missing {', '.join(missing)}")
+    if values["SOPInstanceUID"] != sop_instance_uid or values["SOPClassUID"] != sop_class_uid:
+        raise RejectedInstance(
+            STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class/Instance UID differ from the C-STORE request"
+        )
+    return values["StudyInstanceUID"], values["SeriesInstanceUID"]
+
+
+def handle_echo(event: Event) -> int:
+    """Answer C-ECHO with Success."""
+    logger.info(
+        "C-ECHO from %s", _calling_aet(event), extra={"action": "receive.echo", "calling_aet": _calling_aet(event)}
+    )
+    return STATUS_SUCCESS
+
+
+def handle_store(event: Event, store: InstanceStore) -> int:
+    """Persist a C-STORE dataset and answer with a status; Success only when it is on disk and recorded."""
+    request = event.request
+    sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    log_extra = {"calling_aet": _calling_aet(event), "sop_instance_uid": sop_instance_uid}
+    try:
+        outcome = store.persist(
+            event.encoded_dataset(include_meta=True),
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            calling_aet=_calling_aet(event),
+        )
+    except RejectedInstance as exc:
+        logger.warning(
+            "refused instance %s: %s (status 0x%04X)",
+            sop_instance_uid,
+            exc.reason,
+            exc.status,
+            extra={"action": "receive.refused", **log_extra},
+        )
+        return exc.status
+    except StorageError as exc:
+        logger.error(
+            "could not persist instance %s: %s", sop_instance_uid, exc, extra={"action": "receive.failed", **log_extra}
+        )
+        return STATUS_OUT_OF_RESOURCES
+    action = "receive.duplicate" if outcome.duplicate else "receive.stored"
+    logger.info(
+        "%s instance %s of study %s (%d bytes)",
+        "duplicate" if outcome.duplicate else "stored",
+        sop_instance_uid,
+        outcome.study_instance_uid,
+        outcome.size_bytes,
+        extra={"action": action, "study_uid": outcome.study_instance_uid, **log_extra},
+    )
+    return STATUS_SUCCESS
+
+
+def _calling_aet(event: Event) -> str:
+    return str(event.assoc.requestor.ae_title).strip()

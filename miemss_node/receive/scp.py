@@ -1,0 +1,50 @@
+"""Builds the Storage SCP application entity and runs its server."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from miemss_node.receive.handlers import InstanceStore, handle_echo, handle_store
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from miemss_node.config import NodeSettings
+
+logger = logging.getLogger(__name__)
+
+
+def build_receiver_ae(node: NodeSettings) -> AE:
+    """An AE accepting C-ECHO and C-STORE of every storage SOP class in every transfer syntax.
+
+    Every storage class is accepted, so non-image objects (SR, SEG, ...) are stored too; the worker
+    decides what it processes. Instances are stored as received, compressed or not.
+    """
+    ae = AE(ae_title=node.ae_title)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.require_called_aet = False
+    ae.require_calling_aet = list(node.allowed_calling_aets)
+    ae.maximum_pdu_size = node.max_pdu
+    ae.maximum_associations = node.max_associations
+    ae.acse_timeout = node.acse_timeout_seconds
+    ae.dimse_timeout = node.dimse_timeout_seconds
+    ae.network_timeout = node.network_timeout_seconds
+    return ae
+
+
+def start_receiver(node: NodeSettings, store: InstanceStore) -> ThreadedAssociationServer:
+    """Start the SCP in the background; ``port = 0`` binds an ephemeral port (see ``server_address``)."""
+    ae = build_receiver_ae(node)
+    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
+    server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+    host, port = server.server_address[:2]
+    logger.info(
+        "receiver %s listening on %s:%d", node.ae_title, host, port, extra={"action": "receive.listening", "port": port}
+    )
+    return server

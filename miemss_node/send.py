@@ -1,0 +1,170 @@
+"""The C-STORE SCU: sends a job's results to a destination and classifies the answers.
+
+Classification follows the Returns section of ``Association.send_c_store`` and PS3.4 Annex B.2.3:
+no answer or 0xA7xx means try later; 0xA9xx, 0xCxxx and 0x0122 mean the object was refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from sqlalchemy.orm import Session, sessionmaker
+
+from miemss_node.clock import utcnow
+from miemss_node.config import DeliverySettings, Destination
+from miemss_node.queue import repository
+from miemss_node.queue.retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+"""Refused: the destination does not store this SOP class."""
+
+
+class SendOutcome(enum.Enum):
+    """How one send went, as far as retrying is concerned."""
+
+    #: Every object stored (success, or a warning 0xBxxx that still stored it).
+    DELIVERED = "delivered"
+    #: No association, no answer, or the peer is out of resources (0xA7xx): try again later.
+    RETRY = "retry"
+    #: The peer refused an object (0xA9xx, 0xCxxx, 0x0122): retrying will not help.
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendReport:
+    """The outcome of sending a set of files to one destination."""
+
+    outcome: SendOutcome
+    #: The status that decided the outcome, None when there was no answer.
+    status: int | None
+    detail: str
+
+
+def classify_status(status: int | None) -> SendOutcome:
+    """Map a C-STORE response status (None = no response) to an outcome."""
+    if status is None:
+        return SendOutcome.RETRY
+    if status == STATUS_SUCCESS or 0xB000 <= status <= 0xBFFF:
+        return SendOutcome.DELIVERED
+    if 0xA700 <= status <= 0xA7FF:
+        return SendOutcome.RETRY
+    return SendOutcome.REFUSED
+
+
+def send_files(
+    paths: list[Path], destination: Destination, *, calling_aet: str, timeout_seconds: float
+) -> SendReport:
+    """Send DICOM files in one association; stop at the first object not delivered."""
+    datasets = [dcmread(path) for path in paths]
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        return SendReport(outcome=SendOutcome.RETRY, status=None, detail="association not established")
+    try:
+        for ds in datasets:
+            response = assoc.send_c_store(ds)
+            status = int(response.Status) if "Status" in response else None
+            outcome = classify_status(status)
+            if status is not None and 0xB000 <= status <= 0xBFFF:
+                logger.warning(
+                    "%s stored %s with warning 0x%04X",
+                    destination.name,
+                    ds.SOPInstanceUID,
+                    status,
+                    extra={"action": "send.warning", "destination": destination.name},
+                )
+            if outcome is not SendOutcome.DELIVERED:
+                what = "no response" if status is None else f"status 0x{status:04X}"
+                return SendReport(outcome=outcome, status=status, detail=f"{ds.SOPInstanceUID}: {what}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
+
+
+class Sender:
+    """Delivers encoded jobs' results, retrying with backoff while a destination is down."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        storage_dir: Path,
+        destinations: tuple[Destination, ...],
+        settings: DeliverySettings,
+        calling_aet: str,
+    ) -> None:
+        self.sessions = sessions
+        self.storage_dir = storage_dir
+        self.destinations = {destination.name: destination for destination in destinations}
+        self.settings = settings
+        self.calling_aet = calling_aet
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            backoff_seconds=settings.backoff_seconds,
+            max_backoff_seconds=settings.max_backoff_seconds,
+        )
+
+    def run_once(self) -> int:
+        """Send every due delivery once; returns how many were attempted."""
+        hold = self.settings.timeout_seconds * 4
+        with self.sessions.begin() as session:
+            due = repository.claim_due_deliveries(session, now=utcnow(), hold_seconds=hold)
+            work = [
+                (d.id, d.job_id, d.destination, d.attempts, [r.path for r in repository.job_results(session, d.job_id)])
+                for d in due
+            ]
+        for delivery_id, job_id, name, attempts, paths in work:
+            self._deliver(delivery_id, job_id, name, attempts, paths)
+        return len(work)
+
+    def _deliver(self, delivery_id: int, job_id: int, name: str, attempts: int, paths: list[str]) -> None:
+        destination = self.destinations.get(name)
+        if destination is None:
+            report = SendReport(outcome=SendOutcome.REFUSED, status=None, detail=f"destination {name!r} not configured")
+        else:
+            try:
+                report = send_files(
+                    [self.storage_dir / path for path in paths],
+                    destination,
+                    calling_aet=self.calling_aet,
+                    timeout_seconds=self.settings.timeout_seconds,
+                )
+            except (OSError, RuntimeError, ValueError) as exc:
+                report = SendReport(outcome=SendOutcome.RETRY, status=None, detail=f"{type(exc).__name__}: {exc}")
+        self._record(delivery_id, job_id, name, attempts + 1, report)
+
+    def _record(self, delivery_id: int, job_id: int, name: str, attempt: int, report: SendReport) -> None:
+        now = utcnow()
+        retry_at = None
+        if report.outcome is SendOutcome.RETRY and self.policy.should_retry(attempt):
+            retry_at = now + timedelta(seconds=self.policy.delay(attempt))
+        with self.sessions.begin() as session:
+            state = repository.record_delivery_outcome(
+                session,
+                delivery_id=delivery_id,
+                delivered=report.outcome is SendOutcome.DELIVERED,
+                retry_at=retry_at,
+                status=report.status,
+                error=None if report.outcome is SendOutcome.DELIVERED else report.detail,
+                now=now,
+            )
+        extra = {"action": f"send.{state.value}", "job_id": job_id, "destination": name, "attempt": attempt}
+        if report.outcome is SendOutcome.DELIVERED:
+            logger.info("job %d delivered to %s: %s", job_id, name, report.detail, extra=extra)
+        elif retry_at is not None:
+            logger.info("job %d to %s will retry: %s", job_id, name, report.detail, extra=extra)
+        else:
+            logger.error("job %d to %s failed: %s (kept on disk; use resend)", job_id, name, report.detail, extra=extra)

@@ -1,0 +1,57 @@
+"""Study assembly: a study is complete once no instance has arrived for ``settle_seconds``.
+
+DICOM has no "study finished" message, so a quiet period decides (Orthanc's StableAge works the
+same way). Each settled version of a study gets exactly one queued job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from miemss_node.clock import utcnow
+from miemss_node.config import StudySettings, WorkerSettings
+from miemss_node.queue import repository
+
+logger = logging.getLogger(__name__)
+
+
+class Settler:
+    """Queues jobs for quiet studies and re-queues jobs whose worker lost its lease."""
+
+    def __init__(self, sessions: sessionmaker[Session], study: StudySettings, worker: WorkerSettings) -> None:
+        self.sessions = sessions
+        self.study = study
+        self.worker = worker
+
+    def run_once(self) -> int:
+        """One pass: reclaim expired leases, then settle due studies; returns the jobs touched."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            reclaimed = repository.reclaim_expired_leases(session, now=now)
+            for job in reclaimed:
+                logger.info(
+                    "job %d lost its lease; now %s",
+                    job.id,
+                    job.state.value,
+                    extra={"action": "job.lease_expired", "job_id": job.id, "state": job.state.value},
+                )
+        with self.sessions.begin() as session:
+            jobs = repository.settle_due_studies(
+                session,
+                now=now,
+                settle_seconds=self.study.settle_seconds,
+                max_attempts=self.worker.max_attempts,
+                reprocess_late_instances=self.study.reprocess_late_instances,
+            )
+            queued = [(job.id, job.version, repository.study_of_job(session, job).study_instance_uid) for job in jobs]
+        for job_id, version, study_uid in queued:
+            logger.info(
+                "study %s settled; job %d (version %d) queued",
+                study_uid,
+                job_id,
+                version,
+                extra={"action": "job.queued", "job_id": job_id, "study_uid": study_uid},
+            )
+        return len(reclaimed) + len(queued)

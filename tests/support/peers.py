@@ -1,0 +1,83 @@
+"""Real DICOM peers for tests: a pynetdicom Storage SCP playing the PACS, and a C-STORE SCU."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+
+
+class PacsScp:
+    """A Storage SCP on 127.0.0.1 and an ephemeral port that keeps what it receives.
+
+    ``status_for`` decides the answer per dataset (default Success), so tests can play a PACS that
+    refuses or is out of resources.
+    """
+
+    def __init__(self, ae_title: str = "TESTPACS", status_for: Callable[[Dataset], int] | None = None) -> None:
+        self.ae_title = ae_title
+        self.status_for = status_for or (lambda _ds: 0x0000)
+        self.received: list[Dataset] = []
+        self.attempts = 0
+        self._lock = threading.Lock()
+        ae = AE(ae_title=ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self._server.server_address[1])
+
+    def _on_store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        status = self.status_for(ds)
+        with self._lock:
+            self.attempts += 1
+            if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+                self.received.append(ds)
+        return status
+
+    def wait_for(self, predicate: Callable[[list[Dataset]], bool], timeout: float = 60.0) -> list[Dataset]:
+        """Poll until ``predicate(received)`` holds; fail the test after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                snapshot = list(self.received)
+            if predicate(snapshot):
+                return snapshot
+            time.sleep(0.1)
+        raise AssertionError(f"PACS did not receive the expected objects in {timeout} s (got {len(snapshot)})")
+
+    def stop(self) -> None:
+        """Shut the server down."""
+        self._server.shutdown()
+
+
+def store_files(paths: Iterable[Path], port: int, *, called_aet: str = "MIEMSS", calling_aet: str = "MODALITY") -> list[int]:
+    """C-STORE files to 127.0.0.1:port in one association; return each response status (-1 = none)."""
+    datasets = [dcmread(path, force=True) for path in paths]
+    return store_datasets(datasets, port, called_aet=called_aet, calling_aet=calling_aet)
+
+
+def store_datasets(
+    datasets: list[Dataset], port: int, *, called_aet: str = "MIEMSS", calling_aet: str = "MODALITY"
+) -> list[int]:
+    """C-STORE datasets, each proposed in its own transfer syntax plus the uncompressed ones."""
+    ae = AE(ae_title=calling_aet)
+    for ds in datasets:
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ImplicitVRLittleEndian)
+        ae.add_requested_context(str(ds.SOPClassUID), sorted({syntax, str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}))
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
+    assert assoc.is_established, f"no association with 127.0.0.1:{port}"
+    try:
+        statuses = []
+        for ds in datasets:
+            response = assoc.send_c_store(ds)
+            statuses.append(int(response.Status) if "Status" in response else -1)
+        return statuses
+    finally:
+        assoc.release()
