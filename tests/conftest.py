@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from miemss_node.config import Config, Destination, load_config
-from miemss_node.node import Node
 from tests.support.peers import PacsScp
+
+if TYPE_CHECKING:
+    from miemss_node.node import Node
 
 
 @pytest.fixture
@@ -44,6 +47,8 @@ def config_factory(tmp_path: Path) -> Callable[..., Config]:
 @pytest.fixture
 def node_factory() -> Iterator[Callable[[Config], Node]]:
     """Start nodes and stop them all at teardown."""
+    from miemss_node.node import Node
+
     started: list[Node] = []
 
     def start(config: Config) -> Node:

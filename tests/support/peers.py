@@ -66,11 +66,15 @@ def store_files(paths: Iterable[Path], port: int, *, called_aet: str = "MIEMSS",
 def store_datasets(
     datasets: list[Dataset], port: int, *, called_aet: str = "MIEMSS", calling_aet: str = "MODALITY"
 ) -> list[int]:
-    """C-STORE datasets, each proposed in its own transfer syntax plus the uncompressed ones."""
+    """C-STORE datasets, each in its own transfer syntax (one presentation context per pair)."""
     ae = AE(ae_title=calling_aet)
+    pairs = set()
     for ds in datasets:
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ImplicitVRLittleEndian)
-        ae.add_requested_context(str(ds.SOPClassUID), sorted({syntax, str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}))
+        pairs.add((str(ds.SOPClassUID), syntax))
+        pairs.add((str(ds.SOPClassUID), str(ExplicitVRLittleEndian)))
+    for sop_class, syntax in sorted(pairs):
+        ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
     assert assoc.is_established, f"no association with 127.0.0.1:{port}"
     try:

@@ -1,0 +1,364 @@
+"""Load and schema-check ``dicom_templates/`` and turn them into highdicom building blocks.
+
+Coded concepts live in JSON templates, not in code (QIICR/dcmqi style: DICOM keywords verbatim,
+camelCase for our own fields, full code triplets). Each template is checked against its JSON
+Schema (``dicom_templates/schemas/``, ``$ref`` resolved from that folder only) before use, and any
+problem raises :class:`~miemss_node.errors.TemplateError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from highdicom import AlgorithmIdentificationSequence
+from highdicom.color import CIELabColor
+from highdicom.seg import SegmentAlgorithmTypeValues, SegmentDescription
+from highdicom.sr import CodedConcept
+
+from miemss_node.errors import TemplateError
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_TEMPLATE = "seg/anomaly_segment.json"
+REPORT_TEMPLATE = "sr/measurement_report.json"
+CAPTURE_TEMPLATE = "sc/secondary_capture.json"
+
+#: Each template and the schema (in ``schemas/``) it must satisfy.
+TEMPLATE_SCHEMAS: dict[str, str] = {
+    SEGMENT_TEMPLATE: "anomaly_segment.schema.json",
+    REPORT_TEMPLATE: "measurement_report.schema.json",
+    CAPTURE_TEMPLATE: "secondary_capture.schema.json",
+}
+
+#: Schemas that others reference by ``$id`` (registered, never fetched).
+SHARED_SCHEMAS = ("common.schema.json",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentTemplate:
+    """``seg/anomaly_segment.json``: how each anomaly region is described in the SEG."""
+
+    series_description: str
+    content_label: str
+    content_description: str
+    segment_label_format: str
+    segment_description: str
+    algorithm_type: SegmentAlgorithmTypeValues
+    algorithm_name: str
+    algorithm_family: CodedConcept
+    algorithm_source: str | None
+    category: CodedConcept
+    property_type: CodedConcept
+    display_rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportTemplate:
+    """``sr/measurement_report.json``: concept names, units and statements of the SR."""
+
+    series_description: str
+    title: CodedConcept
+    procedure_reported: CodedConcept
+    finding_category: CodedConcept
+    finding_type: CodedConcept
+    area: CodedConcept
+    unit_mm2: CodedConcept
+    unit_pixels: CodedConcept
+    score: CodedConcept
+    score_unit: CodedConcept
+    mean: CodedConcept
+    maximum: CodedConcept
+    evaluations_container: CodedConcept
+    report_text: CodedConcept
+    finding: CodedConcept
+    caption: CodedConcept
+    models: CodedConcept
+    algorithm_name: str
+    algorithm_family: CodedConcept
+    device_observer_name: str
+    no_region_in_study: str
+    no_region_in_image: str
+    no_model: str
+    models_ran: str
+    disclaimer: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureTemplate:
+    """``sc/secondary_capture.json``: how the heatmap overlay is drawn and described."""
+
+    series_description: str
+    derivation_description: str
+    conversion_type: str
+    burned_in_text: tuple[str, ...]
+    heatmap_opacity: float
+    outline_rgb: tuple[int, int, int]
+    text_rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Templates:
+    """All templates of one ``dicom_templates`` folder, checked and converted."""
+
+    segment: SegmentTemplate
+    report: ReportTemplate
+    capture: CaptureTemplate
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def _schema_registry(schemas_dir: Path) -> Any:
+    """Register the shared schemas by their ``$id`` so no ``$ref`` ever reaches the network."""
+    from referencing import Registry, Resource
+
+    registry: Registry = Registry()
+    for name in SHARED_SCHEMAS:
+        path = schemas_dir / name
+        contents = _read_json(path)
+        if not isinstance(contents, dict) or "$id" not in contents:
+            raise TemplateError(f"{path}: a shared schema needs an '$id'")
+        registry = registry.with_resource(contents["$id"], Resource.from_contents(contents))
+    return registry
+
+
+def load_template(templates_dir: Path, name: str) -> dict[str, Any]:
+    """Read one template and check it against its schema.
+
+    Parameters
+    ----------
+    templates_dir
+        The ``dicom_templates`` folder.
+    name
+        The template's path relative to it, one of :data:`TEMPLATE_SCHEMAS`.
+
+    Returns
+    -------
+    dict
+        The template's JSON object.
+
+    Raises
+    ------
+    TemplateError
+        When the template or its schema is missing, is not JSON, or the template does not match
+        the schema (every mismatch is listed, with its JSON path).
+    """
+    import jsonschema
+    from referencing.exceptions import Unresolvable
+
+    if name not in TEMPLATE_SCHEMAS:
+        raise TemplateError(f"{templates_dir / name}: unknown template (known: {sorted(TEMPLATE_SCHEMAS)})")
+    schemas_dir = templates_dir / "schemas"
+    schema_path = schemas_dir / TEMPLATE_SCHEMAS[name]
+    path = templates_dir / name
+    schema = _read_json(schema_path)
+    validator_class = jsonschema.validators.validator_for(schema)
+    try:
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise TemplateError(f"{schema_path}: not a valid JSON Schema: {exc.message}") from exc
+    validator = validator_class(schema, registry=_schema_registry(schemas_dir))
+    document = _read_json(path)
+    try:
+        errors = sorted(validator.iter_errors(document), key=lambda error: list(error.absolute_path))
+    except Unresolvable as exc:
+        raise TemplateError(f"{schema_path}: unresolvable $ref: {exc}") from exc
+    if errors:
+        problems = "; ".join(
+            f"{'/'.join(str(part) for part in error.absolute_path) or '(root)'}: {error.message}"
+            for error in errors
+        )
+        raise TemplateError(f"{path}: does not match {schema_path.name}: {problems}")
+    logger.debug("template loaded", extra={"action": "template_loaded", "template": str(path)})
+    return dict(document)
+
+
+def coded_concept(triplet: dict[str, str]) -> CodedConcept:
+    """Build a highdicom CodedConcept from a template's code triplet (PS3.3 Table 8.8-1)."""
+    return CodedConcept(
+        value=triplet["CodeValue"],
+        scheme_designator=triplet["CodingSchemeDesignator"],
+        meaning=triplet["CodeMeaning"],
+    )
+
+
+def _rgb(values: list[int]) -> tuple[int, int, int]:
+    red, green, blue = values
+    return (int(red), int(green), int(blue))
+
+
+def _segment_template(document: dict[str, Any]) -> SegmentTemplate:
+    algorithm = document["SegmentationAlgorithmIdentificationSequence"]
+    return SegmentTemplate(
+        series_description=document["SeriesDescription"],
+        content_label=document["ContentLabel"],
+        content_description=document["ContentDescription"],
+        segment_label_format=document["segmentLabelFormat"],
+        segment_description=document["SegmentDescription"],
+        algorithm_type=SegmentAlgorithmTypeValues(document["SegmentAlgorithmType"]),
+        algorithm_name=algorithm["AlgorithmName"],
+        algorithm_family=coded_concept(algorithm["AlgorithmFamilyCodeSequence"]),
+        algorithm_source=algorithm.get("AlgorithmSource"),
+        category=coded_concept(document["SegmentedPropertyCategoryCodeSequence"]),
+        property_type=coded_concept(document["SegmentedPropertyTypeCodeSequence"]),
+        display_rgb=_rgb(document["recommendedDisplayRGBValue"]),
+    )
+
+
+def _report_template(document: dict[str, Any]) -> ReportTemplate:
+    evaluations = document["qualitativeEvaluations"]
+    statements = document["statements"]
+    return ReportTemplate(
+        series_description=document["SeriesDescription"],
+        title=coded_concept(document["title"]),
+        procedure_reported=coded_concept(document["procedureReported"]),
+        finding_category=coded_concept(document["findingCategory"]),
+        finding_type=coded_concept(document["findingType"]),
+        area=coded_concept(document["area"]["name"]),
+        unit_mm2=coded_concept(document["area"]["unitSquareMillimetre"]),
+        unit_pixels=coded_concept(document["area"]["unitPixels"]),
+        score=coded_concept(document["anomalyScore"]["name"]),
+        score_unit=coded_concept(document["anomalyScore"]["unit"]),
+        mean=coded_concept(document["anomalyScore"]["meanDerivation"]),
+        maximum=coded_concept(document["anomalyScore"]["maximumDerivation"]),
+        evaluations_container=coded_concept(evaluations["container"]),
+        report_text=coded_concept(evaluations["reportText"]),
+        finding=coded_concept(evaluations["finding"]),
+        caption=coded_concept(evaluations["caption"]),
+        models=coded_concept(evaluations["models"]),
+        algorithm_name=document["algorithm"]["AlgorithmName"],
+        algorithm_family=coded_concept(document["algorithm"]["AlgorithmFamilyCodeSequence"]),
+        device_observer_name=document["deviceObserverName"],
+        no_region_in_study=statements["noRegionInStudy"],
+        no_region_in_image=statements["noRegionInImage"],
+        no_model=statements["noModel"],
+        models_ran=statements["modelsRan"],
+        disclaimer=statements["disclaimer"],
+    )
+
+
+def _capture_template(document: dict[str, Any]) -> CaptureTemplate:
+    return CaptureTemplate(
+        series_description=document["SeriesDescription"],
+        derivation_description=document["DerivationDescription"],
+        conversion_type=document["ConversionType"],
+        burned_in_text=tuple(document["burnedInText"]),
+        heatmap_opacity=float(document["heatmapOpacity"]),
+        outline_rgb=_rgb(document["outlineRGBValue"]),
+        text_rgb=_rgb(document["textRGBValue"]),
+    )
+
+
+def load_templates(templates_dir: Path) -> Templates:
+    """Load, check and convert every template of a ``dicom_templates`` folder.
+
+    Parameters
+    ----------
+    templates_dir
+        The folder holding ``seg/``, ``sr/``, ``sc/`` and ``schemas/``.
+
+    Returns
+    -------
+    Templates
+        The converted templates.
+
+    Raises
+    ------
+    TemplateError
+        When any template is missing or invalid; the message names the file.
+    """
+    return Templates(
+        segment=_segment_template(load_template(templates_dir, SEGMENT_TEMPLATE)),
+        report=_report_template(load_template(templates_dir, REPORT_TEMPLATE)),
+        capture=_capture_template(load_template(templates_dir, CAPTURE_TEMPLATE)),
+    )
+
+
+def algorithm_identification(
+    name: str,
+    family: CodedConcept,
+    version: str,
+    *,
+    source: str | None = None,
+    parameters: dict[str, str] | None = None,
+) -> AlgorithmIdentificationSequence:
+    """Build the Algorithm Identification Sequence (PS3.3 Table 10-19) of a segment.
+
+    Parameters
+    ----------
+    name
+        Algorithm Name (LO).
+    family
+        Algorithm Family Code, from CID 7162 "Surface Processing Algorithm Families".
+    version
+        Algorithm Version (LO): the pipeline version.
+    source
+        Algorithm Source (LO), e.g. the manufacturer.
+    parameters
+        Algorithm Parameters, e.g. the models that ran.
+
+    Returns
+    -------
+    highdicom.AlgorithmIdentificationSequence
+        The sequence for a SegmentDescription.
+    """
+    return AlgorithmIdentificationSequence(
+        name=name,
+        family=family,
+        version=version,
+        source=source,
+        parameters=parameters or None,
+    )
+
+
+def segment_description(
+    template: SegmentTemplate,
+    *,
+    segment_number: int,
+    algorithm: AlgorithmIdentificationSequence,
+    tracking_uid: str,
+) -> SegmentDescription:
+    """Build the Segment Sequence item (PS3.3 C.8.20.2) of one anomaly region.
+
+    Parameters
+    ----------
+    template
+        The segment template.
+    segment_number
+        1-based Segment Number, equal to the region's label.
+    algorithm
+        From :func:`algorithm_identification`.
+    tracking_uid
+        Tracking UID of the segment (deterministic, from the job key).
+
+    Returns
+    -------
+    highdicom.seg.SegmentDescription
+        The item, with Segment Description (0062,0006) set from the template.
+    """
+    label = template.segment_label_format.format(label=segment_number)
+    description = SegmentDescription(
+        segment_number=segment_number,
+        segment_label=label,
+        segmented_property_category=template.category,
+        segmented_property_type=template.property_type,
+        algorithm_type=template.algorithm_type,
+        algorithm_identification=algorithm,
+        tracking_uid=tracking_uid,
+        tracking_id=label,
+        display_color=CIELabColor.from_rgb(*template.display_rgb),
+    )
+    description.SegmentDescription = template.segment_description
+    return description

@@ -1,0 +1,196 @@
+"""The job queue on a real SQLite database: settling, claiming, leases, retries, deliveries."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from miemss_node.queue import repository
+from miemss_node.queue.db import create_database_engine, session_factory
+from miemss_node.queue.models import DeliveryState, Job, JobState
+from miemss_node.queue.retry import RetryPolicy
+
+T0 = datetime(2026, 1, 1, 12, 0, 0)
+NO_JITTER = RetryPolicy(max_attempts=3, backoff_seconds=10, jitter=False)
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> sessionmaker[Session]:
+    return session_factory(create_database_engine(f"sqlite:///{tmp_path / 'q.db'}"))
+
+
+def receive(sessions: sessionmaker[Session], sop: str, at: datetime, study: str = "1.2.3") -> None:
+    record = repository.InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid=f"{study}.1",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"instances/{sop}.dcm",
+        size_bytes=10,
+        calling_ae_title="MOD",
+    )
+    with sessions.begin() as session:
+        repository.record_instance(session, record, at)
+
+
+def settle(sessions: sessionmaker[Session], at: datetime, reprocess: bool = True) -> list[int]:
+    with sessions.begin() as session:
+        jobs = repository.settle_due_studies(
+            session, now=at, settle_seconds=10, max_attempts=3, reprocess_late_instances=reprocess
+        )
+        return [job.version for job in jobs]
+
+
+def claim(sessions: sessionmaker[Session], owner: str, at: datetime, lease: float = 30) -> int | None:
+    with sessions.begin() as session:
+        job = repository.claim_job(session, owner=owner, lease_seconds=lease, now=at)
+        return None if job is None else job.id
+
+
+def test_study_settles_once_after_quiet_period(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    receive(sessions, "1.2.3.1.2", T0 + timedelta(seconds=5))
+    assert settle(sessions, T0 + timedelta(seconds=12)) == []
+    assert settle(sessions, T0 + timedelta(seconds=15)) == [1]
+    assert settle(sessions, T0 + timedelta(seconds=60)) == []
+
+
+def test_late_instance_joins_the_queued_job(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    assert settle(sessions, T0 + timedelta(seconds=11)) == [1]
+    receive(sessions, "1.2.3.1.2", T0 + timedelta(seconds=20))
+    assert settle(sessions, T0 + timedelta(seconds=31)) == []
+
+
+def test_late_instance_after_the_job_ran_starts_a_new_version(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    assert claim(sessions, "w1", T0 + timedelta(seconds=12)) is not None
+    receive(sessions, "1.2.3.1.2", T0 + timedelta(seconds=20))
+    assert settle(sessions, T0 + timedelta(seconds=31)) == [2]
+
+
+def test_late_instance_is_not_reprocessed_when_disabled(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11), reprocess=False)
+    claim(sessions, "w1", T0 + timedelta(seconds=12))
+    receive(sessions, "1.2.3.1.2", T0 + timedelta(seconds=20))
+    assert settle(sessions, T0 + timedelta(seconds=31), reprocess=False) == []
+
+
+def test_a_job_is_claimed_by_one_worker_only(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    first = claim(sessions, "w1", T0 + timedelta(seconds=12))
+    assert first is not None
+    assert claim(sessions, "w2", T0 + timedelta(seconds=12)) is None
+
+
+def test_expired_lease_runs_the_job_again_then_fails_it(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    at = T0 + timedelta(seconds=12)
+    for attempt in range(1, 4):
+        job_id = claim(sessions, f"w{attempt}", at)
+        assert job_id is not None
+        at += timedelta(seconds=31)
+        with sessions.begin() as session:
+            reclaimed = repository.reclaim_expired_leases(session, now=at)
+            assert [job.attempts for job in reclaimed] == [attempt]
+            expected = JobState.FAILED if attempt == 3 else JobState.QUEUED
+            assert reclaimed[0].state == expected
+    assert claim(sessions, "w4", at) is None
+
+
+def test_lease_renewal_keeps_the_job(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    job_id = claim(sessions, "w1", T0 + timedelta(seconds=12))
+    assert job_id is not None
+    with sessions.begin() as session:
+        assert repository.renew_lease(session, job_id=job_id, owner="w1", lease_seconds=30, now=T0 + timedelta(seconds=40))
+        assert not repository.renew_lease(session, job_id=job_id, owner="w2", lease_seconds=30, now=T0 + timedelta(seconds=40))
+    with sessions.begin() as session:
+        assert repository.reclaim_expired_leases(session, now=T0 + timedelta(seconds=50)) == []
+
+
+def test_failure_backs_off_then_fails_after_max_attempts(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    at = T0 + timedelta(seconds=12)
+    states = []
+    for _ in range(3):
+        job_id = claim(sessions, "w1", at)
+        assert job_id is not None
+        with sessions.begin() as session:
+            state = repository.fail_job(
+                session, job_id=job_id, owner="w1", error="boom", policy=NO_JITTER, retryable=True, now=at
+            )
+        states.append(state)
+        assert claim(sessions, "w1", at + timedelta(seconds=1)) is None  # backoff holds it
+        at += timedelta(seconds=100)
+    assert states == [JobState.QUEUED, JobState.QUEUED, JobState.FAILED]
+    with sessions() as session:
+        job, _study = repository.list_jobs(session)[0]
+        assert job.last_error == "boom"
+    with sessions.begin() as session:
+        assert repository.requeue_job(session, job_id=job.id, now=at) is not None
+    assert claim(sessions, "w1", at) == job.id
+
+
+def encoded_job(sessions: sessionmaker[Session], destinations: list[str]) -> int:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    job_id = claim(sessions, "w1", T0 + timedelta(seconds=12))
+    assert job_id is not None
+    result = repository.ResultRecord(kind="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.34", sop_instance_uid="2.25.1", path="r/sr.dcm")
+    with sessions.begin() as session:
+        assert repository.finish_job_encoded(
+            session, job_id=job_id, owner="w1", results=[result], destinations=destinations, now=T0 + timedelta(seconds=13)
+        )
+    return job_id
+
+
+def test_deliveries_decide_the_job_state(sessions: sessionmaker[Session]) -> None:
+    job_id = encoded_job(sessions, ["a", "b"])
+    at = T0 + timedelta(seconds=20)
+    with sessions.begin() as session:
+        due = repository.claim_due_deliveries(session, now=at, hold_seconds=60)
+        ids = {d.destination: d.id for d in due}
+    with sessions.begin() as session:
+        assert repository.claim_due_deliveries(session, now=at, hold_seconds=60) == []  # held while sending
+    with sessions.begin() as session:
+        repository.record_delivery_outcome(session, delivery_id=ids["a"], delivered=True, retry_at=None, status=0, error=None, now=at)
+        state = repository.record_delivery_outcome(
+            session, delivery_id=ids["b"], delivered=False, retry_at=at + timedelta(seconds=5), status=None, error="down", now=at
+        )
+        assert state == DeliveryState.PENDING
+    with sessions() as session:
+        assert session.get_one(Job, job_id).state == JobState.ENCODED
+    with sessions.begin() as session:
+        due = repository.claim_due_deliveries(session, now=at + timedelta(seconds=6), hold_seconds=60)
+        assert [d.destination for d in due] == ["b"]
+        repository.record_delivery_outcome(session, delivery_id=ids["b"], delivered=False, retry_at=None, status=0xC000, error="refused", now=at)
+    with sessions() as session:
+        assert session.get_one(Job, job_id).state == JobState.FAILED
+    with sessions.begin() as session:
+        assert repository.reset_deliveries(session, study_instance_uid="1.2.3", destination="b", now=at) == 1
+    with sessions.begin() as session:
+        due = repository.claim_due_deliveries(session, now=at, hold_seconds=60)
+        repository.record_delivery_outcome(session, delivery_id=due[0].id, delivered=True, retry_at=None, status=0, error=None, now=at)
+    with sessions() as session:
+        assert session.get_one(Job, job_id).state == JobState.DELIVERED
+
+
+def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
+    policy = RetryPolicy(max_attempts=4, backoff_seconds=10, max_backoff_seconds=35)
+    assert [NO_JITTER.delay(n) for n in (1, 2, 3)] == [10, 20, 40]
+    for attempts, ceiling in ((1, 10), (2, 20), (3, 35), (4, 35)):
+        assert ceiling / 2 <= policy.delay(attempts) <= ceiling
+    assert policy.should_retry(3) and not policy.should_retry(4)
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0, backoff_seconds=1)
