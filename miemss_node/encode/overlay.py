@@ -1,0 +1,100 @@
+"""Draw the heatmap, the region outlines and the warning text over an image (8-bit RGB)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from skimage.morphology import dilation, footprint_rectangle
+from skimage.segmentation import find_boundaries
+
+#: Colour stops of the heatmap, from a score of 0 (blue) to 1 (red), like a "jet" map.
+_HEAT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
+_HEAT_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=np.float32)
+
+
+def heat_colours(heatmap: np.ndarray) -> np.ndarray:
+    """Map scores in [0, 1] to RGB float colours in [0, 255], shape ``heatmap.shape + (3,)``."""
+    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
+    channels = [np.interp(heat, _HEAT_STOPS, _HEAT_COLOURS[:, c]) for c in range(3)]
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Return a display image in [0, 1] as float RGB in [0, 255]."""
+    grey = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0) * 255.0
+    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
+
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Region boundaries, about 1 pixel per 512 pixels of the shorter side, at least 1."""
+    boundaries = find_boundaries(labels, mode="inner")
+    width = max(1, round(min(labels.shape) / 512))
+    if width > 1:
+        boundaries = dilation(boundaries, footprint_rectangle((width, width)))
+    return boundaries
+
+
+def _draw_text(image: Image.Image, lines: tuple[str, ...], colour: tuple[int, int, int]) -> None:
+    """Burn ``lines`` into the top left corner, sized to the image, outlined in black."""
+    size = max(8, min(image.width, image.height) // 24)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(image)
+    margin = max(1, size // 3)
+    y = margin
+    for line in lines:
+        draw.text((margin, y), line, fill=colour, font=font, stroke_width=max(1, size // 12),
+                  stroke_fill=(0, 0, 0))
+        y += int(size * 1.25)
+
+
+def render_overlay(
+    pixels: np.ndarray,
+    heatmap: np.ndarray,
+    labels: np.ndarray,
+    *,
+    opacity: float,
+    outline_rgb: tuple[int, int, int],
+    text_rgb: tuple[int, int, int],
+    text: tuple[str, ...],
+) -> np.ndarray:
+    """Return the overlay image as uint8 RGB, shape ``pixels.shape + (3,)``.
+
+    Parameters
+    ----------
+    pixels
+        Display image in [0, 1] (higher is brighter).
+    heatmap
+        Anomaly score per pixel in [0, 1], same shape; blended with alpha ``opacity * score``
+        so low scores leave the image visible.
+    labels
+        Region label image, same shape; its boundaries are drawn in ``outline_rgb``.
+    opacity
+        Heatmap opacity at a score of 1.
+    outline_rgb, text_rgb
+        Colours of the outlines and of the text.
+    text
+        Lines burned in (e.g. "NOT FOR DIAGNOSIS").
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 array of shape (rows, columns, 3).
+
+    Raises
+    ------
+    ValueError
+        When the arrays' shapes differ.
+    """
+    if pixels.shape != heatmap.shape or pixels.shape != labels.shape or pixels.ndim != 2:
+        raise ValueError(
+            f"pixels {pixels.shape}, heatmap {heatmap.shape} and labels {labels.shape} must be the "
+            "same 2-D shape"
+        )
+    base = grey_to_rgb(pixels)
+    alpha = (np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0) * opacity)[..., np.newaxis]
+    blended = base * (1.0 - alpha) + heat_colours(heatmap) * alpha
+    rgb = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    rgb[_outline(labels)] = np.array(outline_rgb, dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    _draw_text(image, text, text_rgb)
+    return np.asarray(image, dtype=np.uint8).copy()

@@ -1,0 +1,208 @@
+"""The Segmentation (SEG) of the anomalous regions of one analysed image or frame.
+
+One BINARY segment per :class:`~miemss_node.pipeline.base.Region` (PS3.3 A.51, C.8.20), each
+referencing its source image (and frame). An image without any region gets no SEG: an empty
+Segmentation carries no information and some viewers reject a SEG without segments; the SR
+says for that image that no anomalous region was found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from highdicom import PlanePositionSequence
+from highdicom.seg import Segmentation, SegmentationTypeValues
+from pydicom import Dataset
+
+from miemss_node.encode.equipment import Equipment, processing_equipment, software_versions_value
+from miemss_node.encode.templates import SegmentTemplate, algorithm_identification, segment_description
+from miemss_node.encode.uids import derive_uid
+from miemss_node.errors import EncodeError
+from miemss_node.pipeline.base import ImageAnalysis, ModelRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentFrames:
+    """Where each segment of a SEG is: the SR's TID 1410 groups reference these frames."""
+
+    seg: Segmentation
+    #: Segment Number -> 1-based frame number of the SEG holding it.
+    frame_of_segment: dict[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegRequest:
+    """Everything needed to encode one SEG."""
+
+    source: Dataset
+    analysis: ImageAnalysis
+    template: SegmentTemplate
+    equipment: Equipment
+    job_key: str
+    series_uid: str
+    sop_instance_uid: str
+    series_number: int
+    instance_number: int
+    pipeline_version: str
+    models: tuple[ModelRun, ...]
+
+
+def model_parameters(models: tuple[ModelRun, ...]) -> dict[str, str]:
+    """Algorithm Parameters naming the models that ran, e.g. ``{"vit": "name@revision"}``."""
+    return {model.role: f"{model.name}@{model.revision}" for model in models}
+
+
+def check_region_labels(analysis: ImageAnalysis, shape: tuple[int, int]) -> None:
+    """Check that the label image matches the regions and the source's size.
+
+    Raises
+    ------
+    EncodeError
+        When the labels are not the regions' labels 1..K, or the label image has the wrong shape:
+        a segment without a region (or the reverse) would make the SEG and the SR disagree.
+    """
+    region_map = analysis.region_map
+    if region_map.labels.shape != shape:
+        raise EncodeError(
+            f"label image of {analysis.decoded.sop_instance_uid} has shape {region_map.labels.shape}, "
+            f"the source has {shape}"
+        )
+    expected = list(range(1, len(region_map.regions) + 1))
+    if sorted(region.label for region in region_map.regions) != expected:
+        raise EncodeError(
+            f"regions of {analysis.decoded.sop_instance_uid} must be labelled 1..{len(expected)}"
+        )
+    present = {int(value) for value in np.unique(region_map.labels) if value != 0}
+    if present != set(expected):
+        raise EncodeError(
+            f"label image of {analysis.decoded.sop_instance_uid} holds labels {sorted(present)}, "
+            f"the regions are {expected}"
+        )
+
+
+def _frame_source(source: Dataset, frame_number: int | None) -> tuple[Dataset, list[PlanePositionSequence] | None]:
+    """Return the source header (and plane position) highdicom needs for a one-frame SEG.
+
+    highdicom makes a SEG of one frame of a multi-frame image only through its geometry. With a
+    Frame of Reference the frame's Plane Position is passed. Without one (XA, a multi-frame CR
+    or SC), highdicom allows a single frame only, so it is given a header that says one frame and
+    the frame reference is written into the SEG afterwards (:func:`_reference_frame`).
+    """
+    if frame_number is None:
+        return source, None
+    if "FrameOfReferenceUID" in source and "PerFrameFunctionalGroupsSequence" in source:
+        item = source.PerFrameFunctionalGroupsSequence[frame_number - 1]
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        return source, [PlanePositionSequence("PATIENT", image_position=[float(v) for v in position])]
+    one_frame = Dataset()
+    one_frame.update(source)
+    one_frame.NumberOfFrames = 1
+    return one_frame, None
+
+
+def _reference_frame(seg: Segmentation, frame_number: int) -> None:
+    """Add Referenced Frame Number to each reference of the source (PS3.3 Table 10-3)."""
+    items = list(seg.get("SourceImageSequence", []))
+    for frame_item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in frame_item.get("DerivationImageSequence", []):
+            items.extend(derivation.get("SourceImageSequence", []))
+    for series in seg.get("ReferencedSeriesSequence", []):
+        items.extend(series.get("ReferencedInstanceSequence", []))
+    for item in items:
+        item.ReferencedFrameNumber = frame_number
+
+
+def _segment_frames(seg: Segmentation) -> dict[int, int]:
+    frames: dict[int, int] = {}
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        frames.setdefault(number, index)
+    return frames
+
+
+def build_segmentation(request: SegRequest) -> SegmentFrames | None:
+    """Encode the SEG of one analysed image or frame.
+
+    Parameters
+    ----------
+    request
+        The repaired source header, its analysis, the template and the UIDs.
+
+    Returns
+    -------
+    SegmentFrames or None
+        The SEG and the frame of each segment; None when the image has no region.
+
+    Raises
+    ------
+    EncodeError
+        When the regions and the label image disagree, or highdicom rejects the input.
+    """
+    analysis = request.analysis
+    regions = sorted(analysis.region_map.regions, key=lambda region: region.label)
+    if not regions:
+        return None
+    source = request.source
+    check_region_labels(analysis, (int(source.Rows), int(source.Columns)))
+    frame_number = analysis.decoded.frame_number
+    source_uid = str(source.SOPInstanceUID)
+    algorithm = algorithm_identification(
+        request.template.algorithm_name,
+        request.template.algorithm_family,
+        request.pipeline_version,
+        source=request.template.algorithm_source,
+        parameters=model_parameters(request.models),
+    )
+    descriptions = [
+        segment_description(
+            request.template,
+            segment_number=region.label,
+            algorithm=algorithm,
+            tracking_uid=derive_uid(request.job_key, "SEG", "segment", source_uid, frame_number, region.label),
+        )
+        for region in regions
+    ]
+    labels = analysis.region_map.labels
+    stacked = np.stack([labels == region.label for region in regions], axis=-1)[np.newaxis].astype(np.uint8)
+    header, plane_positions = _frame_source(source, frame_number)
+    equipment = request.equipment
+    try:
+        seg = Segmentation(
+            source_images=[header],
+            pixel_array=stacked,
+            segmentation_type=SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=request.series_uid,
+            series_number=request.series_number,
+            sop_instance_uid=request.sop_instance_uid,
+            instance_number=request.instance_number,
+            manufacturer=equipment.manufacturer,
+            manufacturer_model_name=equipment.model_name,
+            software_versions=software_versions_value(equipment),
+            device_serial_number=equipment.device_serial_number,
+            content_label=request.template.content_label,
+            content_description=request.template.content_description,
+            series_description=request.template.series_description,
+            plane_positions=plane_positions,
+            contributing_equipment=[processing_equipment(equipment)],
+            omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodeError(f"SEG of {source_uid} could not be built: {exc}") from exc
+    if "FrameOfReferenceUID" not in seg:
+        # Type 2C in General Image when there is no Image Orientation/Position (PS3.3 C.7.6.1):
+        # the projection radiographs we segment have none; highdicom leaves it out.
+        seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+        if frame_number is not None:
+            _reference_frame(seg, frame_number)
+    logger.info(
+        "SEG encoded for %s with %d segment(s)",
+        source_uid, len(regions),
+        extra={"action": "seg_encoded", "sop_instance_uid": str(seg.SOPInstanceUID),
+               "source_sop_instance_uid": source_uid, "frame_number": frame_number},
+    )
+    return SegmentFrames(seg=seg, frame_of_segment=_segment_frames(seg))

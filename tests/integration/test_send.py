@@ -1,0 +1,140 @@
+"""The sender against a real Storage SCP: delivered, retried while down, refused and kept."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy.orm import Session, sessionmaker
+
+from miemss_node.clock import utcnow
+from miemss_node.config import DeliverySettings, Destination
+from miemss_node.queue import repository
+from miemss_node.queue.db import create_database_engine, session_factory
+from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState
+from miemss_node.send import Sender, SendOutcome, classify_status
+from tests.conftest import pacs_destination
+from tests.support.peers import PacsScp
+
+FAST = DeliverySettings(max_attempts=3, backoff_seconds=0.0, poll_seconds=0.1, timeout_seconds=5.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (None, SendOutcome.RETRY),
+        (0x0000, SendOutcome.DELIVERED),
+        (0xB007, SendOutcome.DELIVERED),
+        (0xA700, SendOutcome.RETRY),
+        (0xA7FF, SendOutcome.RETRY),
+        (0xA900, SendOutcome.REFUSED),
+        (0xC000, SendOutcome.REFUSED),
+        (0x0122, SendOutcome.REFUSED),
+    ],
+)
+def test_status_classification(status: int | None, outcome: SendOutcome) -> None:
+    assert classify_status(status) is outcome
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def encoded_job(tmp_path: Path, destination: str) -> tuple[sessionmaker[Session], int]:
+    """A job in state ENCODED with two real DICOM files as its results."""
+    sessions = session_factory(create_database_engine(f"sqlite:///{tmp_path / 'node.db'}"))
+    now = utcnow()
+    record = repository.InstanceRecord(
+        study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5",
+        sop_class_uid="1.2", transfer_syntax_uid="1.2.840.10008.1.2.1", path="x", size_bytes=1, calling_ae_title="M",
+    )
+    results = []
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        target = tmp_path / "results" / name
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(get_testdata_file(name), target)
+        results.append(repository.ResultRecord(kind="SC", sop_class_uid="1.2", sop_instance_uid=name, path=f"results/{name}"))
+    with sessions.begin() as session:
+        repository.record_instance(session, record, now - timedelta(seconds=60))
+        repository.settle_due_studies(session, now=now, settle_seconds=1, max_attempts=1, reprocess_late_instances=True)
+        job = repository.claim_job(session, owner="w", lease_seconds=60, now=now)
+        assert job is not None
+        repository.finish_job_encoded(session, job_id=job.id, owner="w", results=results, destinations=[destination], now=now)
+        return sessions, job.id
+
+
+def job_and_delivery(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, Delivery]:
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        return job, job.deliveries[0]
+
+
+def test_results_are_delivered(tmp_path: Path, pacs: PacsScp) -> None:
+    sessions, job_id = encoded_job(tmp_path, "pacs")
+    sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+    assert sender.run_once() == 1
+    job, delivery = job_and_delivery(sessions, job_id)
+    assert job.state is JobState.DELIVERED and delivery.state is DeliveryState.DELIVERED
+    assert sorted(ds.Modality for ds in pacs.received) == ["CT", "MR"]
+
+
+def test_destination_down_is_retried_until_it_comes_up(tmp_path: Path) -> None:
+    port = free_port()
+    sessions, job_id = encoded_job(tmp_path, "pacs")
+    down = Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=port)
+    settings = DeliverySettings(max_attempts=5, backoff_seconds=0.0, poll_seconds=0.1, timeout_seconds=2.0)
+    sender = Sender(sessions, tmp_path, (down,), settings, "MIEMSS")
+    assert sender.run_once() == 1
+    job, delivery = job_and_delivery(sessions, job_id)
+    assert job.state is JobState.ENCODED and delivery.state is DeliveryState.PENDING and delivery.attempts == 1
+    assert "association not established" in (delivery.last_error or "")
+    pacs = PacsScp()
+    try:
+        up = Sender(sessions, tmp_path, (Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=pacs.port),), settings, "MIEMSS")
+        assert up.run_once() == 1
+        assert job_and_delivery(sessions, job_id)[0].state is JobState.DELIVERED
+        assert len(pacs.received) == 2
+    finally:
+        pacs.stop()
+
+
+def test_out_of_resources_retries_then_gives_up_and_keeps_the_files(tmp_path: Path) -> None:
+    pacs = PacsScp(status_for=lambda _ds: 0xA700)
+    try:
+        sessions, job_id = encoded_job(tmp_path, "pacs")
+        sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+        for _ in range(3):
+            assert sender.run_once() == 1
+        assert sender.run_once() == 0
+        job, delivery = job_and_delivery(sessions, job_id)
+        assert (job.state, delivery.state, delivery.attempts, delivery.last_status) == (
+            JobState.FAILED, DeliveryState.FAILED, 3, 0xA700,
+        )
+        assert (tmp_path / "results" / "CT_small.dcm").exists()
+    finally:
+        pacs.stop()
+
+
+def test_refusal_fails_at_once_and_resend_delivers(tmp_path: Path) -> None:
+    refusing = True
+    pacs = PacsScp(status_for=lambda _ds: 0xC000 if refusing else 0x0000)
+    try:
+        sessions, job_id = encoded_job(tmp_path, "pacs")
+        sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+        assert sender.run_once() == 1
+        job, delivery = job_and_delivery(sessions, job_id)
+        assert (job.state, delivery.state, delivery.attempts) == (JobState.FAILED, DeliveryState.FAILED, 1)
+        refusing = False
+        with sessions.begin() as session:
+            assert repository.reset_deliveries(session, study_instance_uid="1.2.3", destination=None, now=utcnow()) == 1
+        assert sender.run_once() == 1
+        assert job_and_delivery(sessions, job_id)[0].state is JobState.DELIVERED
+        assert len(pacs.received) == 2
+    finally:
+        pacs.stop()
