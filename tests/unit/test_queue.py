@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,14 +13,18 @@ from miemss_node.queue import repository
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import DeliveryState, Job, JobState
 from miemss_node.queue.retry import RetryPolicy
+from tests.support.databases import database_url
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 NO_JITTER = RetryPolicy(max_attempts=3, backoff_seconds=10, jitter=False)
 
 
-@pytest.fixture
-def sessions(tmp_path: Path) -> sessionmaker[Session]:
-    return session_factory(create_database_engine(f"sqlite:///{tmp_path / 'q.db'}"))
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    with database_url(request.param, tmp_path) as url:
+        engine = create_database_engine(url)
+        yield session_factory(engine)
+        engine.dispose()
 
 
 def receive(sessions: sessionmaker[Session], sop: str, at: datetime, study: str = "1.2.3") -> None:
