@@ -221,6 +221,27 @@ def _repair_patient_orientation(copy: Dataset, uid: str) -> list[Repair]:
                    reason="not two values of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1)")]
 
 
+def _repair_spacing(copy: Dataset, uid: str) -> list[Repair]:
+    """Remove a Pixel Spacing or Imager Pixel Spacing with a value <= 0 (WG04 files have 0\\0).
+
+    highdicom copies Pixel Spacing into the SEG's Pixel Measures; a zero spacing is no spacing.
+    """
+    repairs: list[Repair] = []
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword not in copy:
+            continue
+        try:
+            values = [float(value) for value in _values(copy[keyword])]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) == 2 and all(value > 0 for value in values):
+            continue
+        del copy[keyword]
+        repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="removed",
+                              reason="not two positive values (PS3.3 10.7.1.3)"))
+    return repairs
+
+
 def header_copy(source: Dataset) -> Dataset:
     """Return a deep copy of ``source`` (and its File Meta) without the pixel data."""
     copy = Dataset()
@@ -262,6 +283,7 @@ def repair_source(source: Dataset) -> tuple[Dataset, tuple[Repair, ...]]:
         *_repair_patient_age(copy, uid),
         *_repair_values(copy, uid),
         *_repair_patient_orientation(copy, uid),
+        *_repair_spacing(copy, uid),
         *_repair_character_set(copy, uid),
     ]
     for repair in repairs:

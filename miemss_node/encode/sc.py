@@ -56,6 +56,17 @@ def _source_reference(source: Dataset, frame_number: int | None) -> Dataset:
     return item
 
 
+def _copy_laterality(source: Dataset, sc: SCImage) -> None:
+    """Laterality (General Series, PS3.3 C.7.3.1): the source's R or L, else empty (unknown).
+
+    Laterality is Type 2C, required for a paired body part. Body Part Examined is not copied
+    (it names the source's series, and validators disagree on which parts are paired), so
+    whether the part is paired is unknown and Laterality is always sent.
+    """
+    laterality = source.get("Laterality")
+    sc.Laterality = laterality if laterality in ("R", "L") else ""
+
+
 def _copy_lossy_flag(source: Dataset, sc: SCImage) -> None:
     """Once lossy, always flagged: the overlay derives from lossy pixels (PS3.3 C.7.6.1.1.5)."""
     if source.get("LossyImageCompression") != "01":
@@ -127,10 +138,13 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
     sc.PatientOrientation = source.get("PatientOrientation", "") or ""
     if sc.PatientOrientation and "AnatomicalOrientationType" in source:
         sc.AnatomicalOrientationType = source.AnatomicalOrientationType
+    _copy_laterality(source, sc)
     sc.ConversionType = template.conversion_type
     sc.DerivationDescription = template.derivation_description
     sc.SourceImageSequence = [_source_reference(source, analysis.decoded.frame_number)]
-    sc.BurnedInAnnotation = "NO"
+    if source.get("BurnedInAnnotation") in ("YES", "NO"):
+        # Our text does not identify the patient; the source's own annotation is still there.
+        sc.BurnedInAnnotation = source.BurnedInAnnotation
     _copy_lossy_flag(source, sc)
     logger.info(
         "SC encoded for %s",

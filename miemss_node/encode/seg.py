@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from highdicom import PlanePositionSequence
 from highdicom.seg import Segmentation, SegmentationTypeValues
-from pydicom import Dataset
+from pydicom import DataElement, Dataset
+from pydicom.tag import Tag
 
 from miemss_node.encode.equipment import Equipment, processing_equipment, software_versions_value
 from miemss_node.encode.templates import SegmentTemplate, algorithm_identification, segment_description
@@ -98,25 +99,49 @@ def _frame_source(source: Dataset, frame_number: int | None) -> tuple[Dataset, l
         item = source.PerFrameFunctionalGroupsSequence[frame_number - 1]
         position = item.PlanePositionSequence[0].ImagePositionPatient
         return source, [PlanePositionSequence("PATIENT", image_position=[float(v) for v in position])]
+    # A shallow copy shares the source's elements: replace elements, never assign values.
     one_frame = Dataset()
     one_frame.update(source)
-    one_frame.NumberOfFrames = 1
+    one_frame[Tag("NumberOfFrames")] = DataElement(Tag("NumberOfFrames"), "IS", 1)
+    if "SharedFunctionalGroupsSequence" not in one_frame:
+        # highdicom reads the pixel measures of any multi-frame IOD from the shared functional
+        # groups, which a classic multi-frame image (XA) does not have: an empty item stands in
+        # and is removed from the SEG afterwards (_drop_empty_pixel_measures).
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [Dataset()]
+        one_frame.SharedFunctionalGroupsSequence = [shared]
     return one_frame, None
 
 
+def _drop_empty_pixel_measures(seg: Segmentation) -> None:
+    for shared in seg.get("SharedFunctionalGroupsSequence", []):
+        measures = shared.get("PixelMeasuresSequence")
+        if measures is not None and all(len(item) == 0 for item in measures):
+            del shared.PixelMeasuresSequence
+
+
 def _reference_frame(seg: Segmentation, frame_number: int) -> None:
-    """Add Referenced Frame Number to each reference of the source (PS3.3 Table 10-3)."""
+    """Add Referenced Frame Number to the source image references (PS3.3 Table 10-3).
+
+    The Common Instance Reference module (Referenced Series Sequence) names instances only.
+    """
     items = list(seg.get("SourceImageSequence", []))
     for frame_item in seg.PerFrameFunctionalGroupsSequence:
         for derivation in frame_item.get("DerivationImageSequence", []):
             items.extend(derivation.get("SourceImageSequence", []))
-    for series in seg.get("ReferencedSeriesSequence", []):
-        items.extend(series.get("ReferencedInstanceSequence", []))
     for item in items:
         item.ReferencedFrameNumber = frame_number
 
 
 def _segment_frames(seg: Segmentation) -> dict[int, int]:
+    """Map each Segment Number to the first SEG frame holding it (PS3.3 C.8.20.3).
+
+    highdicom puts the Segment Identification in the shared functional groups when there is a
+    single segment, else in each frame's.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" in shared:
+        return {int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber): 1}
     frames: dict[int, int] = {}
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
@@ -199,6 +224,7 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         seg.PatientOrientation = source.get("PatientOrientation", "") or ""
         if frame_number is not None:
             _reference_frame(seg, frame_number)
+            _drop_empty_pixel_measures(seg)
     logger.info(
         "SEG encoded for %s with %d segment(s)",
         source_uid, len(regions),

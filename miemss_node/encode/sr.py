@@ -109,10 +109,15 @@ def _algorithm(request: SrRequest) -> AlgorithmIdentification:
     )
 
 
+#: Decimals kept of a score in [0, 1] and of an area in mm²: float32 noise is not information.
+SCORE_DECIMALS = 4
+AREA_DECIMALS = 2
+
+
 def _score(template: ReportTemplate, value: float, derivation: CodedConcept) -> Measurement:
     return Measurement(
         name=template.score,
-        value=float(value),
+        value=round(float(value), SCORE_DECIMALS),
         unit=template.score_unit,
         derivation=derivation,
     )
@@ -120,13 +125,27 @@ def _score(template: ReportTemplate, value: float, derivation: CodedConcept) -> 
 
 def _area(template: ReportTemplate, region: Region) -> Measurement:
     if region.area_mm2 is not None:
-        return Measurement(name=template.area, value=float(region.area_mm2), unit=template.unit_mm2)
+        area = round(float(region.area_mm2), AREA_DECIMALS)
+        return Measurement(name=template.area, value=area, unit=template.unit_mm2)
     return Measurement(name=template.area, value=float(region.area_px), unit=template.unit_pixels)
 
 
 def _frame_numbers(entry: ImageEntry) -> list[int] | None:
     frame = entry.analysis.decoded.frame_number
     return None if frame is None else [frame]
+
+
+def _drop_segment_number(reference: ReferencedSegmentationFrame) -> None:
+    """Keep only the frame in the reference to the SEG (PS3.3 Table 10-3).
+
+    Referenced Segment Number is Type 1C "required if ... Referenced Frame Number is not present",
+    and may not be sent with it; highdicom writes both. Each SEG frame holds one segment, so the
+    frame alone identifies the segment.
+    """
+    for item in reference:
+        for sop_item in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in sop_item and "ReferencedSegmentNumber" in sop_item:
+                del sop_item.ReferencedSegmentNumber
 
 
 def _region_groups(request: SrRequest, entry: ImageEntry, index: int,
@@ -151,6 +170,7 @@ def _region_groups(request: SrRequest, entry: ImageEntry, index: int,
                 referenced_frame_numbers=_frame_numbers(entry),
             ),
         )
+        _drop_segment_number(reference)
         tracking = TrackingIdentifier(
             uid=derive_uid(request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, region.label),
             identifier=f"Image {index} {segment_item.SegmentLabel}",

@@ -9,11 +9,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from miemss_node.queue.models import Base
+from miemss_node.queue.migrate import upgrade
 
 
 def create_database_engine(url: str) -> Engine:
-    """Create the engine and the schema.
+    """Create the engine and bring the schema up to date (Alembic migrations).
 
     SQLite runs in WAL mode with ``synchronous=FULL`` so a commit survives a power cut, and waits
     up to 30 s for a lock because receiver, settler, workers and sender write from several threads.
@@ -26,7 +26,7 @@ def create_database_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 

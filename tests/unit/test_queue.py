@@ -199,3 +199,15 @@ def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
     assert policy.should_retry(3) and not policy.should_retry(4)
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0, backoff_seconds=1)
+
+
+def test_migrations_match_the_models(sessions: sessionmaker[Session]) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.autogenerate import compare_metadata
+
+    from miemss_node.queue.models import Base
+
+    engine = sessions.kw["bind"]
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
