@@ -42,8 +42,9 @@ def _draw_text(image: Image.Image, lines: tuple[str, ...], colour: tuple[int, in
     margin = max(1, size // 3)
     y = margin
     for line in lines:
-        draw.text((margin, y), line, fill=colour, font=font, stroke_width=max(1, size // 12),
-                  stroke_fill=(0, 0, 0))
+        draw.text(
+            (margin, y), line, fill=colour, font=font, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0)
+        )
         y += int(size * 1.25)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -104,7 +105,7 @@ def _values(elem: DataElement) -> list[object]:
     return [elem.value]
 
 
-def _is_valid(vr: str, values: list[object]) -> bool:
+def _is_valid(vr: str, values: Sequence[object]) -> bool:
     for value in values:
         try:
             # The string form is what is written (DSfloat, IS and PersonName keep their original).
@@ -141,11 +142,23 @@ def _repair_patient_age(copy: Dataset, uid: str) -> list[Repair]:
     match = _BARE_AGE.match(str(copy.PatientAge))
     if match and int(match.group(1)) <= 150:
         copy.PatientAge = f"{int(match.group(1)):03d}Y"
-        return [Repair(sop_instance_uid=uid, keyword="PatientAge", action="normalised",
-                       reason="bare number read as years and written as nnnY (PS3.5 6.2 AS)")]
+        return [
+            Repair(
+                sop_instance_uid=uid,
+                keyword="PatientAge",
+                action="normalised",
+                reason="bare number read as years and written as nnnY (PS3.5 6.2 AS)",
+            )
+        ]
     del copy.PatientAge
-    return [Repair(sop_instance_uid=uid, keyword="PatientAge", action="removed",
-                   reason="not an AS value and not a number of years (Type 3)")]
+    return [
+        Repair(
+            sop_instance_uid=uid,
+            keyword="PatientAge",
+            action="removed",
+            reason="not an AS value and not a number of years (Type 3)",
+        )
+    ]
 
 
 def _repair_values(copy: Dataset, uid: str) -> list[Repair]:
@@ -163,16 +176,31 @@ def _repair_values(copy: Dataset, uid: str) -> list[Repair]:
         fixed = _normalised(elem.VR, values)
         if fixed is not None:
             elem.value = fixed[0] if len(fixed) == 1 else fixed
-            repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="normalised",
-                                  reason=f"ACR-NEMA {elem.VR} format rewritten (PS3.5 6.2)"))
+            repairs.append(
+                Repair(
+                    sop_instance_uid=uid,
+                    keyword=keyword,
+                    action="normalised",
+                    reason=f"ACR-NEMA {elem.VR} format rewritten (PS3.5 6.2)",
+                )
+            )
         elif keyword in REQUIRED_TYPE2:
             elem.value = ""
-            repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="emptied",
-                                  reason=f"invalid {elem.VR} value of a Type 2 attribute"))
+            repairs.append(
+                Repair(
+                    sop_instance_uid=uid,
+                    keyword=keyword,
+                    action="emptied",
+                    reason=f"invalid {elem.VR} value of a Type 2 attribute",
+                )
+            )
         else:
             del copy[elem.tag]
-            repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="removed",
-                                  reason=f"invalid {elem.VR} value"))
+            repairs.append(
+                Repair(
+                    sop_instance_uid=uid, keyword=keyword, action="removed", reason=f"invalid {elem.VR} value"
+                )
+            )
     return repairs
 
 
@@ -181,8 +209,14 @@ def _repair_missing_type2(copy: Dataset, uid: str) -> list[Repair]:
     for keyword in REQUIRED_TYPE2:
         if keyword not in copy:
             setattr(copy, keyword, "")
-            repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="added-empty",
-                                  reason="Type 2 attribute missing from the source"))
+            repairs.append(
+                Repair(
+                    sop_instance_uid=uid,
+                    keyword=keyword,
+                    action="added-empty",
+                    reason="Type 2 attribute missing from the source",
+                )
+            )
     return repairs
 
 
@@ -204,9 +238,14 @@ def _repair_character_set(copy: Dataset, uid: str) -> list[Repair]:
         return []
     latin1 = all(0xA0 <= ord(char) <= 0xFF for char in non_ascii)
     copy.SpecificCharacterSet = "ISO_IR 100" if latin1 else "ISO_IR 192"
-    return [Repair(sop_instance_uid=uid, keyword="SpecificCharacterSet", action="charset-declared",
-                   reason=f"non-ASCII text without a declared character set; declared "
-                          f"{copy.SpecificCharacterSet}")]
+    return [
+        Repair(
+            sop_instance_uid=uid,
+            keyword="SpecificCharacterSet",
+            action="charset-declared",
+            reason=f"non-ASCII text without a declared character set; declared {copy.SpecificCharacterSet}",
+        )
+    ]
 
 
 def _repair_patient_orientation(copy: Dataset, uid: str) -> list[Repair]:
@@ -217,8 +256,14 @@ def _repair_patient_orientation(copy: Dataset, uid: str) -> list[Repair]:
     if not values or (len(values) == 2 and all(_ORIENTATION_VALUE.match(value) for value in values)):
         return []
     copy.PatientOrientation = ""
-    return [Repair(sop_instance_uid=uid, keyword="PatientOrientation", action="emptied",
-                   reason="not two values of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1)")]
+    return [
+        Repair(
+            sop_instance_uid=uid,
+            keyword="PatientOrientation",
+            action="emptied",
+            reason="not two values of A, P, R, L, H, F (PS3.3 C.7.6.1.1.1)",
+        )
+    ]
 
 
 def _repair_spacing(copy: Dataset, uid: str) -> list[Repair]:
@@ -231,14 +276,20 @@ def _repair_spacing(copy: Dataset, uid: str) -> list[Repair]:
         if keyword not in copy:
             continue
         try:
-            values = [float(value) for value in _values(copy[keyword])]
+            values = [float(str(value)) for value in _values(copy[keyword])]
         except (TypeError, ValueError):
             values = []
         if len(values) == 2 and all(value > 0 for value in values):
             continue
         del copy[keyword]
-        repairs.append(Repair(sop_instance_uid=uid, keyword=keyword, action="removed",
-                              reason="not two positive values (PS3.3 10.7.1.3)"))
+        repairs.append(
+            Repair(
+                sop_instance_uid=uid,
+                keyword=keyword,
+                action="removed",
+                reason="not two positive values (PS3.3 10.7.1.3)",
+            )
+        )
     return repairs
 
 
@@ -289,8 +340,14 @@ def repair_source(source: Dataset) -> tuple[Dataset, tuple[Repair, ...]]:
     for repair in repairs:
         logger.info(
             "repaired source attribute %s (%s) of %s: %s",
-            repair.keyword, repair.action, repair.sop_instance_uid, repair.reason,
-            extra={"action": "source_repaired", "sop_instance_uid": repair.sop_instance_uid,
-                   "repair": repair.name},
+            repair.keyword,
+            repair.action,
+            repair.sop_instance_uid,
+            repair.reason,
+            extra={
+                "action": "source_repaired",
+                "sop_instance_uid": repair.sop_instance_uid,
+                "repair": repair.name,
+            },
         )
     return copy, tuple(repairs)

@@ -64,7 +64,7 @@ def _copy_laterality(source: Dataset, sc: SCImage) -> None:
     whether the part is paired is unknown and Laterality is always sent.
     """
     laterality = source.get("Laterality")
-    sc.Laterality = laterality if laterality in ("R", "L") else ""
+    sc.add_new("Laterality", "CS", laterality if laterality in ("R", "L") else "")
 
 
 def _copy_lossy_flag(source: Dataset, sc: SCImage) -> None:
@@ -101,8 +101,7 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
     shape = (int(source.Rows), int(source.Columns))
     if analysis.decoded.pixels.shape != shape:
         raise EncodeError(
-            f"decoded image of {source_uid} has shape {analysis.decoded.pixels.shape}, the source "
-            f"has {shape}"
+            f"decoded image of {source_uid} has shape {analysis.decoded.pixels.shape}, the source has {shape}"
         )
     template = request.template
     try:
@@ -135,8 +134,9 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"SC of {source_uid} could not be built: {exc}") from exc
-    sc.PatientOrientation = source.get("PatientOrientation", "") or ""
-    if sc.PatientOrientation and "AnatomicalOrientationType" in source:
+    orientation = source.get("PatientOrientation", "") or ""
+    sc.add_new("PatientOrientation", "CS", orientation)
+    if orientation and "AnatomicalOrientationType" in source:
         sc.AnatomicalOrientationType = source.AnatomicalOrientationType
     _copy_laterality(source, sc)
     sc.ConversionType = template.conversion_type
@@ -149,8 +149,11 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
     logger.info(
         "SC encoded for %s",
         source_uid,
-        extra={"action": "sc_encoded", "sop_instance_uid": str(sc.SOPInstanceUID),
-               "source_sop_instance_uid": source_uid,
-               "frame_number": analysis.decoded.frame_number},
+        extra={
+            "action": "sc_encoded",
+            "sop_instance_uid": str(sc.SOPInstanceUID),
+            "source_sop_instance_uid": source_uid,
+            "frame_number": analysis.decoded.frame_number,
+        },
     )
     return sc

@@ -85,7 +85,9 @@ def check_region_labels(analysis: ImageAnalysis, shape: tuple[int, int]) -> None
         )
 
 
-def _frame_source(source: Dataset, frame_number: int | None) -> tuple[Dataset, list[PlanePositionSequence] | None]:
+def _frame_source(
+    source: Dataset, frame_number: int | None
+) -> tuple[Dataset, list[PlanePositionSequence] | None]:
     """Return the source header (and plane position) highdicom needs for a one-frame SEG.
 
     highdicom makes a SEG of one frame of a multi-frame image only through its geometry. With a
@@ -187,7 +189,9 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
             request.template,
             segment_number=region.label,
             algorithm=algorithm,
-            tracking_uid=derive_uid(request.job_key, "SEG", "segment", source_uid, frame_number, region.label),
+            tracking_uid=derive_uid(
+                request.job_key, "SEG", "segment", source_uid, frame_number, region.label
+            ),
         )
         for region in regions
     ]
@@ -221,14 +225,19 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
     if "FrameOfReferenceUID" not in seg:
         # Type 2C in General Image when there is no Image Orientation/Position (PS3.3 C.7.6.1):
         # the projection radiographs we segment have none; highdicom leaves it out.
-        seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+        seg.add_new("PatientOrientation", "CS", source.get("PatientOrientation", "") or "")
         if frame_number is not None:
             _reference_frame(seg, frame_number)
             _drop_empty_pixel_measures(seg)
     logger.info(
         "SEG encoded for %s with %d segment(s)",
-        source_uid, len(regions),
-        extra={"action": "seg_encoded", "sop_instance_uid": str(seg.SOPInstanceUID),
-               "source_sop_instance_uid": source_uid, "frame_number": frame_number},
+        source_uid,
+        len(regions),
+        extra={
+            "action": "seg_encoded",
+            "sop_instance_uid": str(seg.SOPInstanceUID),
+            "source_sop_instance_uid": source_uid,
+            "frame_number": frame_number,
+        },
     )
     return SegmentFrames(seg=seg, frame_of_segment=_segment_frames(seg))

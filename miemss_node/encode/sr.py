@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from highdicom.sr import (
@@ -27,6 +28,7 @@ from highdicom.sr import (
     CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     Measurement,
     MeasurementReport,
@@ -148,8 +150,9 @@ def _drop_segment_number(reference: ReferencedSegmentationFrame) -> None:
                 del sop_item.ReferencedSegmentNumber
 
 
-def _region_groups(request: SrRequest, entry: ImageEntry, index: int,
-                   algorithm: AlgorithmIdentification) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+def _region_groups(
+    request: SrRequest, entry: ImageEntry, index: int, algorithm: AlgorithmIdentification
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     if entry.segments is None:
         return []
     seg = entry.segments.seg
@@ -172,7 +175,9 @@ def _region_groups(request: SrRequest, entry: ImageEntry, index: int,
         )
         _drop_segment_number(reference)
         tracking = TrackingIdentifier(
-            uid=derive_uid(request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, region.label),
+            uid=derive_uid(
+                request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, region.label
+            ),
             identifier=f"Image {index} {segment_item.SegmentLabel}",
         )
         groups.append(
@@ -192,8 +197,9 @@ def _region_groups(request: SrRequest, entry: ImageEntry, index: int,
     return groups
 
 
-def _image_group(request: SrRequest, entry: ImageEntry, index: int,
-                 algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
+def _image_group(
+    request: SrRequest, entry: ImageEntry, index: int, algorithm: AlgorithmIdentification
+) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group of an image without region: its maximum anomaly score."""
     source = entry.source
     heatmap = entry.analysis.region_map.heatmap
@@ -243,10 +249,12 @@ def _qualitative_evaluations(request: SrRequest) -> ContainerContentItem:
         name=request.template.evaluations_container,
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
-    container.ContentSequence = [
-        TextContentItem(name=name, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
-        for name, value in _texts(request)
-    ]
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(name=name, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
+            for name, value in _texts(request)
+        ]
+    )
     return container
 
 
@@ -303,7 +311,7 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
     equipment = request.equipment
     evidence = [entry.source for entry in request.entries]
     evidence.extend(entry.segments.seg for entry in request.entries if entry.segments is not None)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     charset = _character_set(request)
     if charset is not None:
         kwargs["specific_character_set"] = charset

@@ -164,8 +164,12 @@ def encode_study(
     results.append(EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed))
     logger.info(
         "study encoded: %d object(s) in %.2f s",
-        len(results), time.perf_counter() - started,
-        extra={"action": "study_encoded", "job_key": context.job_key,
-               "study_instance_uid": str(sr.StudyInstanceUID)},
+        len(results),
+        time.perf_counter() - started,
+        extra={
+            "action": "study_encoded",
+            "job_key": context.job_key,
+            "study_instance_uid": str(sr.StudyInstanceUID),
+        },
     )
     return results

@@ -74,8 +74,11 @@ def _package_params() -> list[object]:
         found = get_testdata_file(name)
         if found is None:
             raise FileNotFoundError(f"{name} is missing: pip install pydicom-data")
-        params.append(pytest.param(Path(str(found)), id=f"pydicom-{name}",
-                                   marks=pytest.mark.filterwarnings(PERSON_NAME_WARNING)))
+        params.append(
+            pytest.param(
+                Path(str(found)), id=f"pydicom-{name}", marks=pytest.mark.filterwarnings(PERSON_NAME_WARNING)
+            )
+        )
     return params
 
 
@@ -102,7 +105,9 @@ def _round_trip(result: EncodedResult, folder: Path) -> tuple[Path, Dataset]:
 def _check_file(path: Path, tmp_path: Path) -> None:
     source = read_source(path)
     analyses = _analyses(source)
-    results = encode_study([source], analyses, make_report(analyses), EncodeContext(job_key=f"test/{path.name}"))
+    results = encode_study(
+        [source], analyses, make_report(analyses), EncodeContext(job_key=f"test/{path.name}")
+    )
     kinds = sorted(result.kind for result in results)
     n_images = len(analyses)
     n_segs = sum(1 for analysis in analyses if analysis.region_map.regions)
@@ -135,7 +140,7 @@ def test_known_input_errors_are_present_in_the_input() -> None:
     if not path.exists():
         pytest.skip(f"shared corpus not available under {SHARED_DATA}")
     source_errors = "\n".join(dciodvfy_errors(path))
-    assert "Illegal root for UID - \"999.999.01.23.45.6789\"" in source_errors
+    assert 'Illegal root for UID - "999.999.01.23.45.6789"' in source_errors
     assert "Leading zeroes in embedded numeric component(s)" in source_errors
 
 

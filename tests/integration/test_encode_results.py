@@ -61,8 +61,14 @@ def cr_study() -> list[Dataset]:
     return [read_source(path) for path in sorted(folder.glob("*.dcm"))]
 
 
-def _encode(sources: list[Dataset], regions: list[int], *, job_key: str = "job",
-            models: tuple[ModelRun, ...] = (), caption: str | None = None) -> tuple[list, list[EncodedResult]]:
+def _encode(
+    sources: list[Dataset],
+    regions: list[int],
+    *,
+    job_key: str = "job",
+    models: tuple[ModelRun, ...] = (),
+    caption: str | None = None,
+) -> tuple[list, list[EncodedResult]]:
     analyses = [make_analysis(source, n_regions=n) for source, n in zip(sources, regions, strict=True)]
     report = make_report(analyses, caption=caption, models=models)
     context = EncodeContext(job_key=job_key, models=models)
@@ -78,7 +84,9 @@ def test_same_job_key_gives_same_uids_and_another_key_does_not(cr_study: list[Da
         return [(r.kind, str(r.dataset.SeriesInstanceUID), str(r.dataset.SOPInstanceUID)) for r in results]
 
     assert uids(first) == uids(again)
-    assert not {uid for row in uids(first) for uid in row[1:]} & {uid for row in uids(other) for uid in row[1:]}
+    assert not {uid for row in uids(first) for uid in row[1:]} & {
+        uid for row in uids(other) for uid in row[1:]
+    }
 
 
 def test_objects_are_in_the_source_study_each_kind_in_its_own_series(cr_study: list[Dataset]) -> None:
@@ -106,7 +114,9 @@ def test_seg_mask_equals_the_label_image_and_references_the_source(cr_study: lis
         shared = seg.SharedFunctionalGroupsSequence[0]
         frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
         for index, frame_item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-            identification = frame_item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            identification = (
+                frame_item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+            )
             number = int(identification[0].ReferencedSegmentNumber)
             derivation = frame_item.DerivationImageSequence[0].SourceImageSequence[0]
             assert derivation.ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -151,7 +161,11 @@ def test_sc_shows_outlines_and_text(ct_source: Dataset) -> None:
 def test_sr_holds_report_text_models_statement_and_measurements(cr_study: list[Dataset]) -> None:
     analyses, results = _encode(cr_study, [2, 1, 0], caption="a radiograph of the cervical spine")
     sr = _by_kind(results, "SR")[0]
-    assert (sr.VerificationFlag, sr.PreliminaryFlag, sr.CompletionFlag) == ("UNVERIFIED", "PRELIMINARY", "COMPLETE")
+    assert (sr.VerificationFlag, sr.PreliminaryFlag, sr.CompletionFlag) == (
+        "UNVERIFIED",
+        "PRELIMINARY",
+        "COMPLETE",
+    )
     texts = _text_values(sr)
     report = make_report(analyses)
     assert report.text in texts
@@ -189,8 +203,10 @@ def test_sr_references_the_seg_segments(cr_study: list[Dataset]) -> None:
 
 
 def test_sr_names_the_models_that_ran(ct_source: Dataset) -> None:
-    models = (ModelRun(role="vit", name="vit-tiny", revision="abc123"),
-              ModelRun(role="blip", name="blip-tiny", revision="def456"))
+    models = (
+        ModelRun(role="vit", name="vit-tiny", revision="abc123"),
+        ModelRun(role="blip", name="blip-tiny", revision="def456"),
+    )
     _, results = _encode([ct_source], [1], models=models)
     texts = _text_values(_by_kind(results, "SR")[0])
     statement = next(text for text in texts if text.startswith("Models that ran"))
@@ -213,7 +229,9 @@ def test_dsr2html_renders_report_and_model_statement(cr_study: list[Dataset], tm
     sr = next(result.dataset for result in results if result.kind == "SR")
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
-    html = subprocess.run(["dsr2html", str(path)], capture_output=True, check=True).stdout.decode("utf-8", "replace")
+    html = subprocess.run(["dsr2html", str(path)], capture_output=True, check=True).stdout.decode(
+        "utf-8", "replace"
+    )
     assert make_report(analyses).findings[0].split(" (")[0] in html
     assert "No ViT or BLIP model ran" in html
     assert "UNVERIFIED" in html and "PRELIMINARY" in html

@@ -107,7 +107,9 @@ def _heatmap(labels: np.ndarray) -> np.ndarray:
     return heat
 
 
-def _regions(labels: np.ndarray, heatmap: np.ndarray, spacing: tuple[float, float] | None) -> tuple[Region, ...]:
+def _regions(
+    labels: np.ndarray, heatmap: np.ndarray, spacing: tuple[float, float] | None
+) -> tuple[Region, ...]:
     regions = []
     for label in range(1, int(labels.max()) + 1):
         mask = labels == label
@@ -173,8 +175,9 @@ def make_analysis(dataset: Dataset, *, n_regions: int = 2, frame_number: int | N
     )
 
 
-def make_report(analyses: list[ImageAnalysis], *, caption: str | None = None,
-                models: tuple[ModelRun, ...] = ()) -> Report:
+def make_report(
+    analyses: list[ImageAnalysis], *, caption: str | None = None, models: tuple[ModelRun, ...] = ()
+) -> Report:
     """A report whose text lists the findings of ``analyses``."""
     findings = tuple(finding for analysis in analyses for finding in analysis.findings)
     summary = " ".join(findings) if findings else "No anomalous region was found."

@@ -49,7 +49,9 @@ def test_template_matches_its_schema(name: str) -> None:
     assert load_template(DEFAULT_TEMPLATES_DIR, name)
 
 
-@pytest.mark.parametrize("schema", sorted((DEFAULT_TEMPLATES_DIR / "schemas").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "schema", sorted((DEFAULT_TEMPLATES_DIR / "schemas").glob("*.json")), ids=lambda p: p.name
+)
 def test_schemas_are_valid_and_refer_locally(schema: Path) -> None:
     contents = json.loads(schema.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(contents)
@@ -86,7 +88,9 @@ def test_schema_mismatch_names_the_file(templates_copy: Path) -> None:
     document = json.loads(path.read_text(encoding="utf-8"))
     document["SegmentedPropertyTypeCodeSequence"]["CodingSchemeDesignator"] = "A" * 17
     path.write_text(json.dumps(document), encoding="utf-8")
-    with pytest.raises(TemplateError, match=r"anomaly_segment\.json: does not match .*CodingSchemeDesignator"):
+    with pytest.raises(
+        TemplateError, match=r"anomaly_segment\.json: does not match .*CodingSchemeDesignator"
+    ):
         load_templates(templates_copy)
 
 
