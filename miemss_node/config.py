@@ -51,6 +51,10 @@ class NodeSettings:
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
     max_associations: int = 10
+    #: Below this much free space (MB) on the storage folder's disk, C-STORE answers 0xA700.
+    min_free_disk_mb: int = 500
+    #: Instances larger than this (MB) are refused; 0 means no limit.
+    max_instance_mb: int = 2048
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,6 +325,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
     for name in ("acse_timeout_seconds", "dimse_timeout_seconds", "network_timeout_seconds"):
         _check_positive(f"[node] {name}", getattr(node, name), problems)
     _check_positive("[node] max_associations", node.max_associations, problems)
+    if node.min_free_disk_mb < 0 or node.max_instance_mb < 0:
+        problems.append("[node] min_free_disk_mb and max_instance_mb must be >= 0")
     if node.max_pdu < 0:
         problems.append("[node] max_pdu must be >= 0 (0 = unlimited)")
     url = node.database_url

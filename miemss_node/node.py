@@ -43,9 +43,16 @@ class Node:
 
     def start(self) -> None:
         """Create the storage folder, start the receiver and the background loops."""
+        # Received images are patient data: only the node's user may read them.
         self.config.node.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.config.node.storage_dir.chmod(0o700)
         if self.with_receiver:
-            store = InstanceStore(self.config.node.storage_dir, self.sessions)
+            store = InstanceStore(
+                self.config.node.storage_dir,
+                self.sessions,
+                min_free_bytes=self.config.node.min_free_disk_mb * 2**20,
+                max_instance_bytes=self.config.node.max_instance_mb * 2**20,
+            )
             self.server = start_receiver(self.config.node, store)
             settler = Settler(self.sessions, self.config.study, self.config.worker)
             self._spawn("settler", settler.run_once, min(1.0, max(self.config.study.settle_seconds / 4, 0.05)))

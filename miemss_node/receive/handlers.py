@@ -6,12 +6,13 @@ Statuses follow PS3.4 Annex B.2.3 (Storage Service Class) and PS3.7 Annex C.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +37,9 @@ STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 
 STATUS_CANNOT_UNDERSTAND = 0xC210
 """The dataset cannot be parsed, or a UID we file it by is missing or malformed."""
+
+STATUS_TOO_LARGE = 0xC001
+"""The instance exceeds ``max_instance_mb``: a permanent refusal (Cannot understand range, PS3.4 B.2.3)."""
 
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
@@ -62,9 +66,13 @@ class StoreOutcome:
 class InstanceStore:
     """Writes received instances to disk and records them, in that order."""
 
-    def __init__(self, storage_dir: Path, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, storage_dir: Path, sessions: sessionmaker[Session], *, min_free_bytes: int = 0, max_instance_bytes: int = 0
+    ) -> None:
         self.storage_dir = storage_dir
         self.sessions = sessions
+        self.min_free_bytes = min_free_bytes
+        self.max_instance_bytes = max_instance_bytes
 
     def persist(
         self, encoded: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, calling_aet: str
@@ -78,6 +86,13 @@ class InstanceStore:
         StorageError
             When the disk or the database cannot take it.
         """
+        if self.max_instance_bytes and len(encoded) > self.max_instance_bytes:
+            raise RejectedInstance(
+                STATUS_TOO_LARGE, f"{len(encoded)} bytes exceeds the limit of {self.max_instance_bytes} bytes"
+            )
+        free = free_bytes(self.storage_dir)
+        if free - len(encoded) < self.min_free_bytes:
+            raise StorageError(f"only {free // 2**20} MB free on the storage disk")
         study_uid, series_uid = _parse_header(encoded, sop_class_uid, sop_instance_uid)
         try:
             relative = instance_relative_path(study_uid, series_uid, sop_instance_uid)
@@ -112,6 +127,12 @@ class InstanceStore:
         )
 
 
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk holding ``folder`` (or its nearest existing parent)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
 def _parse_header(encoded: bytes, sop_class_uid: str, sop_instance_uid: str) -> tuple[str, str]:
     """Read the identifying UIDs without touching the pixel data; check them against the request."""
     try:
@@ -137,7 +158,15 @@ def handle_echo(event: Event) -> int:
     return STATUS_SUCCESS
 
 
-def handle_store(event: Event, store: InstanceStore) -> int:
+def _status(code: int, comment: str) -> Dataset:
+    """A failure status with an Error Comment (0000,0902) telling the sender why (LO: 64 chars)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return status
+
+
+def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
     """Persist a C-STORE dataset and answer with a status; Success only when it is on disk and recorded."""
     request = event.request
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
@@ -158,12 +187,12 @@ def handle_store(event: Event, store: InstanceStore) -> int:
             exc.status,
             extra={"action": "receive.refused", **log_extra},
         )
-        return exc.status
+        return _status(exc.status, exc.reason)
     except StorageError as exc:
         logger.error(
             "could not persist instance %s: %s", sop_instance_uid, exc, extra={"action": "receive.failed", **log_extra}
         )
-        return STATUS_OUT_OF_RESOURCES
+        return _status(STATUS_OUT_OF_RESOURCES, str(exc))
     action = "receive.duplicate" if outcome.duplicate else "receive.stored"
     logger.info(
         "%s instance %s of study %s (%d bytes)",

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.config import NodeSettings
+from miemss_node.errors import StorageError
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Instance, Study
 from miemss_node.receive.handlers import (
@@ -25,6 +26,7 @@ from miemss_node.receive.handlers import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
     InstanceStore,
+    STATUS_TOO_LARGE,
     RejectedInstance,
 )
 from miemss_node.receive.scp import start_receiver
@@ -150,3 +152,45 @@ def test_unknown_calling_ae_is_rejected(receiver: Receiver) -> None:
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", receiver.port, ae_title="MIEMSS")
     assert assoc.is_rejected
+
+
+def persist_with_limits(receiver: Receiver, **limits: int) -> None:
+    store = InstanceStore(receiver.storage, receiver.sessions, **limits)
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    store.persist(
+        Path(get_testdata_file("CT_small.dcm")).read_bytes(),
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        calling_aet="MODALITY",
+    )
+
+
+def test_low_free_disk_is_out_of_resources(receiver: Receiver) -> None:
+    with pytest.raises(StorageError, match="MB free on the storage disk"):
+        persist_with_limits(receiver, min_free_bytes=2**62)
+    assert stored_uids(receiver) == []
+
+
+def test_oversized_instance_is_refused_for_good(receiver: Receiver) -> None:
+    with pytest.raises(RejectedInstance, match="exceeds the limit of 1000 bytes") as caught:
+        persist_with_limits(receiver, max_instance_bytes=1000)
+    assert caught.value.status == STATUS_TOO_LARGE
+    assert stored_uids(receiver) == []
+
+
+def test_failure_status_carries_an_error_comment(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    sessions = session_factory(create_database_engine(f"sqlite:///{tmp_path / 'node.db'}"))
+    server = start_receiver(NodeSettings(port=0), InstanceStore(storage, sessions, max_instance_bytes=1000))
+    try:
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", int(server.server_address[1]), ae_title="MIEMSS")
+        response = assoc.send_c_store(ds)
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert response.Status == STATUS_TOO_LARGE
+    assert "exceeds the limit" in response.ErrorComment
