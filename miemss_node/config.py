@@ -71,8 +71,10 @@ class StudySettings:
 class WorkerSettings:
     """Job processing (``[worker]``)."""
 
-    #: Worker threads inside ``serve``; 0 runs no worker (a separate worker process does the work).
+    #: Workers started by ``serve``; 0 runs none (``miemss-node worker`` does the work elsewhere).
     count: int = 1
+    #: Run the workers in a child process, so processing never slows receiving.
+    processes: bool = True
     poll_seconds: float = 1.0
     #: A running job whose lease is not renewed for this long is run again by another worker.
     lease_seconds: float = 60.0

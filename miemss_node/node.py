@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from miemss_node.config import Config
@@ -24,10 +28,19 @@ logger = logging.getLogger(__name__)
 class Node:
     """One MIEMSS node process. ``start()`` returns at once; ``stop()`` shuts every part down."""
 
-    def __init__(self, config: Config, *, with_receiver: bool = True, worker_count: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        with_receiver: bool = True,
+        worker_count: int | None = None,
+        worker_processes: bool | None = None,
+    ) -> None:
         self.config = config
         self.with_receiver = with_receiver
         self.worker_count = config.worker.count if worker_count is None else worker_count
+        self.worker_processes = config.worker.processes if worker_processes is None else worker_processes
+        self._children: list[BaseProcess] = []
         self.engine = create_database_engine(config.database_url)
         self.sessions = session_factory(self.engine)
         self.server: ThreadedAssociationServer | None = None
@@ -64,6 +77,16 @@ class Node:
                 self.config.node.ae_title,
             )
             self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
+        if self.worker_processes and self.worker_count:
+            # The pipeline is CPU-bound Python: in processes of their own, workers use every core and
+            # never slow C-STORE handling.
+            for index in range(self.worker_count):
+                child = multiprocessing.get_context("spawn").Process(
+                    target=run_worker_process, args=(self.config, 1, os.getpid()), name=f"miemss-worker-{index}"
+                )
+                child.start()
+                self._children.append(child)
+            return
         for index in range(self.worker_count):
             worker = Worker(self.sessions, self.config)
             self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
@@ -98,8 +121,35 @@ class Node:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        for child in self._children:
+            child.terminate()  # SIGTERM: the child finishes its current job step and exits
+        for child in self._children:
+            child.join(self.config.worker.lease_seconds)
+            if child.is_alive():
+                child.kill()  # its job's lease expires and another worker runs it again
+                child.join()
+        self._children.clear()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
         self.engine.dispose()
         logger.info("node stopped", extra={"action": "node.stopped"})
+
+
+def run_worker_process(config: Config, worker_count: int, parent_pid: int) -> None:
+    """Entry point of a worker child process: run ``worker_count`` workers until SIGTERM.
+
+    The child also stops when its parent dies (even by SIGKILL), so no orphan keeps claiming jobs.
+    """
+    from miemss_node.logconfig import configure_logging
+
+    configure_logging(config.logging.level)
+    node = Node(config, with_receiver=False, worker_count=worker_count, worker_processes=False)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: node.request_stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    node.start()
+    while not node.wait(1.0):
+        if os.getppid() != parent_pid:
+            logger.warning("parent process is gone; stopping", extra={"action": "node.orphaned"})
+            node.request_stop()
+    node.stop()

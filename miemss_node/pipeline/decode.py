@@ -12,16 +12,17 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from struct import unpack_from
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -29,8 +30,6 @@ from miemss_node.errors import DecodeError
 from miemss_node.pipeline.base import DecodedImage
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Modalities whose instances carry no image to analyse (PS3.3 C.7.3.1.1.1), even with pixel data.
 _NON_IMAGE_MODALITIES = frozenset(
@@ -77,6 +76,11 @@ def is_image_dataset(ds: Dataset) -> bool:
         True when it has Pixel Data, Rows and Columns and is not a segmentation, report, waveform,
         document or RT object (those may carry pixel data that is not an image of the patient).
     """
+    with _pydicom_warnings_logged(None):
+        return _is_image(ds)
+
+
+def _is_image(ds: Dataset) -> bool:
     if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
         return False
     if str(ds.get("Modality", "") or "").strip().upper() in _NON_IMAGE_MODALITIES:
@@ -116,10 +120,11 @@ def read_dicom_file(path: str | PathLike[str]) -> Dataset:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
         raise DecodeError(f"{path.name} could not be parsed as DICOM: {_one_line(exc)}") from exc
-    if not _looks_like_dicom(ds):
-        raise DecodeError(f"{path.name} is not a DICOM file (no SOP Class, SOP Instance or Pixel Data)")
-    if not _transfer_syntax(ds):
-        ds.file_meta = _file_meta_with_syntax(ds)
+    with _pydicom_warnings_logged(None):
+        if not _looks_like_dicom(ds):
+            raise DecodeError(_not_dicom_reason(path.name, ds))
+        if not _transfer_syntax(ds):
+            ds.file_meta = _file_meta_with_syntax(ds)
     return ds
 
 
@@ -142,6 +147,12 @@ def decode_dataset(ds: Dataset) -> list[DecodedImage]:
     DecodeError
         If the dataset is not an image, or its pixel data cannot be decoded.
     """
+    # Element values are converted lazily, so pydicom may warn about a bad value at any access.
+    with _pydicom_warnings_logged(None):
+        return _decode_all(ds)
+
+
+def _decode_all(ds: Dataset) -> list[DecodedImage]:
     uid = _sop_instance_uid(ds)
     if not is_image_dataset(ds):
         raise DecodeError(
@@ -154,18 +165,16 @@ def decode_dataset(ds: Dataset) -> list[DecodedImage]:
         ds.file_meta = _file_meta_with_syntax(ds)
     n_frames = _frame_count(ds, uid)
     modality = str(ds.get("Modality", "") or "OT").strip() or "OT"
-    images = []
-    for index in range(n_frames):
-        pixels = _guard(uid, index, lambda i=index: _display_frame(ds, i, uid))  # type: ignore[misc]
-        images.append(
-            DecodedImage(
-                pixels=pixels,
-                pixel_spacing_mm=pixel_spacing(ds, index),
-                sop_instance_uid=uid,
-                frame_number=index + 1 if n_frames > 1 else None,
-                modality=modality,
-            )
+    images = [
+        DecodedImage(
+            pixels=_decode_frame(ds, index, uid),
+            pixel_spacing_mm=pixel_spacing(ds, index),
+            sop_instance_uid=uid,
+            frame_number=index + 1 if n_frames > 1 else None,
+            modality=modality,
         )
+        for index in range(n_frames)
+    ]
     logger.debug("decoded %d frame(s)", n_frames, extra={"action": "decode", "sop_instance_uid": uid})
     return images
 
@@ -334,7 +343,7 @@ def _lut_data(item: Dataset, ds: Dataset, n_entries: int) -> np.ndarray:
     """Return the LUT Data of a LUT item as float32 (US values, or OW bytes in the file's order)."""
     element = item["LUTData"]
     if element.VR == "OW" and isinstance(element.value, bytes):
-        little = not _transfer_syntax(ds) == ExplicitVRBigEndian
+        little = _transfer_syntax(ds) != ExplicitVRBigEndian
         count = min(n_entries, len(element.value) // 2)
         return np.asarray(unpack_from(f"{'<' if little else '>'}{count}H", element.value), dtype=np.float32)
     return np.asarray(element.value, dtype=np.float32).ravel()
@@ -409,7 +418,7 @@ def _as_float(value: Any) -> float | None:
     """First value of a numeric attribute as a finite float, or None when absent or unparsable."""
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, (list, tuple, MultiValue)):
         if not value:
             return None
         value = value[0]
@@ -452,6 +461,12 @@ def _looks_like_dicom(ds: Dataset) -> bool:
     return any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "PixelData", "Modality"))
 
 
+def _not_dicom_reason(name: str, ds: Dataset) -> str:
+    if _transfer_syntax(ds) or getattr(ds, "preamble", None):
+        return f"{name} has a DICOM header but no readable dataset (truncated or damaged file)"
+    return f"{name} is not a DICOM file (no SOP Class, SOP Instance or Pixel Data)"
+
+
 def _sop_instance_uid(ds: Dataset) -> str | None:
     value = ds.get("SOPInstanceUID")
     return str(value) if value else None
@@ -460,13 +475,11 @@ def _sop_instance_uid(ds: Dataset) -> str | None:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _guard(uid: str | None, index: int, decode: Callable[[], T]) -> T:
-    """Run a frame decode, turning any library error into a DecodeError with the reason."""
+def _decode_frame(ds: Dataset, index: int, uid: str | None) -> np.ndarray:
+    """Run :func:`_display_frame`, turning any library error into a DecodeError with the reason."""
     try:
-        return decode()
-    except DecodeError:
-        raise
-    except MemoryError:
+        return _display_frame(ds, index, uid)
+    except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError, ...
         raise DecodeError(
