@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from miemss_node.encode.context import DEFAULT_TEMPLATES_DIR
+from miemss_node.encode.overlay import render_analysis_overlay
 from miemss_node.encode.study import EncodeContext, encode_study
+from miemss_node.encode.templates import CaptureTemplate, load_templates
 from miemss_node.errors import DecodeError
 from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.decode import decode_image_file, is_image_dataset, read_dicom_file
-from miemss_node.pipeline.overlay import overlay_rgb
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset, analyse_image
 
@@ -65,9 +67,10 @@ def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> Pr
             raise DecodeError(f"{path.name} is not an image (SOP class {source.get('SOPClassUID', '?')})")
         analyses = analyse_dataset(source, settings)
     report = build_report(analyses)
+    capture = load_templates(DEFAULT_TEMPLATES_DIR).capture
     for index, analysis in enumerate(analyses, start=1):
         suffix = "" if len(analyses) == 1 else f"_frame{index:03d}"
-        _write_images(analysis, output_dir, suffix)
+        _write_images(analysis, capture, output_dir, suffix)
     (output_dir / "report.txt").write_text(report.text + "\n", encoding="utf-8")
     (output_dir / "findings.json").write_text(json.dumps(_findings(analyses), indent=2) + "\n", encoding="utf-8")
     if source is not None:
@@ -78,14 +81,14 @@ def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> Pr
     return ProcessedFile(source=path, output_dir=output_dir, regions=regions)
 
 
-def _write_images(analysis: ImageAnalysis, output_dir: Path, suffix: str) -> None:
+def _write_images(analysis: ImageAnalysis, capture: CaptureTemplate, output_dir: Path, suffix: str) -> None:
     def save(name: str, array: np.ndarray) -> None:
         Image.fromarray(array).save(output_dir / f"{name}{suffix}.png")
 
     save("enhanced", _to_uint8(analysis.enhanced.pixels))
     save("heatmap", _to_uint8(analysis.region_map.heatmap))
     save("mask", np.where(analysis.region_map.labels > 0, 255, 0).astype(np.uint8))
-    save("overlay", overlay_rgb(analysis))
+    save("overlay", render_analysis_overlay(analysis, capture))
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:

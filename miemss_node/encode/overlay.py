@@ -7,6 +7,9 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.morphology import dilation, footprint_rectangle
 from skimage.segmentation import find_boundaries
 
+from miemss_node.encode.templates import CaptureTemplate
+from miemss_node.pipeline.base import ImageAnalysis
+
 #: Colour stops of the heatmap, from a score of 0 (blue) to 1 (red), like a "jet" map.
 _HEAT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
 _HEAT_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=np.float32)
@@ -99,3 +102,16 @@ def render_overlay(
     image = Image.fromarray(rgb)
     _draw_text(image, text, text_rgb)
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
+    """The overlay of one analysed image, drawn as ``sc/secondary_capture.json`` says (uint8 RGB)."""
+    return render_overlay(
+        analysis.decoded.pixels,
+        analysis.region_map.heatmap,
+        analysis.region_map.labels,
+        opacity=template.heatmap_opacity,
+        outline_rgb=template.outline_rgb,
+        text_rgb=template.text_rgb,
+        text=template.burned_in_text,
+    )

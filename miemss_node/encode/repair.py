@@ -225,26 +225,39 @@ def _repair_character_set(copy: Dataset, uid: str) -> list[Repair]:
 
     pydicom reads undeclared bytes as ISO 8859-1, so declaring ISO_IR 100 writes the source's
     bytes back unchanged; when a character falls outside ISO 8859-1's graphic set, UTF-8
-    (ISO_IR 192) is declared instead.
+    (ISO_IR 192) is declared instead. An empty Specific Character Set (Type 1C, so never empty)
+    is removed first: it means the default repertoire.
     """
+    repairs: list[Repair] = []
+    if "SpecificCharacterSet" in copy and not _values(copy["SpecificCharacterSet"]):
+        del copy.SpecificCharacterSet
+        repairs.append(
+            Repair(
+                sop_instance_uid=uid,
+                keyword="SpecificCharacterSet",
+                action="removed",
+                reason="empty Type 1C attribute (the default repertoire is meant)",
+            )
+        )
     if copy.get("SpecificCharacterSet"):
-        return []
+        return repairs
     texts: list[str] = []
     for elem in copy.iterall():
         if elem.VR in _TEXT_VRS and elem.value not in (None, ""):
             texts.extend(str(value) for value in _values(elem))
     non_ascii = {char for text in texts for char in text if ord(char) > 0x7F}
     if not non_ascii:
-        return []
+        return repairs
     latin1 = all(0xA0 <= ord(char) <= 0xFF for char in non_ascii)
     copy.SpecificCharacterSet = "ISO_IR 100" if latin1 else "ISO_IR 192"
     return [
+        *repairs,
         Repair(
             sop_instance_uid=uid,
             keyword="SpecificCharacterSet",
             action="charset-declared",
             reason=f"non-ASCII text without a declared character set; declared {copy.SpecificCharacterSet}",
-        )
+        ),
     ]
 
 

@@ -15,7 +15,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from miemss_node.encode.equipment import Equipment, processing_equipment
-from miemss_node.encode.overlay import render_overlay
+from miemss_node.encode.overlay import render_analysis_overlay
 from miemss_node.encode.templates import CaptureTemplate
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis
@@ -105,15 +105,7 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
         )
     template = request.template
     try:
-        rgb = render_overlay(
-            analysis.decoded.pixels,
-            analysis.region_map.heatmap,
-            analysis.region_map.labels,
-            opacity=template.heatmap_opacity,
-            outline_rgb=template.outline_rgb,
-            text_rgb=template.text_rgb,
-            text=template.burned_in_text,
-        )
+        rgb = render_analysis_overlay(analysis, template)
         sc = SCImage.from_ref_dataset(
             ref_dataset=source,
             pixel_array=rgb,

@@ -222,13 +222,13 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"SEG of {source_uid} could not be built: {exc}") from exc
-    if "FrameOfReferenceUID" not in seg:
+    if header is not source and frame_number is not None:
+        _reference_frame(seg, frame_number)
+        _drop_empty_pixel_measures(seg)
+    if "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
         # Type 2C in General Image when there is no Image Orientation/Position (PS3.3 C.7.6.1):
         # the projection radiographs we segment have none; highdicom leaves it out.
         seg.add_new("PatientOrientation", "CS", source.get("PatientOrientation", "") or "")
-        if frame_number is not None:
-            _reference_frame(seg, frame_number)
-            _drop_empty_pixel_measures(seg)
     logger.info(
         "SEG encoded for %s with %d segment(s)",
         source_uid,

@@ -69,6 +69,9 @@ class PatchFeatures:
     patch_size_px: tuple[float, float]
     #: Which extractors produced the columns, e.g. ("hog",) or ("hog", "vit").
     extractors: tuple[str, ...]
+    #: Boolean, shape ``grid_shape``: True where the patch lies in the field of view (the patient,
+    #: not padding, shutters or background). None means every patch is valid.
+    valid: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,11 @@ def test_sources_are_not_modified(ct_source: Dataset) -> None:
     before = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     _encode([ct_source], [2])
     assert ct_source == before
+
+
+def test_label_image_disagreeing_with_regions_is_refused(ct_source: Dataset) -> None:
+    analysis = make_analysis(ct_source, n_regions=2)
+    one_region = replace(analysis.region_map, regions=analysis.region_map.regions[:1])
+    broken = replace(analysis, region_map=one_region)
+    with pytest.raises(EncodeError, match=r"holds labels \[1, 2\], the regions are \[1\]"):
+        encode_study([ct_source], [broken], make_report([broken]), EncodeContext(job_key="x"))

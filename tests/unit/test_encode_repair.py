@@ -114,3 +114,9 @@ def test_uids_are_deterministic_and_keyed() -> None:
 def test_empty_job_key_is_refused() -> None:
     with pytest.raises(ValueError, match="job_key must not be empty"):
         derive_uid("", "SEG")
+
+
+def test_empty_character_set_is_removed() -> None:
+    copy, repairs = repair_source(_source(SpecificCharacterSet=""))
+    assert "SpecificCharacterSet" not in copy
+    assert "SpecificCharacterSet:removed" in _names(repairs)

@@ -1,0 +1,115 @@
+"""Report stage: sentences made from the measured findings, plus the caption when a model made one.
+
+Every number in the text comes from the :class:`~miemss_node.pipeline.base.Region` measurements, so
+the text and the SR measurements always agree. The text says that it is machine-generated and not
+verified, as the SR's verification flag does (UNVERIFIED).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, ModelRun, Region, RegionMap, Report
+
+logger = logging.getLogger(__name__)
+
+#: Closing sentence of every report.
+DISCLAIMER = (
+    "This report was generated automatically by a machine and has not been verified by a clinician; "
+    "anomalous means unusual within the image, not a diagnosis."
+)
+
+
+def findings_sentences(region_map: RegionMap, image: DecodedImage) -> tuple[str, ...]:
+    """Describe the regions of one frame in plain sentences.
+
+    Parameters
+    ----------
+    region_map
+        The regions of the frame.
+    image
+        The decoded frame. Areas are in mm² when its pixel spacing is known, else in pixels.
+
+    Returns
+    -------
+    tuple of str
+        A count sentence, then one sentence per region, for example ``"Region 1: upper left,
+        412 mm², anomaly score 0.87 (max 0.95)."``.
+    """
+    regions = region_map.regions
+    if not regions:
+        return ("No anomalous region was found.",)
+    count = "1 anomalous region was found." if len(regions) == 1 else f"{len(regions)} anomalous regions were found."
+    return (count, *(_region_sentence(region) for region in regions))
+
+
+def build_report(
+    analyses: Sequence[ImageAnalysis], caption: str | None = None, models: tuple[ModelRun, ...] = ()
+) -> Report:
+    """Assemble the report of a study (or of one file) from the analyses of its frames.
+
+    Parameters
+    ----------
+    analyses
+        One per analysed frame, in the order the images are numbered in the text.
+    caption
+        A BLIP caption of the study, when a BLIP model ran.
+    models
+        The models that contributed, named in the text.
+
+    Returns
+    -------
+    Report
+        ``text`` holds the caption sentence (if any), the findings of each image prefixed with
+        "Image k", the models, and the disclaimer; ``findings`` holds the prefixed findings.
+    """
+    findings = tuple(
+        f"{_image_name(number, analysis)}: {sentence}"
+        for number, analysis in enumerate(analyses, start=1)
+        for sentence in analysis.findings
+    )
+    lines = []
+    if caption and caption.strip():
+        lines.append(f"Automatic caption: {_sentence(caption)}")
+    lines.extend(_image_lines(analyses) or ["No image was analysed."])
+    lines.append(_models_sentence(models))
+    lines.append(DISCLAIMER)
+    logger.debug("report of %d image(s)", len(analyses), extra={"action": "report"})
+    return Report(text="\n".join(lines), caption=caption, findings=findings, models=models)
+
+
+def _region_sentence(region: Region) -> str:
+    if region.area_mm2 is None:
+        area = f"{region.area_px} pixels"
+    else:
+        area = f"{region.area_mm2:.0f} mm²" if region.area_mm2 >= 10 else f"{region.area_mm2:.1f} mm²"
+    return (
+        f"Region {region.label}: {region.location}, {area}, "
+        f"anomaly score {region.mean_score:.2f} (max {region.max_score:.2f})."
+    )
+
+
+def _image_lines(analyses: Sequence[ImageAnalysis]) -> list[str]:
+    return [
+        f"{_image_name(number, analysis)}: {' '.join(analysis.findings)}"
+        for number, analysis in enumerate(analyses, start=1)
+    ]
+
+
+def _image_name(number: int, analysis: ImageAnalysis) -> str:
+    frame = analysis.decoded.frame_number
+    return f"Image {number}" if frame is None else f"Image {number} (frame {frame})"
+
+
+def _models_sentence(models: tuple[ModelRun, ...]) -> str:
+    if not models:
+        return "No learned model was used: patch features are HOG and intensity statistics."
+    named = ", ".join(f"{model.role} {model.name} ({model.revision})" for model in models)
+    return f"Models used: {named}."
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
