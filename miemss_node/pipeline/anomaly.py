@@ -54,7 +54,7 @@ def score_patches(
     if int(mask.sum()) >= MIN_PATCHES:
         scores[mask] = _forest_scores(features.vectors[mask], settings)
     else:
-        logger.info("too few valid patches (%d) to score", int(mask.sum()), extra={"action": "anomaly_skipped"})
+        logger.info("too few valid patches (%d) to score", int(mask.sum()), extra={"action": "anomaly.skipped"})
     return AnomalyScores(scores=scores.reshape(grid), method=METHOD)
 
 

@@ -175,7 +175,7 @@ def _decode_all(ds: Dataset) -> list[DecodedImage]:
         )
         for index in range(n_frames)
     ]
-    logger.debug("decoded %d frame(s)", n_frames, extra={"action": "decode", "sop_instance_uid": uid})
+    logger.debug("decoded %d frame(s)", n_frames, extra={"action": "decode.decoded", "sop_instance_uid": uid})
     return images
 
 
@@ -222,11 +222,12 @@ def pixel_spacing(ds: Dataset, index: int = 0) -> tuple[float, float] | None:
     group (per-frame, then shared). Zero, negative or unparsable values are skipped; the WG04
     CRs, for instance, store a Pixel Spacing of 0.
     """
-    candidates = (
-        ds.get("PixelSpacing"),
-        ds.get("ImagerPixelSpacing"),
-        _functional_group_value(ds, index, "PixelMeasuresSequence", "PixelSpacing"),
-    )
+    with _pydicom_warnings_logged(None):
+        candidates = (
+            ds.get("PixelSpacing"),
+            ds.get("ImagerPixelSpacing"),
+            _functional_group_value(ds, index, "PixelMeasuresSequence", "PixelSpacing"),
+        )
     for value in candidates:
         spacing = _positive_pair(value)
         if spacing is not None:
@@ -296,7 +297,7 @@ def _voi(values: np.ndarray, ds: Dataset, index: int, padding: np.ndarray | None
     if out is not None:
         logger.info(
             "header VOI saturates the image; using a percentile window instead",
-            extra={"action": "decode_window_ignored", "sop_instance_uid": uid},
+            extra={"action": "decode.window_ignored", "sop_instance_uid": uid},
         )
     return _percentile_window(values, padding)
 
@@ -315,7 +316,8 @@ def _window_of(ds: Dataset, index: int) -> tuple[float, float, str] | None:
 def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     """Window to [0, 1] with the LINEAR, LINEAR_EXACT or SIGMOID function (PS3.3 C.11.2.1.2)."""
     if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
+        # 1 / (1 + exp(-4 (x - c) / w)), written with tanh so that it cannot overflow.
+        return (0.5 + 0.5 * np.tanh(2.0 * (values - center) / width)).astype(np.float32)
     if function == "LINEAR_EXACT":
         scaled = (values - np.float32(center)) / np.float32(width) + np.float32(0.5)
     else:
@@ -405,6 +407,8 @@ def _functional_group_value(ds: Dataset, index: int, sequence: str, keyword: str
 
 def _positive_pair(value: Any) -> tuple[float, float] | None:
     """Parse a two-valued DS as a pair of positive floats, or None."""
+    if value is None or isinstance(value, (str, bytes)):  # absent, or an invalid string kept as is
+        return None
     try:
         pair = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -448,7 +452,7 @@ def _transfer_syntax(ds: Dataset) -> str | None:
 
 def _file_meta_with_syntax(ds: Dataset) -> FileMetaDataset:
     """A copy of the File Meta with the transfer syntax pydicom detected while reading."""
-    meta = FileMetaDataset(copy.copy(getattr(ds, "file_meta", None) or FileMetaDataset()))
+    meta = copy.deepcopy(getattr(ds, "file_meta", None) or FileMetaDataset())
     implicit, little = getattr(ds, "original_encoding", (True, True))
     if implicit is False:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
@@ -489,18 +493,19 @@ def _decode_frame(ds: Dataset, index: int, uid: str | None) -> np.ndarray:
 
 @contextmanager
 def _pydicom_warnings_logged(uid: str | None) -> Iterator[None]:
-    """Log pydicom's warnings about a malformed input instead of raising or printing them.
+    """Log the DICOM libraries' warnings about a malformed input instead of raising them.
 
-    Received files are untrusted and often slightly wrong (odd lengths, missing delimiters); that
-    is worth a log line with the UID, not a failure. Warnings from other modules are re-issued.
+    Received files are untrusted and often slightly wrong (odd lengths, missing delimiters, invalid
+    values); pydicom and the codecs report that as UserWarning, which is worth a log line with the
+    UID, not a failure. Other warnings (numpy's RuntimeWarning, deprecations) are re-issued.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for item in caught:
-        if "pydicom" in item.filename:
+        if issubclass(item.category, UserWarning):
             logger.warning(
-                "pydicom: %s", item.message, extra={"action": "decode_warning", "sop_instance_uid": uid}
+                "input warning: %s", item.message, extra={"action": "decode.warning", "sop_instance_uid": uid}
             )
         else:
             warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)

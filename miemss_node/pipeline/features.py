@@ -1,9 +1,18 @@
 """Features stage: a feature vector per patch of a regular grid over a downscaled working image.
 
-Per patch: a HOG histogram (Dalal and Triggs; one cell per block, so each patch is normalised on its
-own and describes edge directions regardless of contrast), plus the patch's mean, standard deviation
-and mean gradient magnitude, which HOG's normalisation throws away. The working image keeps
-computation independent of the detector size; ``patch_size_px`` maps the grid back to the source.
+Each patch is described by a HOG histogram (Dalal and Triggs; one cell per block, so each patch is
+normalised on its own) and by its mean, standard deviation and mean gradient magnitude. Normal
+anatomy varies across a radiograph (lung, heart, bone), so what the anomaly stage sees is how a
+patch differs from the valid patches around it (the median of its neighbourhood):
+
+* ``hog_novelty``: L1 distance of its HOG histogram from the neighbourhood's median histogram;
+* ``contrast_3``, ``contrast_5``: its mean minus the neighbourhood median, over 3x3 and 5x5 patches
+  (a nodule or mass is brighter than its surroundings, though not than bone or the heart);
+* ``std_residual``, ``gradient_residual``: the same for texture and edge strength.
+
+Measured on the WG04 chest CR with synthetic nodules pasted in, these context features rank the
+nodule among the top few patches; the raw 9 HOG bins plus raw statistics left it below rank 100,
+the bins diluting the Isolation Forest's random feature choice.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from skimage.feature import hog
 from skimage.transform import resize
 
@@ -22,8 +32,11 @@ logger = logging.getLogger(__name__)
 #: HOG orientation bins (unsigned gradients, 0-180 degrees).
 HOG_ORIENTATIONS = 9
 
-#: Names of the per-patch statistics appended after the HOG bins.
-STATISTICS = ("mean", "std", "gradient")
+#: The columns of :attr:`PatchFeatures.vectors`, in order.
+FEATURE_NAMES = ("hog_novelty", "contrast_3", "contrast_5", "std_residual", "gradient_residual")
+
+#: Side, in patches, of the neighbourhood a patch is compared with.
+NEIGHBOURHOOD = 5
 
 
 def working_shape(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -47,7 +60,7 @@ def to_working(pixels: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> PatchFeatures:
-    """Compute HOG and intensity features for each patch of the working image.
+    """Compute the context-relative HOG and intensity features of each patch.
 
     Parameters
     ----------
@@ -59,27 +72,31 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
     Returns
     -------
     PatchFeatures
-        Row-major vectors of ``HOG_ORIENTATIONS + 3`` columns, the grid shape, the patch size in
-        source pixels and the field-of-view validity of each patch.
+        Row-major vectors with the columns of :data:`FEATURE_NAMES`, the grid shape, the patch size
+        in source pixels and the field-of-view validity of each patch.
     """
     source_shape = enhanced.pixels.shape
     work = to_working(enhanced.pixels, settings.analysis_max_side)
     patch = effective_patch(work.shape, settings.patch_size)
     grid = (work.shape[0] // patch, work.shape[1] // patch)
+    valid = patch_validity(field_mask(work), patch, grid)
     histograms = hog(
         work,
         orientations=HOG_ORIENTATIONS,
         pixels_per_cell=(patch, patch),
         cells_per_block=(1, 1),
         feature_vector=False,
-    ).reshape(grid[0] * grid[1], HOG_ORIENTATIONS)
-    vectors = np.hstack([histograms, _statistics(work, patch, grid)]).astype(np.float32)
-    valid = patch_validity(field_mask(work), patch, grid)
+    ).reshape(grid[0], grid[1], HOG_ORIENTATIONS)
+    vectors = _context_features(histograms, _statistics(work, patch, grid), valid)
     logger.debug(
-        "features on a %dx%d grid, %d valid patches", grid[0], grid[1], int(valid.sum()), extra={"action": "features"}
+        "features on a %dx%d grid, %d valid patches",
+        grid[0],
+        grid[1],
+        int(valid.sum()),
+        extra={"action": "features.computed"},
     )
     return PatchFeatures(
-        vectors=vectors,
+        vectors=vectors.reshape(grid[0] * grid[1], len(FEATURE_NAMES)).astype(np.float32),
         grid_shape=grid,
         patch_size_px=(patch * source_shape[0] / work.shape[0], patch * source_shape[1] / work.shape[1]),
         extractors=("hog",),
@@ -88,7 +105,7 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
 
 
 def _statistics(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.ndarray:
-    """Mean, standard deviation and mean gradient magnitude of every patch, row-major."""
+    """(rows, cols, 3): mean, standard deviation and mean gradient magnitude of every patch."""
     rows, cols = grid
 
     def blocks(image: np.ndarray) -> np.ndarray:
@@ -98,6 +115,38 @@ def _statistics(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.ndarr
     intensity = blocks(work)
     gradient = blocks(np.hypot(grad_rows, grad_cols))
     return np.stack(
-        [intensity.mean(axis=(1, 3)).ravel(), intensity.std(axis=(1, 3)).ravel(), gradient.mean(axis=(1, 3)).ravel()],
-        axis=1,
+        [intensity.mean(axis=(1, 3)), intensity.std(axis=(1, 3)), gradient.mean(axis=(1, 3))], axis=-1
     )
+
+
+def _context_features(histograms: np.ndarray, stats: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(rows, cols, len(FEATURE_NAMES)): each patch relative to the valid patches around it."""
+    hog_median = _neighbourhood_median(histograms, valid, NEIGHBOURHOOD)
+    stats_median = _neighbourhood_median(stats, valid, NEIGHBOURHOOD)
+    mean_median_3 = _neighbourhood_median(stats[..., :1], valid, 3)
+    residual = stats - stats_median
+    return np.concatenate(
+        [
+            np.abs(histograms - hog_median).sum(axis=-1, keepdims=True),
+            stats[..., :1] - mean_median_3,
+            residual[..., :1],
+            residual[..., 1:],
+        ],
+        axis=-1,
+    )
+
+
+def _neighbourhood_median(values: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+    """Median over the valid patches of each valid patch's ``size`` x ``size`` neighbourhood.
+
+    Invalid patches get their own value (their residual is 0; they are not scored anyway).
+    """
+    half = size // 2
+    masked = np.where(valid[..., None], values, np.nan)
+    padded = np.pad(masked, ((half, half), (half, half), (0, 0)), constant_values=np.nan)
+    windows = sliding_window_view(padded, (size, size), axis=(0, 1))  # (rows, cols, k, size, size)
+    out = values.copy()
+    if valid.any():
+        # A valid patch is in its own window, so no window here is all-NaN.
+        out[valid] = np.nanmedian(windows[valid].reshape(int(valid.sum()), values.shape[-1], -1), axis=-1)
+    return out

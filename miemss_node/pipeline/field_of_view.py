@@ -20,10 +20,12 @@ logger = logging.getLogger(__name__)
 
 #: Display values at or below this are background (direct exposure, black padding).
 DARK_LEVEL = 0.04
-#: Display values at or above this are background (collimation, white padding, burned-in text).
-BRIGHT_LEVEL = 0.96
-#: A pixel whose neighbourhood has a standard deviation below this is flat (padding, shutters).
-FLAT_STD = 0.004
+#: Display values at or above this are background (clipped collimation, white padding, burned-in
+#: text). Only clipped values: a dense abdomen or heart shadow is nearly as bright.
+BRIGHT_LEVEL = 0.99
+#: A pixel whose neighbourhood has a standard deviation below this is flat: constant padding or
+#: shutters. Far below the texture of denoised anatomy (about 1e-3 in a smooth abdomen).
+FLAT_STD = 2e-4
 #: Connected parts of the field smaller than this fraction of the largest one are dropped.
 MIN_PART_FRACTION = 0.05
 #: A patch is valid when at least this fraction of its pixels is in the field.
@@ -70,9 +72,16 @@ def patch_validity(field: np.ndarray, patch: int, grid_shape: tuple[int, int]) -
     -------
     numpy.ndarray
         Boolean of shape ``grid_shape``; True where at least :data:`MIN_PATCH_COVERAGE` of the
-        patch is in the field.
+        patch is in the field eroded by half a patch.
     """
     rows, cols = grid_shape
+    # Erode by half a patch: a patch that touches the edge of the field holds the skin line or the
+    # collimator edge, the strongest and least interesting edges of the image. The image's own
+    # border counts as an edge too: shutters, markers and labels sit there, and a patch on it
+    # has neighbours on one side only.
+    margin = patch // 2
+    if margin:
+        field = ndimage.binary_erosion(field, structure=disk(margin))
     cropped = field[: rows * patch, : cols * patch].astype(np.float32)
     coverage = cropped.reshape(rows, patch, cols, patch).mean(axis=(1, 3))
     return coverage >= MIN_PATCH_COVERAGE

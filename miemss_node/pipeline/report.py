@@ -41,7 +41,7 @@ def findings_sentences(region_map: RegionMap, image: DecodedImage) -> tuple[str,
     if not regions:
         return ("No anomalous region was found.",)
     count = "1 anomalous region was found." if len(regions) == 1 else f"{len(regions)} anomalous regions were found."
-    return (count, *(_region_sentence(region) for region in regions))
+    return (count, *(_region_sentence(region, in_mm=image.pixel_spacing_mm is not None) for region in regions))
 
 
 def build_report(
@@ -75,13 +75,13 @@ def build_report(
     lines.extend(_image_lines(analyses) or ["No image was analysed."])
     lines.append(_models_sentence(models))
     lines.append(DISCLAIMER)
-    logger.debug("report of %d image(s)", len(analyses), extra={"action": "report"})
+    logger.debug("report of %d image(s)", len(analyses), extra={"action": "report.built"})
     return Report(text="\n".join(lines), caption=caption, findings=findings, models=models)
 
 
-def _region_sentence(region: Region) -> str:
-    if region.area_mm2 is None:
-        area = f"{region.area_px} pixels"
+def _region_sentence(region: Region, *, in_mm: bool) -> str:
+    if region.area_mm2 is None or not in_mm:
+        area = f"{region.area_px} pixels (pixel spacing unknown)"
     else:
         area = f"{region.area_mm2:.0f} mm²" if region.area_mm2 >= 10 else f"{region.area_mm2:.1f} mm²"
     return (
