@@ -20,6 +20,25 @@ class _ActionDefault(logging.Filter):
         return True
 
 
+class _RedactWarnings(logging.Filter):
+    """Replace a library warning's text with its category and origin.
+
+    pydicom and highdicom quote attribute values in warnings ("Invalid value for VR ...",
+    "... unlikely to represent the intended person name"), and those values can be a patient's
+    name or birth date.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        # warnings.formatwarning gives "path:line: Category: message\n  source line".
+        origin, _, rest = text.partition(": ")
+        category = rest.split(":", 1)[0] if rest else "Warning"
+        record.msg = "%s from %s (text withheld: it may quote patient data; run with -v to see it)"
+        record.args = (category, origin)
+        record.action = "library.warning"
+        return True
+
+
 def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
     """Log to stderr at ``level``; ``verbose`` turns on DEBUG for us and pynetdicom together."""
     handler = logging.StreamHandler(sys.stderr)
@@ -32,3 +51,6 @@ def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
     ours.setLevel("DEBUG" if verbose else level.upper())
     # pynetdicom logs dataset dumps at DEBUG/INFO (patient data): keep it at WARNING unless -v.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.filters[:] = [] if verbose else [_RedactWarnings()]

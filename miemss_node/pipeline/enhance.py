@@ -91,7 +91,9 @@ def enhance(image: DecodedImage, method: str = "wavelet") -> EnhancedImage:
     # No measurable noise (a flat or tiny frame): there is nothing to denoise.
     out = denoise(pixels, sigma) if sigma > 0 else pixels.copy()
     out = np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0).astype(np.float32, copy=False)
-    logger.debug("denoised with %s", method, extra={"action": "enhance.denoised", "sop_instance_uid": image.sop_instance_uid})
+    logger.debug(
+        "denoised with %s", method, extra={"action": "enhance.denoised", "sop_instance_uid": image.sop_instance_uid}
+    )
     return EnhancedImage(pixels=out, method=method)
 
 

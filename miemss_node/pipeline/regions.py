@@ -63,7 +63,9 @@ def find_regions(
     work_labels, stats = _label_work(work_heat, inside, settings, image.pixel_spacing_mm, source_shape)
     labels = _upsample_nearest(work_labels, source_shape)
     regions = _measure(labels, stats, image.pixel_spacing_mm)
-    logger.debug("%d region(s)", len(regions), extra={"action": "regions.found", "sop_instance_uid": image.sop_instance_uid})
+    logger.debug(
+        "%d region(s)", len(regions), extra={"action": "regions.found", "sop_instance_uid": image.sop_instance_uid}
+    )
     return RegionMap(
         heatmap=heatmap(scores.scores, features.patch_size_px, source_shape, source_shape),
         labels=labels,

@@ -63,7 +63,8 @@ def test_reports_rt_objects_and_waveforms_are_not_images(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "relative", ["dicom/nonimage/seg_on_cr1_6154_highdicom_binary.dcm", "dicom/nonimage/seg_liver_on_ct_series_3slices_dcmqi.dcm"]
+    "relative",
+    ["dicom/nonimage/seg_on_cr1_6154_highdicom_binary.dcm", "dicom/nonimage/seg_liver_on_ct_series_3slices_dcmqi.dcm"],
 )
 def test_real_segmentations_are_not_images_despite_pixel_data(relative: str) -> None:
     ds = read_dicom_file(shared_file(relative))
@@ -265,7 +266,9 @@ def test_a_header_window_that_saturates_the_image_is_replaced() -> None:
     assert float(np.mean((image.pixels == 0.0) | (image.pixels == 1.0))) < 0.05
 
 
-@pytest.mark.parametrize("name", ["US1_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm", "OT-PAL-8-face.dcm", "SC_ybr_full_uncompressed.dcm"])
+@pytest.mark.parametrize(
+    "name", ["US1_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm", "OT-PAL-8-face.dcm", "SC_ybr_full_uncompressed.dcm"]
+)
 def test_colour_images_become_luminance(name: str) -> None:
     ds = read_dicom_file(_testdata(name))
     image = _decode_one(_testdata(name))
@@ -401,7 +404,11 @@ def test_rgb_jpeg_becomes_luminance(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "relative",
-    ["images/nih_00000001_000_cardiomegaly_1024.png", "images/derived_cr_chest_rg1_windowed_8bit.jpg", "images/derived_cr_chest_rg1_16bit.png"],
+    [
+        "images/nih_00000001_000_cardiomegaly_1024.png",
+        "images/derived_cr_chest_rg1_windowed_8bit.jpg",
+        "images/derived_cr_chest_rg1_16bit.png",
+    ],
 )
 def test_real_png_and_jpeg_radiographs_decode(relative: str) -> None:
     path = shared_file(relative)

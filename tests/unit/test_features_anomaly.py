@@ -61,7 +61,7 @@ def test_to_working_downscales_with_anti_aliasing() -> None:
     assert float(working.std()) < 0.05  # aliasing would keep stripes
 
 
-def test_chest_features_grid_and_patch_size_in_source_pixels(chest: DecodedImage, chest_features: PatchFeatures) -> None:
+def test_chest_features_grid_and_patch_size_in_source_pixels(chest_features: PatchFeatures) -> None:
     assert chest_features.grid_shape == (32, 30)
     assert chest_features.vectors.shape == (32 * 30, len(FEATURE_NAMES))
     assert chest_features.vectors.dtype == np.float32

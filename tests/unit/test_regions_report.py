@@ -107,7 +107,8 @@ def test_small_regions_are_dropped_in_mm2() -> None:
 
 def test_without_spacing_areas_are_pixels_and_the_minimum_is_in_pixels() -> None:
     scores = _scores((8, 8, 1.0))
-    (region,) = find_regions(scores, _features(), _image(spacing=None), replace(SETTINGS, min_region_area_mm2=100.0)).regions
+    settings = replace(SETTINGS, min_region_area_mm2=100.0)
+    (region,) = find_regions(scores, _features(), _image(spacing=None), settings).regions
     assert region.area_mm2 is None
     assert region.area_px > 100
     too_big = replace(SETTINGS, min_region_area_mm2=float(region.area_px + 1000))
