@@ -497,16 +497,24 @@ def _pydicom_warnings_logged(uid: str | None) -> Iterator[None]:
 
     Received files are untrusted and often slightly wrong (odd lengths, missing delimiters, invalid
     values); pydicom and the codecs report that as UserWarning, which is worth a log line with the
-    UID, not a failure. Other warnings (numpy's RuntimeWarning, deprecations) are re-issued.
+    UID, not a failure. The text may quote attribute values (a patient's name), so it is logged at
+    DEBUG only, as ``logconfig`` does for other library warnings. Other warnings (numpy's
+    RuntimeWarning, deprecations) are re-issued.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for item in caught:
         if issubclass(item.category, UserWarning):
+            extra = {"action": "decode.warning", "sop_instance_uid": uid}
+            origin = "/".join(Path(item.filename).parts[-2:])
             logger.warning(
-                "input warning: %s", item.message, extra={"action": "decode.warning", "sop_instance_uid": uid}
+                "input warning %s from %s (text withheld: it may quote patient data; run with -v to see it)",
+                item.category.__name__,
+                origin,
+                extra=extra,
             )
+            logger.debug("input warning text: %s", item.message, extra=extra)
         else:
             warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
