@@ -20,21 +20,27 @@ class _ActionDefault(logging.Filter):
         return True
 
 
-class _RedactWarnings(logging.Filter):
-    """Replace a library warning's text with its category and origin.
+#: Loggers whose messages can quote attribute values (a patient's name, birth date, ...).
+REDACTED_LOGGERS = ("py.warnings", "pydicom", "highdicom")
+
+
+class _RedactLibraryText(logging.Filter):
+    """Replace the text of records from :data:`REDACTED_LOGGERS` with where they came from.
 
     pydicom and highdicom quote attribute values in warnings ("Invalid value for VR ...",
-    "... unlikely to represent the intended person name"), and those values can be a patient's
-    name or birth date.
+    "... unlikely to represent the intended person name"), and those values can be patient data.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        # warnings.formatwarning gives "path:line: Category: message\n  source line".
-        origin, _, rest = text.partition(": ")
-        category = rest.split(":", 1)[0] if rest else "Warning"
-        record.msg = "%s from %s (text withheld: it may quote patient data; run with -v to see it)"
-        record.args = (category, origin)
+        if not record.name.startswith(REDACTED_LOGGERS):
+            return True
+        origin = f"{record.name}"
+        if record.name == "py.warnings":
+            # warnings.formatwarning gives "path:line: Category: message\n  source line".
+            path, _, rest = record.getMessage().partition(": ")
+            origin = f"{rest.split(':', 1)[0] or 'Warning'} at {path}"
+        record.msg = "%s (text withheld: it may quote patient data; run with -v to see it)"
+        record.args = (origin,)
         record.action = "library.warning"
         return True
 
@@ -43,6 +49,8 @@ def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
     """Log to stderr at ``level``; ``verbose`` turns on DEBUG for us and pynetdicom together."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ActionDefault())
+    if not verbose:
+        handler.addFilter(_RedactLibraryText())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(action)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -52,5 +60,3 @@ def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
     # pynetdicom logs dataset dumps at DEBUG/INFO (patient data): keep it at WARNING unless -v.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if verbose else logging.WARNING)
     logging.captureWarnings(True)
-    warnings_logger = logging.getLogger("py.warnings")
-    warnings_logger.filters[:] = [] if verbose else [_RedactWarnings()]
