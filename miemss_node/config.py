@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,6 +45,8 @@ class NodeSettings:
     database_url: str = ""
     #: Calling AE titles allowed to associate; empty means any.
     allowed_calling_aets: tuple[str, ...] = ()
+    #: Reject associations whose called AE title is not ``ae_title``.
+    require_called_aet: bool = False
     #: Largest PDU we receive, in bytes; 0 means unlimited.
     max_pdu: int = 0
     acse_timeout_seconds: float = 30.0
@@ -111,6 +113,23 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    #: Send over TLS, verifying the destination with ``[tls] ca_certificates``.
+    tls: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS for receiving and sending (``[tls]``); paths are PEM files."""
+
+    #: Receive over TLS (the listening port then speaks TLS only).
+    enabled: bool = False
+    #: Our certificate and key: the server certificate when receiving, the client one when sending.
+    certificate: str = ""
+    private_key: str = ""
+    #: CA certificates that verify peers: client certificates (if required) and TLS destinations.
+    ca_certificates: str = ""
+    #: Refuse TLS clients that present no certificate signed by ``ca_certificates``.
+    require_client_certificate: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +151,7 @@ class Config:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     destinations: tuple[Destination, ...] = ()
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     #: The file this came from, None for the built-in defaults.
     source: Path | None = None
 
@@ -151,6 +171,7 @@ _SECTIONS: dict[str, type] = {
     "results": ResultSettings,
     "delivery": DeliverySettings,
     "logging": LoggingSettings,
+    "tls": TlsSettings,
 }
 
 
@@ -199,12 +220,14 @@ def load_config(
     problems += [f"unknown section [{name}]" for name in sorted(unknown)]
 
     sections = {
-        name: _build_section(name, cls, raw.get(name, {}), problems) for name, cls in _SECTIONS.items()
+        name: _build_section(f"[{name}]", cls, raw.get(name, {}), problems) or cls()
+        for name, cls in _SECTIONS.items()
     }
     destinations = _build_destinations(raw.get("destinations", []), problems)
     node: NodeSettings = sections["node"]
     node = _resolve_paths(node, base_dir)
     sections["node"] = node
+    sections["tls"] = _resolve_tls(sections["tls"], base_dir)
 
     _validate(sections, destinations, problems)
     if problems:
@@ -235,23 +258,26 @@ def _parse_env_value(text: str, kind: str) -> Any:
     return text
 
 
-def _build_section(name: str, cls: type, table: Any, problems: list[str]) -> Any:
+def _build_section(label: str, cls: type, table: Any, problems: list[str]) -> Any:
     """Build one section's dataclass from its table, recording type problems."""
     if not isinstance(table, dict):
-        problems.append(f"[{name}] must be a table")
-        return cls()
+        problems.append(f"{label} must be a table")
+        return None
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
-            problems.append(f"[{name}] unknown key {key!r}")
+            problems.append(f"{label} unknown key {key!r}")
             continue
         coerced = _coerce(value, str(known[key].type))
         if coerced is _INVALID:
-            problems.append(f"[{name}] {key} = {value!r}: expected {known[key].type}")
+            problems.append(f"{label} {key} = {value!r}: expected {known[key].type}")
             continue
         values[key] = coerced
-    return cls(**values)
+    try:
+        return cls(**values)
+    except TypeError:
+        return None  # a required field was refused above; the problem is already listed
 
 
 _INVALID = object()
@@ -277,6 +303,7 @@ def _coerce(value: Any, kind: str) -> Any:
 
 
 def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
+    """Build every ``[[destinations]]`` table; ``name`` defaults to the AE title."""
     if not isinstance(tables, list):
         problems.append("[[destinations]] must be an array of tables")
         return ()
@@ -286,23 +313,26 @@ def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, 
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table")
             continue
-        for key in sorted(set(table) - {"name", "ae_title", "host", "port"}):
-            problems.append(f"{where} unknown key {key!r}")
         missing = [key for key in ("ae_title", "host", "port") if key not in table]
         problems += [f"{where} missing {key!r}" for key in missing]
         if missing:
             continue
-        port = table["port"]
-        if not isinstance(port, int) or isinstance(port, bool):
-            problems.append(f"{where} port = {port!r}: expected int")
-            continue
-        name = str(table.get("name") or table["ae_title"])
-        result.append(
-            Destination(name=name, ae_title=str(table["ae_title"]), host=str(table["host"]), port=port)
-        )
+        before = len(problems)
+        destination = _build_section(where, Destination, {"name": table["ae_title"], **table}, problems)
+        if len(problems) == before:
+            result.append(destination)
     names = [d.name for d in result]
     problems += [f"[[destinations]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
     return tuple(result)
+
+
+def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
+    resolved = {
+        name: str(base_dir / value) if value and not Path(value).is_absolute() else value
+        for name in ("certificate", "private_key", "ca_certificates")
+        if (value := getattr(tls, name)) is not None
+    }
+    return replace(tls, **resolved)
 
 
 def _resolve_paths(node: NodeSettings, base_dir: Path) -> NodeSettings:
@@ -367,9 +397,24 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         if not destination.host:
             problems.append(f"[[destinations]] #{index} host must not be empty")
 
+    _validate_tls(sections["tls"], destinations, problems)
+
     level = sections["logging"].level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         problems.append(f"[logging] level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+
+
+def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], problems: list[str]) -> None:
+    if tls.enabled and not (tls.certificate and tls.private_key):
+        problems.append("[tls] enabled = true needs certificate and private_key (PEM files)")
+    if tls.require_client_certificate and not tls.ca_certificates:
+        problems.append("[tls] require_client_certificate = true needs ca_certificates")
+    if any(d.tls for d in destinations) and not tls.ca_certificates:
+        problems.append("[[destinations]] with tls = true need [tls] ca_certificates to verify the PACS")
+    for name in ("certificate", "private_key", "ca_certificates"):
+        value = getattr(tls, name)
+        if value and not Path(value).is_file():
+            problems.append(f"[tls] {name} {value!r} is not a file")
 
 
 def _validate_pipeline(pipeline: PipelineSettings, problems: list[str]) -> None:

@@ -17,6 +17,7 @@ from miemss_node.receive.handlers import InstanceStore
 from miemss_node.receive.scp import start_receiver
 from miemss_node.send import Sender
 from miemss_node.settle import Settler
+from miemss_node.tls import server_context
 from miemss_node.worker import Worker
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Node:
                 min_free_bytes=self.config.node.min_free_disk_mb * 2**20,
                 max_instance_bytes=self.config.node.max_instance_mb * 2**20,
             )
-            self.server = start_receiver(self.config.node, store)
+            self.server = start_receiver(self.config.node, store, server_context(self.config.tls))
             settler = Settler(self.sessions, self.config.study, self.config.worker)
             self._spawn("settler", settler.run_once, min(1.0, max(self.config.study.settle_seconds / 4, 0.05)))
             sender = Sender(
@@ -75,6 +76,7 @@ class Node:
                 self.config.destinations,
                 self.config.delivery,
                 self.config.node.ae_title,
+                tls=self.config.tls,
             )
             self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
         if self.worker_processes and self.worker_count:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +19,10 @@ from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
-from miemss_node.config import DeliverySettings, Destination
+from miemss_node.config import DeliverySettings, Destination, TlsSettings
 from miemss_node.queue import repository
 from miemss_node.queue.retry import RetryPolicy
+from miemss_node.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +64,24 @@ def classify_status(status: int | None) -> SendOutcome:
 
 
 def send_files(
-    paths: list[Path], destination: Destination, *, calling_aet: str, timeout_seconds: float
+    paths: list[Path],
+    destination: Destination,
+    *,
+    calling_aet: str,
+    timeout_seconds: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> SendReport:
-    """Send DICOM files in one association; stop at the first object not delivered."""
+    """Send DICOM files in one association (over TLS when ``ssl_context`` is given).
+
+    Stops at the first object not delivered.
+    """
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = (ssl_context, destination.host) if ssl_context is not None else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return SendReport(outcome=SendOutcome.RETRY, status=None, detail="association not established")
     try:
@@ -105,12 +116,15 @@ class Sender:
         destinations: tuple[Destination, ...],
         settings: DeliverySettings,
         calling_aet: str,
+        *,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.sessions = sessions
         self.storage_dir = storage_dir
         self.destinations = {destination.name: destination for destination in destinations}
         self.settings = settings
         self.calling_aet = calling_aet
+        self.tls = tls or TlsSettings()
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             backoff_seconds=settings.backoff_seconds,
@@ -141,6 +155,7 @@ class Sender:
                     destination,
                     calling_aet=self.calling_aet,
                     timeout_seconds=self.settings.timeout_seconds,
+                    ssl_context=client_context(self.tls) if destination.tls else None,
                 )
             except (OSError, RuntimeError, ValueError) as exc:
                 report = SendReport(outcome=SendOutcome.RETRY, status=None, detail=f"{type(exc).__name__}: {exc}")

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import socket
+import ssl
 import threading
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
@@ -30,7 +31,7 @@ def build_receiver_ae(node: NodeSettings) -> AE:
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
-    ae.require_called_aet = False
+    ae.require_called_aet = node.require_called_aet
     ae.require_calling_aet = list(node.allowed_calling_aets)
     ae.maximum_pdu_size = node.max_pdu
     ae.maximum_associations = node.max_associations
@@ -53,15 +54,24 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return client_socket, address
 
 
-def start_receiver(node: NodeSettings, store: InstanceStore) -> ThreadedAssociationServer:
+def start_receiver(
+    node: NodeSettings, store: InstanceStore, ssl_context: ssl.SSLContext | None = None
+) -> ThreadedAssociationServer:
     """Start the SCP in the background; ``port = 0`` binds an ephemeral port (see ``server_address``)."""
     ae = build_receiver_ae(node)
     handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
-    server = ae.make_server((node.host, node.port), evt_handlers=handlers, server_class=NoDelayAssociationServer)
+    server = ae.make_server(
+        (node.host, node.port), evt_handlers=handlers, ssl_context=ssl_context, server_class=NoDelayAssociationServer
+    )
     ae._servers.append(server)  # what start_server() does, so that server.shutdown() can deregister it
     threading.Thread(target=server.serve_forever, name="receiver", daemon=True).start()
     host, port = server.server_address[:2]
     logger.info(
-        "receiver %s listening on %s:%d", node.ae_title, host, port, extra={"action": "receive.listening", "port": port}
+        "receiver %s listening on %s:%d%s",
+        node.ae_title,
+        host,
+        port,
+        " (TLS)" if ssl_context else "",
+        extra={"action": "receive.listening", "port": port},
     )
     return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +20,12 @@ class PacsScp:
     refuses or is out of resources.
     """
 
-    def __init__(self, ae_title: str = "TESTPACS", status_for: Callable[[Dataset], int] | None = None) -> None:
+    def __init__(
+        self,
+        ae_title: str = "TESTPACS",
+        status_for: Callable[[Dataset], int] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.status_for = status_for or (lambda _ds: 0x0000)
         self.received: list[Dataset] = []
@@ -28,7 +34,9 @@ class PacsScp:
         ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)], ssl_context=ssl_context
+        )
         self.port = int(self._server.server_address[1])
 
     def _on_store(self, event: evt.Event) -> int:

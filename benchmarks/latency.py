@@ -1,0 +1,157 @@
+"""Latency of the whole node: last instance received -> last result delivered, minus settle time.
+
+Runs ``miemss-node serve`` in a subprocess on loopback, plays the PACS in this process, sends an
+N-image CR study made from the WG04 chest CR (1841x1955, pydicom-data) with new SOP Instance UIDs,
+and prints the latency, the node's peak memory (main process and worker children), and, as the
+in-process baseline, the time of the pipeline and encoders alone on the same images.
+
+    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--config-extra TOML]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.peers import PacsScp, store_datasets  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_study(count: int) -> list[Dataset]:
+    """``count`` copies of the chest CR in one new study, each a distinct instance."""
+    source = dcmread(get_testdata_file("RG1_J2KI.dcm"))
+    study_uid, series_uid = generate_uid(), generate_uid()
+    study = []
+    for index in range(count):
+        ds = source.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta = source.file_meta.copy()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = index + 1
+        study.append(ds)
+    return study
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process, in MB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"the node did not listen on {port}")
+
+
+def in_process_baseline(study: list[Dataset]) -> float:
+    """Seconds for the pipeline and encoders alone on the study, in this process."""
+    from miemss_node.encode.study import EncodeContext, encode_study
+    from miemss_node.pipeline.base import PipelineSettings
+    from miemss_node.pipeline.report import build_report
+    from miemss_node.pipeline.runner import analyse_dataset
+
+    started = time.perf_counter()
+    analyses = [a for ds in study for a in analyse_dataset(ds, PipelineSettings())]
+    encode_study(study, analyses, build_report(analyses), EncodeContext(job_key="baseline"))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
+    args = parser.parse_args()
+
+    study = make_study(args.images)
+    arrivals: list[float] = []
+    pacs = PacsScp(ae_title="PACS", status_for=lambda _ds: arrivals.append(time.perf_counter()) or 0)
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "config.toml"
+        config.write_text(
+            f"[node]\nport={port}\nstorage_dir='store'\n[study]\nsettle_seconds={args.settle}\n"
+            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\n"
+            f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n{args.config_extra}\n",
+            encoding="utf-8",
+        )
+        env = {**os.environ, "MIEMSS_LOG_LEVEL": "WARNING"}
+        node = subprocess.Popen([sys.executable, "-m", "miemss_node", "serve", "--config", str(config)], env=env)
+        try:
+            wait_for_port(port)
+            time.sleep(3.0)  # let the worker process finish importing, as a running node would have
+            sent_at = time.perf_counter()
+            statuses = store_datasets(study, port, called_aet="MIEMSS")
+            last_received = time.perf_counter()
+            assert statuses == [0] * len(study), statuses
+            expected = 2 * len(study) + 1  # SEG + SC per image (when regions are found) + one SR
+            deadline = time.monotonic() + 300
+            peaks: dict[int, float] = {}
+            while time.monotonic() < deadline:
+                for pid in [node.pid, *children(node.pid)]:
+                    peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
+                if len(pacs.received) >= expected or (
+                    pacs.received and time.perf_counter() - arrivals[-1] > 5 and any(
+                        str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in pacs.received
+                    )
+                ):
+                    break
+                time.sleep(0.05)
+        finally:
+            node.send_signal(signal.SIGTERM)
+            node.wait(timeout=120)
+            pacs.stop()
+    if not arrivals:
+        raise SystemExit("no result arrived")
+    latency = arrivals[-1] - last_received - args.settle
+    baseline = in_process_baseline(study)
+    main_peak = peaks.get(node.pid, 0.0)
+    worker_peak = max((v for pid, v in peaks.items() if pid != node.pid), default=0.0)
+    print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {last_received - sent_at:.2f} s")
+    print(f"results received: {len(pacs.received)}")
+    print(f"latency (last instance -> last result, minus settle {args.settle:g} s): {latency:.2f} s")
+    print(f"baseline (pipeline + encoders in one process, same images): {baseline:.2f} s")
+    print(f"ratio latency / baseline: {latency / baseline:.2f}")
+    print(f"peak memory: receiver process {main_peak:.0f} MB, worker process {worker_peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
