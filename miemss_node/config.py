@@ -103,6 +103,8 @@ class DeliverySettings:
     max_backoff_seconds: float = 600.0
     poll_seconds: float = 1.0
     timeout_seconds: float = 30.0
+    #: A delivery still failing this many hours after it was queued gives up (``resend`` retries).
+    max_age_hours: float = 72.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,7 +388,7 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         problems.append("[results] institution_name must be at most 64 characters (VR LO)")
 
     delivery: DeliverySettings = sections["delivery"]
-    for name in ("max_attempts", "poll_seconds", "timeout_seconds", "max_backoff_seconds"):
+    for name in ("max_attempts", "poll_seconds", "timeout_seconds", "max_backoff_seconds", "max_age_hours"):
         _check_positive(f"[delivery] {name}", getattr(delivery, name), problems)
     if delivery.backoff_seconds < 0:
         problems.append("[delivery] backoff_seconds must be >= 0")

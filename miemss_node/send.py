@@ -9,8 +9,8 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydicom import dcmread
@@ -106,6 +106,18 @@ def send_files(
     return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeliveryWork:
+    """A claimed delivery and the result files it sends."""
+
+    delivery_id: int
+    job_id: int
+    destination: str
+    attempts: int
+    created_at: datetime
+    paths: list[str]
+
+
 class Sender:
     """Delivers encoded jobs' results, retrying with backoff while a destination is down."""
 
@@ -137,21 +149,29 @@ class Sender:
         with self.sessions.begin() as session:
             due = repository.claim_due_deliveries(session, now=utcnow(), hold_seconds=hold)
             work = [
-                (d.id, d.job_id, d.destination, d.attempts, [r.path for r in repository.job_results(session, d.job_id)])
+                DeliveryWork(
+                    delivery_id=d.id,
+                    job_id=d.job_id,
+                    destination=d.destination,
+                    attempts=d.attempts,
+                    created_at=d.created_at,
+                    paths=[r.path for r in repository.job_results(session, d.job_id)],
+                )
                 for d in due
             ]
-        for delivery_id, job_id, name, attempts, paths in work:
-            self._deliver(delivery_id, job_id, name, attempts, paths)
+        for item in work:
+            self._deliver(item)
         return len(work)
 
-    def _deliver(self, delivery_id: int, job_id: int, name: str, attempts: int, paths: list[str]) -> None:
+    def _deliver(self, item: DeliveryWork) -> None:
+        name = item.destination
         destination = self.destinations.get(name)
         if destination is None:
             report = SendReport(outcome=SendOutcome.REFUSED, status=None, detail=f"destination {name!r} not configured")
         else:
             try:
                 report = send_files(
-                    [self.storage_dir / path for path in paths],
+                    [self.storage_dir / path for path in item.paths],
                     destination,
                     calling_aet=self.calling_aet,
                     timeout_seconds=self.settings.timeout_seconds,
@@ -159,17 +179,21 @@ class Sender:
                 )
             except (OSError, RuntimeError, ValueError) as exc:
                 report = SendReport(outcome=SendOutcome.RETRY, status=None, detail=f"{type(exc).__name__}: {exc}")
-        self._record(delivery_id, job_id, name, attempts + 1, report)
+        self._record(item, report)
 
-    def _record(self, delivery_id: int, job_id: int, name: str, attempt: int, report: SendReport) -> None:
+    def _record(self, item: DeliveryWork, report: SendReport) -> None:
         now = utcnow()
+        attempt, job_id, name = item.attempts + 1, item.job_id, item.destination
         retry_at = None
-        if report.outcome is SendOutcome.RETRY and self.policy.should_retry(attempt):
+        young = now - item.created_at < timedelta(hours=self.settings.max_age_hours)
+        if report.outcome is SendOutcome.RETRY and self.policy.should_retry(attempt) and young:
             retry_at = now + timedelta(seconds=self.policy.delay(attempt))
+        elif report.outcome is SendOutcome.RETRY and not young:
+            report = replace(report, detail=f"{report.detail}; gave up after {self.settings.max_age_hours:g} h")
         with self.sessions.begin() as session:
             state = repository.record_delivery_outcome(
                 session,
-                delivery_id=delivery_id,
+                delivery_id=item.delivery_id,
                 delivered=report.outcome is SendOutcome.DELIVERED,
                 retry_at=retry_at,
                 status=report.status,

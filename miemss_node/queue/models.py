@@ -141,6 +141,8 @@ class Delivery(Base):
     state: Mapped[DeliveryState] = mapped_column(Enum(DeliveryState, native_enum=False, length=16))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime]
+    #: When the delivery was queued: it gives up once older than ``[delivery] max_age_hours``.
+    created_at: Mapped[datetime]
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]

@@ -219,7 +219,9 @@ def finish_job_encoded(
         if existing is None:
             session.add(Result(job_id=job.id, **record.__dict__))
     for name in destinations:
-        session.add(Delivery(job_id=job.id, destination=name, state=DeliveryState.PENDING, next_attempt_at=now))
+        session.add(
+            Delivery(job_id=job.id, destination=name, state=DeliveryState.PENDING, next_attempt_at=now, created_at=now)
+        )
     job.state = JobState.ENCODED if destinations else JobState.DELIVERED
     job.lease_owner = None
     job.lease_expires_at = None
@@ -365,6 +367,7 @@ def reset_deliveries(session: Session, *, study_instance_uid: str, destination: 
         delivery.state = DeliveryState.PENDING
         delivery.attempts = 0
         delivery.next_attempt_at = now
+        delivery.created_at = now
     if deliveries:
         job.state = JobState.ENCODED
         job.updated_at = now
@@ -374,7 +377,9 @@ def reset_deliveries(session: Session, *, study_instance_uid: str, destination: 
 
 def add_delivery(session: Session, *, job_id: int, destination: str, now: datetime) -> Delivery:
     """Queue a delivery of a job's results to a destination it was not sent to before."""
-    delivery = Delivery(job_id=job_id, destination=destination, state=DeliveryState.PENDING, next_attempt_at=now)
+    delivery = Delivery(
+        job_id=job_id, destination=destination, state=DeliveryState.PENDING, next_attempt_at=now, created_at=now
+    )
     session.add(delivery)
     return delivery
 

@@ -138,3 +138,16 @@ def test_refusal_fails_at_once_and_resend_delivers(tmp_path: Path) -> None:
         assert len(pacs.received) == 2
     finally:
         pacs.stop()
+
+
+def test_delivery_gives_up_after_its_maximum_age(tmp_path: Path) -> None:
+    sessions, job_id = encoded_job(tmp_path, "pacs")
+    with sessions.begin() as session:
+        delivery = session.get_one(Job, job_id).deliveries[0]
+        delivery.created_at = utcnow() - timedelta(hours=2)
+    down = Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=free_port())
+    settings = DeliverySettings(max_attempts=50, backoff_seconds=0.0, timeout_seconds=2.0, max_age_hours=1.0)
+    assert Sender(sessions, tmp_path, (down,), settings, "MIEMSS").run_once() == 1
+    job, delivery = job_and_delivery(sessions, job_id)
+    assert (job.state, delivery.state, delivery.attempts) == (JobState.FAILED, DeliveryState.FAILED, 1)
+    assert "gave up after 1 h" in (delivery.last_error or "")
