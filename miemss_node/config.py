@@ -67,6 +67,9 @@ class StudySettings:
     settle_seconds: float = 10.0
     #: Instances arriving after a study's job was queued start a new job for the study.
     reprocess_late_instances: bool = True
+    #: Delete a study's instances and results this many days after its last instance, once every
+    #: result is delivered; 0 keeps everything.
+    retention_days: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,6 +373,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
     study: StudySettings = sections["study"]
     if study.settle_seconds < 0:
         problems.append("[study] settle_seconds must be >= 0")
+    if study.retention_days < 0:
+        problems.append("[study] retention_days must be >= 0 (0 = keep everything)")
 
     worker: WorkerSettings = sections["worker"]
     if worker.count < 0:

@@ -15,6 +15,7 @@ from miemss_node.config import Config
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.receive.handlers import InstanceStore
 from miemss_node.receive.scp import start_receiver
+from miemss_node.retention import Janitor
 from miemss_node.send import Sender
 from miemss_node.settle import Settler
 from miemss_node.tls import server_context
@@ -79,6 +80,8 @@ class Node:
                 tls=self.config.tls,
             )
             self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
+            janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
+            self._spawn("retention", janitor.run_once, 600.0)
         if self.worker_processes and self.worker_count:
             # The pipeline is CPU-bound Python: in processes of their own, workers use every core and
             # never slow C-STORE handling.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from miemss_node.queue.models import (
@@ -396,6 +396,29 @@ def job_counts(session: Session) -> dict[JobState, int]:
     """Number of jobs in each state."""
     rows = session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all()
     return {state: count for state, count in rows}
+
+
+def studies_past_retention(session: Session, *, cutoff: datetime, limit: int = 100) -> list[Study]:
+    """Settled studies quiet since before ``cutoff`` whose every job is delivered (never undelivered ones)."""
+    unfinished = select(Job.id).where(Job.study_id == Study.id, Job.state != JobState.DELIVERED)
+    return list(
+        session.scalars(
+            select(Study)
+            .where(Study.unsettled.is_(False), Study.last_received_at < cutoff, ~unfinished.exists())
+            .order_by(Study.last_received_at)
+            .limit(limit)
+        )
+    )
+
+
+def delete_study(session: Session, study: Study) -> None:
+    """Delete a study's rows: instances, jobs with their events, results and deliveries."""
+    job_ids = select(Job.id).where(Job.study_id == study.id)
+    for model in (JobEvent, Result, Delivery):
+        session.execute(delete(model).where(model.job_id.in_(job_ids)))
+    session.execute(delete(Job).where(Job.study_id == study.id))
+    session.execute(delete(Instance).where(Instance.study_id == study.id))
+    session.delete(study)
 
 
 def _add_event(session: Session, job: Job, now: datetime, detail: str) -> None:

@@ -211,3 +211,22 @@ def test_migrations_match_the_models(sessions: sessionmaker[Session]) -> None:
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_retention_deletes_only_delivered_studies(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    from miemss_node.retention import Janitor
+
+    old = datetime(2020, 1, 1)
+    for study in ("1.2.3", "1.2.4"):
+        receive(sessions, f"{study}.1.1", old, study=study)
+        (tmp_path / "instances" / study).mkdir(parents=True)
+    settle(sessions, old + timedelta(seconds=11))
+    delivered = claim(sessions, "w1", old + timedelta(seconds=12))
+    with sessions.begin() as session:
+        repository.finish_job_encoded(session, job_id=delivered, owner="w1", results=[], destinations=[], now=old)
+    janitor = Janitor(sessions, tmp_path, retention_days=30)
+    assert janitor.run_once() == 1  # the other study's job is still queued: kept
+    assert not (tmp_path / "instances" / "1.2.3").exists() and (tmp_path / "instances" / "1.2.4").exists()
+    with sessions() as session:
+        assert [uid for _job, uid in repository.list_jobs(session)] == ["1.2.4"]
+    assert Janitor(sessions, tmp_path, retention_days=0).run_once() == 0
