@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from miemss_node.clock import utcnow
 from miemss_node.config import Config
 from miemss_node.encode.study import EncodeContext, encode_study
-from miemss_node.errors import DecodeError, MiemssError
-from miemss_node.pipeline.base import ImageAnalysis
+from miemss_node.errors import DecodeError, MiemssError, StageError
+from miemss_node.pipeline.base import ImageAnalysis, Report
 from miemss_node.pipeline.decode import is_image_dataset, read_dicom_file
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset
@@ -92,7 +92,7 @@ class Worker:
         if not work.analyses:
             reasons = "; ".join(f"{uid}: {reason}" for uid, reason in work.skipped)
             raise NothingToProcess(f"no processable image in study {study_uid} ({reasons})")
-        report = build_report(work.analyses)
+        report = with_skipped_instances(build_report(work.analyses), work.skipped)
         context = EncodeContext(
             job_key=f"{study_uid}/{job.version}",
             seg_series_number=self.config.results.seg_series_number,
@@ -113,7 +113,8 @@ class Worker:
                     work.skipped.append((sop_uid, "not an image (stored, not processed)"))
                     continue
                 analyses = analyse_dataset(ds, self.config.pipeline)
-            except DecodeError as exc:
+            except (DecodeError, StageError) as exc:
+                # One bad image must not cost the study its other images' results.
                 logger.warning(
                     "instance %s not processed: %s",
                     sop_uid,
@@ -141,7 +142,13 @@ class Worker:
         destinations = [d.name for d in self.config.destinations] if results else []
         with self.sessions.begin() as session:
             recorded = repository.finish_job_encoded(
-                session, job_id=job.id, owner=self.owner, results=results, destinations=destinations, now=utcnow()
+                session,
+                job_id=job.id,
+                owner=self.owner,
+                results=results,
+                destinations=destinations,
+                now=utcnow(),
+                note=note,
             )
         seconds = time.perf_counter() - started
         if not recorded:
@@ -173,6 +180,14 @@ class Worker:
             extra={"action": "job.failed" if level == logging.ERROR else "job.retry", **extra},
             exc_info=level == logging.ERROR,
         )
+
+
+def with_skipped_instances(report: Report, skipped: list[tuple[str, str]]) -> Report:
+    """Add to the report text which instances were not analysed and why, so the reader knows."""
+    if not skipped:
+        return report
+    lines = [f"Instance {uid} was not analysed: {reason}." for uid, reason in skipped]
+    return replace(report, text="\n".join([report.text, *lines]))
 
 
 class LeaseKeeper:

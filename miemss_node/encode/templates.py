@@ -26,12 +26,18 @@ logger = logging.getLogger(__name__)
 SEGMENT_TEMPLATE = "seg/anomaly_segment.json"
 REPORT_TEMPLATE = "sr/measurement_report.json"
 CAPTURE_TEMPLATE = "sc/secondary_capture.json"
+PARAMETRIC_MAP_TEMPLATE = "pm/parametric_map.json"
+KEY_OBJECTS_TEMPLATE = "ko/key_object_selection.json"
+PDF_REPORT_TEMPLATE = "pdf/encapsulated_report.json"
 
 #: Each template and the schema (in ``schemas/``) it must satisfy.
 TEMPLATE_SCHEMAS: dict[str, str] = {
     SEGMENT_TEMPLATE: "anomaly_segment.schema.json",
     REPORT_TEMPLATE: "measurement_report.schema.json",
     CAPTURE_TEMPLATE: "secondary_capture.schema.json",
+    PARAMETRIC_MAP_TEMPLATE: "parametric_map.schema.json",
+    KEY_OBJECTS_TEMPLATE: "key_object_selection.schema.json",
+    PDF_REPORT_TEMPLATE: "encapsulated_report.schema.json",
 }
 
 #: Schemas that others reference by ``$id`` (registered, never fetched).
@@ -101,12 +107,53 @@ class CaptureTemplate:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ParametricMapTemplate:
+    """``pm/parametric_map.json``: how the heatmap is described in the Parametric Map."""
+
+    series_description: str
+    content_label: str
+    content_description: str
+    lut_label: str
+    lut_explanation: str
+    unit: CodedConcept
+    quantity: CodedConcept
+    frame_label: str
+    window_center: float
+    window_width: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyObjectsTemplate:
+    """``ko/key_object_selection.json``: title and description of the key image selection."""
+
+    series_description: str
+    document_title: CodedConcept
+    description_format: str
+    device_observer_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PdfReportTemplate:
+    """``pdf/encapsulated_report.json``: the Encapsulated PDF's attributes and printed headings."""
+
+    series_description: str
+    document_title: str
+    concept_name: CodedConcept
+    conversion_type: str
+    headings: dict[str, str]
+    key_image_max_side: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Templates:
     """All templates of one ``dicom_templates`` folder, checked and converted."""
 
     segment: SegmentTemplate
     report: ReportTemplate
     capture: CaptureTemplate
+    parametric_map: ParametricMapTemplate
+    key_objects: KeyObjectsTemplate
+    pdf_report: PdfReportTemplate
 
 
 def _read_json(path: Path) -> Any:
@@ -261,13 +308,49 @@ def _capture_template(document: dict[str, Any]) -> CaptureTemplate:
     )
 
 
+def _parametric_map_template(document: dict[str, Any]) -> ParametricMapTemplate:
+    mapping = document["RealWorldValueMappingSequence"]
+    return ParametricMapTemplate(
+        series_description=document["SeriesDescription"],
+        content_label=document["ContentLabel"],
+        content_description=document["ContentDescription"],
+        lut_label=mapping["LUTLabel"],
+        lut_explanation=mapping["LUTExplanation"],
+        unit=coded_concept(mapping["MeasurementUnitsCodeSequence"]),
+        quantity=coded_concept(mapping["QuantityDefinition"]),
+        frame_label=document["frameLabel"],
+        window_center=float(document["windowCenter"]),
+        window_width=float(document["windowWidth"]),
+    )
+
+
+def _key_objects_template(document: dict[str, Any]) -> KeyObjectsTemplate:
+    return KeyObjectsTemplate(
+        series_description=document["SeriesDescription"],
+        document_title=coded_concept(document["documentTitle"]),
+        description_format=document["keyObjectDescriptionFormat"],
+        device_observer_name=document["deviceObserverName"],
+    )
+
+
+def _pdf_report_template(document: dict[str, Any]) -> PdfReportTemplate:
+    return PdfReportTemplate(
+        series_description=document["SeriesDescription"],
+        document_title=document["DocumentTitle"],
+        concept_name=coded_concept(document["ConceptNameCodeSequence"]),
+        conversion_type=document["ConversionType"],
+        headings=dict(document["headings"]),
+        key_image_max_side=int(document["keyImageMaxSide"]),
+    )
+
+
 def load_templates(templates_dir: Path) -> Templates:
     """Load, check and convert every template of a ``dicom_templates`` folder.
 
     Parameters
     ----------
     templates_dir
-        The folder holding ``seg/``, ``sr/``, ``sc/`` and ``schemas/``.
+        The folder holding ``seg/``, ``sr/``, ``sc/``, ``pm/``, ``ko/``, ``pdf/`` and ``schemas/``.
 
     Returns
     -------
@@ -283,6 +366,9 @@ def load_templates(templates_dir: Path) -> Templates:
         segment=_segment_template(load_template(templates_dir, SEGMENT_TEMPLATE)),
         report=_report_template(load_template(templates_dir, REPORT_TEMPLATE)),
         capture=_capture_template(load_template(templates_dir, CAPTURE_TEMPLATE)),
+        parametric_map=_parametric_map_template(load_template(templates_dir, PARAMETRIC_MAP_TEMPLATE)),
+        key_objects=_key_objects_template(load_template(templates_dir, KEY_OBJECTS_TEMPLATE)),
+        pdf_report=_pdf_report_template(load_template(templates_dir, PDF_REPORT_TEMPLATE)),
     )
 
 

@@ -205,8 +205,9 @@ def finish_job_encoded(
     results: list[ResultRecord],
     destinations: list[str],
     now: datetime,
+    note: str = "",
 ) -> bool:
-    """Record a job's results and queue one delivery per destination.
+    """Record a job's results and queue one delivery per destination; ``note`` goes to the job's events.
 
     Returns False (recording nothing) when ``owner`` lost the lease meanwhile: the job runs
     elsewhere, and that run's identical UIDs make the results the same.
@@ -227,7 +228,8 @@ def finish_job_encoded(
     job.lease_expires_at = None
     job.last_error = None
     job.updated_at = now
-    _add_event(session, job, now, f"{len(results)} result(s) for {len(destinations)} destination(s)")
+    detail = f"{len(results)} result(s) for {len(destinations)} destination(s)"
+    _add_event(session, job, now, f"{detail}; {note}" if note else detail)
     return True
 
 

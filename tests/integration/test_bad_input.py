@@ -1,0 +1,140 @@
+"""Broken and hostile input: failure statuses or stored-and-skipped, never a crash or a hang."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from miemss_node.config import Config
+from miemss_node.node import Node
+from miemss_node.queue.models import Instance, Job, JobEvent, JobState
+from miemss_node.receive.handlers import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_SUCCESS,
+)
+from tests.support.paths import SHARED_DATA
+from tests.support.peers import store_files
+
+#: What a receiver may answer to broken input: stored (then skipped by the worker) or refused.
+ACCEPTABLE = {STATUS_SUCCESS, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS}
+#: pynetdicom's answer when our handler raised: a defect of ours.
+STATUS_HANDLER_CRASHED = 0xC211
+
+
+@pytest.fixture
+def raw_sending(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Send files as their bytes, without decoding them first (as a broken modality would)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    yield
+
+
+def send_raw(path: Path, port: int) -> int | None:
+    """C-STORE a file's bytes; None when even the SCU cannot read its File Meta (nothing is sent)."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
+    except Exception:  # noqa: BLE001 - the SCU side refusing to send is a legitimate outcome
+        return None
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MIEMSS")
+    assert assoc.is_established
+    try:
+        response = assoc.send_c_store(path)
+        return int(response.Status) if "Status" in response else -1
+    except Exception:  # noqa: BLE001 - the SCU may give up mid-way on a broken file
+        return None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def node_is_serving(port: int) -> bool:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MIEMSS")
+    ok = assoc.is_established and assoc.send_c_echo().Status == 0
+    assoc.release()
+    return bool(ok)
+
+
+def malformed_files() -> list[Path]:
+    folder = SHARED_DATA / "dicom" / "malformed"
+    return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+
+
+@pytest.mark.skipif(not malformed_files(), reason="shared test data not available")
+def test_malformed_corpus_is_refused_or_stored_and_skipped(
+    raw_sending: None, config_factory: Callable[..., Config], node_factory: Callable[[Config], Node]
+) -> None:
+    node = node_factory(config_factory(settle_seconds=0.3))
+    outcomes = {path.name: send_raw(path, node.port) for path in malformed_files()}
+    for name, status in outcomes.items():
+        assert status is None or status in ACCEPTABLE, f"{name}: 0x{status:04X}"
+    assert node_is_serving(node.port)
+    assert store_files([Path(get_testdata_file("CT_small.dcm"))], node.port) == [STATUS_SUCCESS]
+    stored = sum(status == STATUS_SUCCESS for status in outcomes.values())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with node.sessions() as session:
+            jobs = session.scalars(select(Job)).all()
+            states = [job.state for job in jobs]
+        if len(jobs) >= 1 and all(state in (JobState.DELIVERED, JobState.FAILED) for state in states):
+            break
+        time.sleep(0.2)
+    with node.sessions() as session:
+        instances = session.scalar(select(Instance.id).order_by(Instance.id.desc()).limit(1))
+        notes = " ".join(event.detail or "" for event in session.scalars(select(JobEvent)))
+    assert instances is not None and stored >= 1
+    assert all(state is JobState.DELIVERED for state in states), notes
+    assert "not processed" in notes or "no processable image" in notes
+    assert not list(node.config.node.storage_dir.rglob("*.part"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    from miemss_node.config import load_config
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "config.toml").write_text("[node]\nport = 0\nstorage_dir = 'storage'\n[worker]\ncount = 0\n")
+    node = Node(load_config(folder / "config.toml", environ={}))
+    node.start()
+    yield node
+    node.stop()
+
+
+SOURCE = Path(get_testdata_file("CT_small.dcm"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cut=st.one_of(st.none(), st.integers(min_value=200, max_value=len(SOURCE.read_bytes()) - 1)),
+    flips=st.lists(st.integers(min_value=200, max_value=len(SOURCE.read_bytes()) * 8 - 1), max_size=8),
+)
+def test_truncations_and_bit_flips_never_crash_the_receiver(
+    fuzz_node: Node, raw_sending: None, tmp_path_factory: pytest.TempPathFactory, cut: int | None, flips: list[int]
+) -> None:
+    data = bytearray(SOURCE.read_bytes())
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # keep the File Meta readable
+    for bit in flips:
+        if bit // 8 >= meta_end:
+            data[bit // 8] ^= 1 << (bit % 8)
+    if cut is not None:
+        data = data[: max(cut, meta_end)]
+    path = tmp_path_factory.mktemp("case") / "mutant.dcm"
+    path.write_bytes(bytes(data))
+    status = send_raw(path, fuzz_node.port)
+    assert status != STATUS_HANDLER_CRASHED
+    assert status is None or status in ACCEPTABLE or status == -1
+    assert node_is_serving(fuzz_node.port)
