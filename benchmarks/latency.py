@@ -22,34 +22,18 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.peers import PacsScp, store_datasets  # noqa: E402
+from tests.support.studies import copies_as_new_study  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def make_study(count: int) -> list[Dataset]:
-    """``count`` copies of the chest CR in one new study, each a distinct instance."""
-    source = dcmread(get_testdata_file("RG1_J2KI.dcm"))
-    study_uid, series_uid = generate_uid(), generate_uid()
-    study = []
-    for index in range(count):
-        ds = source.copy()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta = source.file_meta.copy()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = index + 1
-        study.append(ds)
-    return study
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -101,7 +85,7 @@ def main() -> None:
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     args = parser.parse_args()
 
-    study = make_study(args.images)
+    study = copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images)
     arrivals: list[float] = []
     pacs = PacsScp(ae_title="PACS", status_for=lambda _ds: arrivals.append(time.perf_counter()) or 0)
     port = free_port()

@@ -13,8 +13,12 @@ from miemss_node.pipeline.base import ModelRun
 #: The templates shipped with the package (installed editable, so the repository's folder).
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "dicom_templates"
 
-#: Kinds of result objects, in the order :func:`encode_study` returns them.
-KINDS = ("SEG", "SC", "SR")
+#: Kinds of result objects, in the order :func:`encode_study` returns them: per image its SEG, SC
+#: and Parametric Map, then the study's SR, Encapsulated PDF and Key Object Selection.
+KINDS = ("SEG", "SC", "PM", "SR", "PDF", "KO")
+
+#: What a job encodes when nothing else is asked for.
+DEFAULT_KINDS = frozenset({"SEG", "SR", "SC"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +30,11 @@ class EncodeContext:
     seg_series_number: int = 9001
     sr_series_number: int = 9002
     sc_series_number: int = 9003
+    pm_series_number: int = 9004
+    pdf_series_number: int = 9005
+    ko_series_number: int = 9006
+    #: The kinds of result to return (see :data:`KINDS`); an SR still has its SEGs built.
+    kinds: frozenset[str] = DEFAULT_KINDS
     #: Institution Name (0008,0080) recorded in our Contributing Equipment, or None.
     institution_name: str | None = None
     #: Models that ran; empty means none did, and the SR says so.
@@ -36,18 +45,28 @@ class EncodeContext:
     def __post_init__(self) -> None:
         if not self.job_key:
             raise ValueError("EncodeContext.job_key must not be empty")
-        numbers = (self.seg_series_number, self.sr_series_number, self.sc_series_number)
+        numbers = (
+            self.seg_series_number,
+            self.sr_series_number,
+            self.sc_series_number,
+            self.pm_series_number,
+            self.pdf_series_number,
+            self.ko_series_number,
+        )
         if any(not 0 < number < 2**31 for number in numbers):
             raise ValueError(f"series numbers must be positive IS values, got {numbers}")
         if len(set(numbers)) != len(numbers):
-            raise ValueError(f"SEG, SR and SC series numbers must differ, got {numbers}")
+            raise ValueError(f"SEG, SR, SC, PM, PDF and KO series numbers must differ, got {numbers}")
+        unknown = sorted(set(self.kinds) - set(KINDS))
+        if unknown or not self.kinds:
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {sorted(self.kinds)}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodedResult:
     """One DICOM object made by :func:`encode_study`."""
 
-    #: "SEG", "SR" or "SC".
+    #: One of :data:`KINDS`.
     kind: str
     dataset: Dataset
     #: SOP Instance UIDs of the source images the object was made from.

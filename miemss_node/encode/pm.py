@@ -118,9 +118,21 @@ def _geometry(
         orientation = list(_IDENTITY_ORIENTATION)
         spacing = list(_spacing(source, analysis))
         frame_of_reference = str(derive_uid("parametric-map-frame-of-reference", uid))
-    for keyword in ("NumberOfFrames", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        if keyword in header:
-            del header[keyword]
+    if "NumberOfFrames" in source:
+        # A multi-frame IOD: highdicom reads one frame's plane from the functional groups.
+        header[Tag("NumberOfFrames")] = DataElement(Tag("NumberOfFrames"), "IS", 1)
+        shared, per_frame = Dataset(), Dataset()
+        measures = Dataset()
+        measures.PixelSpacing = spacing
+        shared.PixelMeasuresSequence = [measures]
+        plane_orientation = Dataset()
+        plane_orientation.ImageOrientationPatient = orientation
+        shared.PlaneOrientationSequence = [plane_orientation]
+        plane_position = Dataset()
+        plane_position.ImagePositionPatient = position
+        per_frame.PlanePositionSequence = [plane_position]
+        for keyword, value in (("SharedFunctionalGroupsSequence", shared), ("PerFrameFunctionalGroupsSequence", per_frame)):
+            header[Tag(keyword)] = DataElement(Tag(keyword), "SQ", [value])
     header[Tag("FrameOfReferenceUID")] = DataElement(Tag("FrameOfReferenceUID"), "UI", frame_of_reference)
     header[Tag("PositionReferenceIndicator")] = DataElement(
         Tag("PositionReferenceIndicator"), "LO", source.get("PositionReferenceIndicator", "") or ""
@@ -130,6 +142,7 @@ def _geometry(
         ("ImagePositionPatient", "DS", position),
         ("ImageOrientationPatient", "DS", orientation),
         ("PixelSpacing", "DS", spacing),
+        ("SliceThickness", "DS", source.get("SliceThickness")),
     ):
         header[Tag(keyword)] = DataElement(Tag(keyword), vr, value)
     geometry: dict[str, object] = {

@@ -1,4 +1,5 @@
-"""Encode the results of one study: a SEG and an SC per analysed image (or frame), one SR.
+"""Encode the results of one study: a SEG, an SC and a PM per analysed image (or frame); one SR,
+one Encapsulated PDF and one KO. ``EncodeContext.kinds`` says which of them a job asks for.
 
 All objects are in the sources' study, each kind in its own new series, with UIDs derived from the
 job key (a retry reproduces them). Sources are repaired first (:mod:`~miemss_node.encode.repair`),
@@ -14,12 +15,15 @@ from collections.abc import Sequence
 from pydicom import Dataset
 
 from miemss_node.encode.context import EncodeContext, EncodedResult
-from miemss_node.encode.equipment import equipment_for
+from miemss_node.encode.equipment import Equipment, equipment_for
+from miemss_node.encode.ko import KeyImage, KoRequest, build_key_object_selection, key_image_index
+from miemss_node.encode.pdf import PdfRequest, build_encapsulated_pdf
+from miemss_node.encode.pm import PmRequest, build_parametric_map
 from miemss_node.encode.repair import repair_source
 from miemss_node.encode.sc import ScRequest, build_secondary_capture
 from miemss_node.encode.seg import SegRequest, build_segmentation
 from miemss_node.encode.sr import ImageEntry, SrRequest, build_report
-from miemss_node.encode.templates import load_templates
+from miemss_node.encode.templates import Templates, load_templates
 from miemss_node.encode.uids import instance_uid, series_uid, study_level_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis, Report
@@ -60,7 +64,7 @@ def encode_study(
     report: Report,
     context: EncodeContext,
 ) -> list[EncodedResult]:
-    """Encode the SEG, SC and SR results of one study.
+    """Encode the results of one study: those of the kinds ``context.kinds`` names.
 
     Parameters
     ----------
@@ -72,13 +76,14 @@ def encode_study(
     report
         The study's report text.
     context
-        Job key, series numbers, models that ran, templates folder.
+        Job key, kinds, series numbers, models that ran, templates folder.
 
     Returns
     -------
     list of EncodedResult
-        In the order of ``analyses``: the image's SEG (only when it has a region) then its SC;
-        the SR last.
+        In the order of ``analyses``: the image's SEG (only when it has a region), SC and PM;
+        then the SR, the PDF and the KO. Only the kinds in ``context.kinds``; the SEGs are built
+        for an SR (it references their segments) even when they are not returned.
 
     Raises
     ------
@@ -98,8 +103,11 @@ def encode_study(
     seen: set[tuple[str, int | None]] = set()
     results: list[EncodedResult] = []
     entries: list[ImageEntry] = []
+    kinds = context.kinds
+    images: list[KeyImage] = []
     seg_series = series_uid(context.job_key, "SEG")
     sc_series = series_uid(context.job_key, "SC")
+    pm_series = series_uid(context.job_key, "PM")
     for index, analysis in enumerate(analyses, start=1):
         uid = analysis.decoded.sop_instance_uid
         frame = analysis.decoded.frame_number
@@ -115,23 +123,88 @@ def encode_study(
                 raise EncodeError(f"source {uid} cannot be encoded for: {exc}") from exc
         source = repaired[uid]
         _check_frame(source, analysis)
-        segments = build_segmentation(
-            SegRequest(
-                source=source,
-                analysis=analysis,
-                template=templates.segment,
+        images.append(KeyImage(source=source, analysis=analysis))
+        segments = None
+        if kinds & {"SEG", "SR"}:
+            segments = build_segmentation(
+                SegRequest(
+                    source=source,
+                    analysis=analysis,
+                    template=templates.segment,
+                    equipment=equipment,
+                    job_key=context.job_key,
+                    series_uid=seg_series,
+                    sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
+                    series_number=context.seg_series_number,
+                    instance_number=sum(result.kind == "SEG" for result in results) + 1,
+                    pipeline_version=context.pipeline_version,
+                    models=context.models,
+                )
+            )
+            if segments is not None and "SEG" in kinds:
+                results.append(EncodedResult(kind="SEG", dataset=segments.seg, source_sop_instance_uids=(uid,)))
+        _encode_image_extras(results, source, analysis, index, templates, equipment, context, sc_series, pm_series)
+        entries.append(ImageEntry(source=source, analysis=analysis, segments=segments))
+    analysed = tuple(dict.fromkeys(str(image.source.SOPInstanceUID) for image in images))
+    if "SR" in kinds:
+        results.append(_encode_sr(entries, report, templates, equipment, context, analysed))
+    if "PDF" in kinds:
+        pdf = build_encapsulated_pdf(
+            PdfRequest(
+                images=tuple(images),
+                report=report,
+                template=templates.pdf_report,
+                report_template=templates.report,
+                capture_template=templates.capture,
                 equipment=equipment,
-                job_key=context.job_key,
-                series_uid=seg_series,
-                sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
-                series_number=context.seg_series_number,
-                instance_number=sum(result.kind == "SEG" for result in results) + 1,
-                pipeline_version=context.pipeline_version,
-                models=context.models,
+                series_uid=series_uid(context.job_key, "PDF"),
+                sop_instance_uid=study_level_uid(context.job_key, "PDF", "document"),
+                series_number=context.pdf_series_number,
             )
         )
-        if segments is not None:
-            results.append(EncodedResult(kind="SEG", dataset=segments.seg, source_sop_instance_uids=(uid,)))
+        results.append(EncodedResult(kind="PDF", dataset=pdf, source_sop_instance_uids=analysed))
+    if "KO" in kinds:
+        ko = build_key_object_selection(
+            KoRequest(
+                candidates=tuple(images),
+                template=templates.key_objects,
+                equipment=equipment,
+                series_uid=series_uid(context.job_key, "KO"),
+                sop_instance_uid=study_level_uid(context.job_key, "KO", "document"),
+                series_number=context.ko_series_number,
+            )
+        )
+        key = images[key_image_index([image.analysis for image in images])]
+        results.append(EncodedResult(kind="KO", dataset=ko, source_sop_instance_uids=(str(key.source.SOPInstanceUID),)))
+    logger.info(
+        "study encoded: %d object(s) in %.2f s",
+        len(results),
+        time.perf_counter() - started,
+        extra={
+            "action": "study_encoded",
+            "job_key": context.job_key,
+            "study_instance_uid": str(images[0].source.StudyInstanceUID),
+            "kinds": sorted(kinds),
+        },
+    )
+    return results
+
+
+def _encode_image_extras(
+    results: list[EncodedResult],
+    source: Dataset,
+    analysis: ImageAnalysis,
+    index: int,
+    templates: Templates,
+    equipment: Equipment,
+    context: EncodeContext,
+    sc_series: str,
+    pm_series: str,
+) -> None:
+    """Append the SC and the Parametric Map of one analysed image, as far as ``context.kinds`` asks."""
+    uid = str(source.SOPInstanceUID)
+    frame = analysis.decoded.frame_number
+    if "SC" in context.kinds:
         capture = build_secondary_capture(
             ScRequest(
                 source=source,
@@ -145,7 +218,30 @@ def encode_study(
             )
         )
         results.append(EncodedResult(kind="SC", dataset=capture, source_sop_instance_uids=(uid,)))
-        entries.append(ImageEntry(source=source, analysis=analysis, segments=segments))
+    if "PM" in context.kinds:
+        heatmap = build_parametric_map(
+            PmRequest(
+                source=source,
+                analysis=analysis,
+                template=templates.parametric_map,
+                equipment=equipment,
+                series_uid=pm_series,
+                sop_instance_uid=instance_uid(context.job_key, "PM", uid, frame),
+                series_number=context.pm_series_number,
+                instance_number=index,
+            )
+        )
+        results.append(EncodedResult(kind="PM", dataset=heatmap, source_sop_instance_uids=(uid,)))
+
+
+def _encode_sr(
+    entries: list[ImageEntry],
+    report: Report,
+    templates: Templates,
+    equipment: Equipment,
+    context: EncodeContext,
+    analysed: tuple[str, ...],
+) -> EncodedResult:
     sr = build_report(
         SrRequest(
             entries=tuple(entries),
@@ -160,16 +256,4 @@ def encode_study(
             models=context.models,
         )
     )
-    analysed = tuple(dict.fromkeys(str(entry.source.SOPInstanceUID) for entry in entries))
-    results.append(EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed))
-    logger.info(
-        "study encoded: %d object(s) in %.2f s",
-        len(results),
-        time.perf_counter() - started,
-        extra={
-            "action": "study_encoded",
-            "job_key": context.job_key,
-            "study_instance_uid": str(sr.StudyInstanceUID),
-        },
-    )
-    return results
+    return EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed)

@@ -143,12 +143,17 @@ class Orthanc:
             time.sleep(0.05)
         raise OrthancError(f"Orthanc did not answer on {self.url} within {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
+    def request_stop(self) -> None:
+        """Ask Orthanc to stop (SIGTERM) without waiting: it takes a few seconds to close its servers."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+
     def stop(self) -> None:
-        """Stop Orthanc (SIGTERM, then SIGKILL after 10 s)."""
+        """Stop Orthanc and wait for it (SIGTERM, then SIGKILL after 10 s)."""
         if self._process is None:
             return
+        self.request_stop()
         if self._process.poll() is None:
-            self._process.terminate()
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
