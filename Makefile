@@ -23,10 +23,10 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk).
+# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk), Orthanc (orthanc).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -20,6 +20,13 @@ from miemss_node.pipeline.base import PipelineSettings
 
 DENOISE_METHODS = ("wavelet", "bilateral", "tv", "nlmeans", "none")
 
+#: Result types a destination can ask for: Segmentation, Structured Report, Secondary Capture,
+#: Parametric Map, Encapsulated PDF, Key Object Selection.
+RESULT_TYPES = ("SEG", "SR", "SC", "PM", "PDF", "KO")
+
+#: What a destination gets when its table names no ``result_types``.
+DEFAULT_RESULT_TYPES = ("SEG", "SR", "SC")
+
 #: Environment variables that override a key of the file: (section, key) -> variable.
 ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("node", "ae_title"): "MIEMSS_AE_TITLE",
@@ -30,6 +37,8 @@ ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("study", "settle_seconds"): "MIEMSS_SETTLE_SECONDS",
     ("worker", "count"): "MIEMSS_WORKERS",
     ("logging", "level"): "MIEMSS_LOG_LEVEL",
+    ("http", "port"): "MIEMSS_HTTP_PORT",
+    ("http", "token"): "MIEMSS_HTTP_TOKEN",
 }
 
 
@@ -94,6 +103,9 @@ class ResultSettings:
     seg_series_number: int = 9001
     sr_series_number: int = 9002
     sc_series_number: int = 9003
+    pm_series_number: int = 9004
+    pdf_series_number: int = 9005
+    ko_series_number: int = 9006
     institution_name: str = ""
 
 
@@ -120,6 +132,23 @@ class Destination:
     port: int
     #: Send over TLS, verifying the destination with ``[tls] ca_certificates``.
     tls: bool = False
+    #: The result types this destination gets (see :data:`RESULT_TYPES`).
+    result_types: tuple[str, ...] = DEFAULT_RESULT_TYPES
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    """The HTTP server of ``/metrics``, ``/healthz`` and the dashboard (``[http]``)."""
+
+    host: str = "127.0.0.1"
+    #: Listening port; 0 runs no HTTP server.
+    port: int = 0
+    #: Secret that the dashboard's retry button asks for; empty disables the button.
+    token: str = ""
+    #: Show patients' names and IDs on the dashboard (read from the stored instances).
+    show_patient_data: bool = False
+    #: How many of the most recent studies the dashboard lists.
+    recent_studies: int = 50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +186,7 @@ class Config:
     destinations: tuple[Destination, ...] = ()
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     #: The file this came from, None for the built-in defaults.
     source: Path | None = None
 
@@ -177,6 +207,7 @@ _SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "logging": LoggingSettings,
     "tls": TlsSettings,
+    "http": HttpSettings,
 }
 
 
@@ -387,8 +418,11 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
     _validate_pipeline(sections["pipeline"], problems)
 
     results: ResultSettings = sections["results"]
-    for name in ("seg_series_number", "sr_series_number", "sc_series_number"):
-        _check_positive(f"[results] {name}", getattr(results, name), problems)
+    series = {name: getattr(results, name) for name in _SERIES_NUMBERS}
+    for name, number in series.items():
+        _check_positive(f"[results] {name}", number, problems)
+    if len(set(series.values())) != len(series):
+        problems.append(f"[results] the series numbers must differ: {', '.join(_SERIES_NUMBERS)}")
     if len(results.institution_name) > 64:
         problems.append("[results] institution_name must be at most 64 characters (VR LO)")
 
@@ -403,8 +437,17 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         _check_port(f"[[destinations]] #{index} port", destination.port, problems)
         if not destination.host:
             problems.append(f"[[destinations]] #{index} host must not be empty")
+        unknown = [kind for kind in destination.result_types if kind not in RESULT_TYPES]
+        if unknown:
+            problems.append(
+                f"[[destinations]] #{index} result_types: unknown {', '.join(repr(u) for u in unknown)} "
+                f"(known: {', '.join(RESULT_TYPES)})"
+            )
+        if not destination.result_types:
+            problems.append(f"[[destinations]] #{index} result_types must name at least one of {', '.join(RESULT_TYPES)}")
 
     _validate_tls(sections["tls"], destinations, problems)
+    _validate_http(sections["http"], problems)
 
     level = sections["logging"].level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -422,6 +465,29 @@ def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], probl
         value = getattr(tls, name)
         if value and not Path(value).is_file():
             problems.append(f"[tls] {name} {value!r} is not a file")
+
+
+#: Series number keys of ``[results]``, one per result type.
+_SERIES_NUMBERS = (
+    "seg_series_number",
+    "sr_series_number",
+    "sc_series_number",
+    "pm_series_number",
+    "pdf_series_number",
+    "ko_series_number",
+)
+
+#: Shortest ``[http] token``: the retry button's only protection.
+MIN_TOKEN_LENGTH = 16
+
+
+def _validate_http(http: HttpSettings, problems: list[str]) -> None:
+    _check_port("[http] port", http.port, problems, allow_zero=True)
+    if not http.host:
+        problems.append("[http] host must not be empty (127.0.0.1 keeps the dashboard on this machine)")
+    if http.token and len(http.token) < MIN_TOKEN_LENGTH:
+        problems.append(f"[http] token must be at least {MIN_TOKEN_LENGTH} characters (empty disables retries)")
+    _check_positive("[http] recent_studies", http.recent_studies, problems)
 
 
 def _validate_pipeline(pipeline: PipelineSettings, problems: list[str]) -> None:

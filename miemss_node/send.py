@@ -30,6 +30,10 @@ STATUS_SUCCESS = 0x0000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 """Refused: the destination does not store this SOP class."""
 
+PROPOSED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+"""What we propose for every result class: our objects are written uncompressed (the conformance
+statement lists these)."""
+
 
 class SendOutcome(enum.Enum):
     """How one send went, as far as retrying is concerned."""
@@ -79,7 +83,7 @@ def send_files(
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
     tls_args = (ssl_context, destination.host) if ssl_context is not None else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:

@@ -144,9 +144,10 @@ def report_pdf(request: PdfRequest, created: datetime) -> bytes:
     blocks.append(Paragraph(text=models_statement(request.report_template, report.models)))
     max_side = request.template.key_image_max_side
     if max_side:
-        key = request.images[key_image_index([image.analysis for image in request.images])]
+        position = key_image_index([image.analysis for image in request.images])
+        key = request.images[position]
         jpeg, width, height = _key_image_jpeg(key.analysis, request.capture_template, max_side)
-        index = request.images.index(key) + 1
+        index = position + 1
         blocks.append(Paragraph(text=f"{headings['keyImage']}: {_image_label(key, index)}", size=13, bold=True, space_before=14))
         blocks.append(Picture(jpeg=jpeg, width_px=width, height_px=height))
     blocks.append(Paragraph(text=request.report_template.disclaimer, bold=True, colour=_WARNING_RGB, space_before=14))
