@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
@@ -128,6 +128,22 @@ class Result(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     path: Mapped[str] = mapped_column(String(512))
     job: Mapped[Job] = relationship(back_populates="results")
+
+
+class StageDuration(Base):
+    """How long one stage took: a pipeline stage on one image or frame, or a job's encoding.
+
+    Workers may run in other processes or on other hosts; ``/metrics`` reads these rows.
+    """
+
+    __tablename__ = "stage_durations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    #: The stage's name ("decode", "enhance", ..., "encode").
+    stage: Mapped[str] = mapped_column(String(32))
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[datetime]
 
 
 class Delivery(Base):

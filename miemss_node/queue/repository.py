@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from miemss_node.queue.models import (
@@ -22,6 +22,7 @@ from miemss_node.queue.models import (
     JobEvent,
     JobState,
     Result,
+    StageDuration,
     Study,
 )
 from miemss_node.queue.retry import RetryPolicy
@@ -416,11 +417,119 @@ def studies_past_retention(session: Session, *, cutoff: datetime, limit: int = 1
 def delete_study(session: Session, study: Study) -> None:
     """Delete a study's rows: instances, jobs with their events, results and deliveries."""
     job_ids = select(Job.id).where(Job.study_id == study.id)
-    for model in (JobEvent, Result, Delivery):
+    for model in (JobEvent, Result, Delivery, StageDuration):
         session.execute(delete(model).where(model.job_id.in_(job_ids)))
     session.execute(delete(Job).where(Job.study_id == study.id))
     session.execute(delete(Instance).where(Instance.study_id == study.id))
     session.delete(study)
+
+
+def record_stage_durations(
+    session: Session, *, job_id: int, durations: list[tuple[str, float]], now: datetime
+) -> None:
+    """Record how long each stage of a job took (one row per stage per image, and the encoding)."""
+    session.add_all(
+        StageDuration(job_id=job_id, stage=stage[:32], seconds=float(seconds), recorded_at=now)
+        for stage, seconds in durations
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageHistogram:
+    """Cumulative counts of one stage's durations, as a Prometheus histogram has them."""
+
+    stage: str
+    #: (upper bound in seconds, number of durations <= it), one per bucket, in increasing order.
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    total_seconds: float
+
+
+def stage_histograms(session: Session, bounds: tuple[float, ...]) -> list[StageHistogram]:
+    """Every stage's durations counted into cumulative buckets, in one aggregate query."""
+    columns = [func.sum(case((StageDuration.seconds <= bound, 1), else_=0)) for bound in bounds]
+    rows = session.execute(
+        select(StageDuration.stage, func.count(StageDuration.id), func.sum(StageDuration.seconds), *columns)
+        .group_by(StageDuration.stage)
+        .order_by(StageDuration.stage)
+    ).all()
+    return [
+        StageHistogram(
+            stage=row[0],
+            buckets=tuple((bound, int(count or 0)) for bound, count in zip(bounds, row[3:], strict=True)),
+            count=int(row[1]),
+            total_seconds=float(row[2] or 0.0),
+        )
+        for row in rows
+    ]
+
+
+def delivery_counts(session: Session) -> dict[DeliveryState, int]:
+    """Number of deliveries in each state."""
+    rows = session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all()
+    return {state: count for state, count in rows}
+
+
+def check_database(session: Session) -> None:
+    """Run the cheapest query there is; raises when the database does not answer."""
+    session.execute(select(1)).scalar_one()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySummary:
+    """One row of the dashboard's list of recent studies."""
+
+    study: Study
+    instance_count: int
+    #: The study's latest job, None before it settled.
+    latest_job: Job | None
+
+
+def recent_studies(session: Session, *, limit: int) -> list[StudySummary]:
+    """The studies that last received an instance, newest first, with their latest job."""
+    studies = session.scalars(select(Study).order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)).all()
+    summaries = []
+    for study in studies:
+        count = session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0
+        job = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.version.desc()).limit(1))
+        summaries.append(StudySummary(study=study, instance_count=int(count), latest_job=job))
+    return summaries
+
+
+def study_by_uid(session: Session, study_instance_uid: str) -> Study | None:
+    """The study with this Study Instance UID, if the node has seen it."""
+    return session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+
+
+def study_jobs(session: Session, study_id: int) -> list[Job]:
+    """A study's jobs, newest version first."""
+    return list(session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.version.desc())))
+
+
+def job_events(session: Session, job_id: int) -> list[JobEvent]:
+    """A job's state transitions, oldest first."""
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def job_deliveries(session: Session, job_id: int) -> list[Delivery]:
+    """A job's deliveries, one per destination."""
+    return list(session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)))
+
+
+def retry_delivery(session: Session, *, delivery_id: int, now: datetime) -> Delivery | None:
+    """Make one failed delivery pending again (the dashboard's retry button); None if not failed."""
+    delivery = session.get(Delivery, delivery_id, with_for_update=True, populate_existing=True)
+    if delivery is None or delivery.state != DeliveryState.FAILED:
+        return None
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = now
+    delivery.created_at = now
+    job = session.get_one(Job, delivery.job_id)
+    job.state = JobState.ENCODED
+    job.updated_at = now
+    _add_event(session, job, now, f"retry of the delivery to {delivery.destination} requested on the dashboard")
+    return delivery
 
 
 def _add_event(session: Session, job: Job, now: datetime, detail: str) -> None:

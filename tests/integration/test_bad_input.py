@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom import _config
 from sqlalchemy import select
 
 from miemss_node.config import Config
@@ -24,6 +23,7 @@ from miemss_node.receive.handlers import (
     STATUS_SUCCESS,
 )
 from tests.support.paths import SHARED_DATA
+from tests.support.fuzzing import mutate, node_is_serving, send_raw
 from tests.support.peers import store_files
 
 #: What a receiver may answer to broken input: stored (then skipped by the worker) or refused.
@@ -37,36 +37,6 @@ def raw_sending(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Send files as their bytes, without decoding them first (as a broken modality would)."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     yield
-
-
-def send_raw(path: Path, port: int) -> int | None:
-    """C-STORE a file's bytes; None when even the SCU cannot read its File Meta (nothing is sent)."""
-    try:
-        meta = dcmread(path, stop_before_pixels=True).file_meta
-        sop_class, syntax = meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID
-    except Exception:  # noqa: BLE001 - the SCU side refusing to send is a legitimate outcome
-        return None
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(sop_class, syntax)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MIEMSS")
-    assert assoc.is_established
-    try:
-        response = assoc.send_c_store(path)
-        return int(response.Status) if "Status" in response else -1
-    except Exception:  # noqa: BLE001 - the SCU may give up mid-way on a broken file
-        return None
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def node_is_serving(port: int) -> bool:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="MIEMSS")
-    ok = assoc.is_established and assoc.send_c_echo().Status == 0
-    assoc.release()
-    return bool(ok)
 
 
 def malformed_files() -> list[Path]:
@@ -125,15 +95,8 @@ SOURCE = Path(get_testdata_file("CT_small.dcm"))
 def test_truncations_and_bit_flips_never_crash_the_receiver(
     fuzz_node: Node, raw_sending: None, tmp_path_factory: pytest.TempPathFactory, cut: int | None, flips: list[int]
 ) -> None:
-    data = bytearray(SOURCE.read_bytes())
-    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # keep the File Meta readable
-    for bit in flips:
-        if bit // 8 >= meta_end:
-            data[bit // 8] ^= 1 << (bit % 8)
-    if cut is not None:
-        data = data[: max(cut, meta_end)]
     path = tmp_path_factory.mktemp("case") / "mutant.dcm"
-    path.write_bytes(bytes(data))
+    path.write_bytes(mutate(SOURCE.read_bytes(), cut=cut, flips=flips))
     status = send_raw(path, fuzz_node.port)
     assert status != STATUS_HANDLER_CRASHED
     assert status is None or status in ACCEPTABLE or status == -1
