@@ -94,6 +94,10 @@ def _build_parser() -> argparse.ArgumentParser:
     check = command("check-config", _check_config, "validate a config file and print every problem")
     with_config(check, required=True)
 
+    conformance = command("conformance", _conformance, "write the DICOM conformance statement (Markdown)")
+    with_config(conformance, required=True)
+    conformance.add_argument("--output", type=Path, help="file to write (default: standard output)")
+
     jobs = command("jobs", _jobs, "list recent jobs with state, attempts and last error")
     with_config(jobs)
     jobs.add_argument("--limit", type=int, default=50)
@@ -109,6 +113,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     health = command("healthcheck", _healthcheck, "C-ECHO the node's receiver; exit 0 when it answers")
     with_config(health)
+
+    models = command("models", _models_check, "check or fetch the ViT/BLIP models of [models]")
+    model_commands = models.add_subparsers(title="models commands", required=True, metavar="MODELS_COMMAND")
+    models_check = model_commands.add_parser(
+        "check", help="load each configured model offline; print what it is and a forward pass's time"
+    )
+    models_check.set_defaults(func=_models_check)
+    with_config(models_check)
+    models_fetch = model_commands.add_parser(
+        "fetch", help="download a model from the Hugging Face Hub into a folder (needs a network)"
+    )
+    models_fetch.set_defaults(func=_models_fetch)
+    models_fetch.add_argument("name", help="vit, blip, or a Hub repository id such as owner/name")
+    models_fetch.add_argument("folder", type=Path, help="where to put it; then set [models] NAME to it")
+    models_fetch.add_argument("--revision", help="branch, tag or commit (default: the default branch)")
     return parser
 
 
@@ -118,7 +137,7 @@ def _load(args: argparse.Namespace, **overrides: object) -> Config:
     path = args.config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     flags = {("node", key): value for key, value in overrides.items() if value is not None}
     config = load_config(path, overrides=flags)
-    configure_logging(config.logging.level, verbose=args.verbose)
+    configure_logging(config.logging.level, verbose=args.verbose, log_format=config.logging.format)
     return config
 
 
@@ -156,11 +175,38 @@ def _process(args: argparse.Namespace) -> int:
     if not args.input.exists():
         print(f"miemss-node: input not found: {args.input}", file=sys.stderr)
         return EXIT_USAGE
-    done = process_path(args.input, args.output, config.pipeline)
+    from miemss_node.pipeline.models import load_models
+
+    done = process_path(args.input, args.output, config.pipeline, load_models(config.models))
     for item in done:
         status = f"refused: {item.error}" if item.error else f"{item.regions} region(s)"
         print(f"{item.source}: {status} -> {item.output_dir}")
     return EXIT_FAILURE if all(item.error for item in done) else EXIT_OK
+
+
+def _models_check(args: argparse.Namespace) -> int:
+    from miemss_node.pipeline.models import check_models
+
+    config = _load(args)
+    checks = check_models(config.models)
+    if not checks:
+        print("no model configured in [models]: the pipeline runs on HOG features and says so in the SR")
+    for check in checks:
+        run = check.run
+        print(f"{run.role}: {run.name} ({run.revision})")
+        print(f"  {run.parameters}; {check.parameters_millions:.1f} M parameters")
+        print(f"  loaded in {check.load_seconds:.2f} s; forward pass {check.forward_seconds:.3f} s: {check.output}")
+    return EXIT_OK
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from miemss_node.pipeline.models import fetch_model
+
+    repo_id, commit = fetch_model(args.name, args.folder, revision=args.revision)
+    print(f"fetched {repo_id} at {commit or 'unknown commit'} into {args.folder}")
+    role = args.name if args.name in ("vit", "blip") else "vit|blip"
+    print(f"copy the folder to the node and set [models] {role} = \"{args.folder}\" in its config.toml")
+    return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -171,6 +217,18 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  database {config.database_url.split('@')[-1]}")
     for destination in config.destinations:
         print(f"  destination {destination.name}: {destination.ae_title}@{destination.host}:{destination.port}")
+    return EXIT_OK
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    from miemss_node.conformance import conformance_statement
+
+    text = conformance_statement(_load(args))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"conformance statement written to {args.output}")
     return EXIT_OK
 
 

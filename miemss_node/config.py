@@ -18,7 +18,13 @@ from pynetdicom._validators import validate_ae
 from miemss_node.errors import ConfigError
 from miemss_node.pipeline.base import PipelineSettings
 
-DENOISE_METHODS = ("wavelet", "bilateral", "tv", "nlmeans", "none")
+#: Values of ``[logging] format``.
+LOG_FORMATS = ("text", "json")
+
+DENOISE_METHODS = ("vst_wavelet", "jinv_wavelet", "wavelet", "bilateral", "tv", "nlmeans", "none")
+
+#: ``[pipeline] score_scale`` values (see ``pipeline.anomaly``).
+SCORE_SCALES = ("robust", "minmax")
 
 #: Result types a destination can ask for: Segmentation, Structured Report, Secondary Capture,
 #: Parametric Map, Encapsulated PDF, Key Object Selection.
@@ -37,6 +43,7 @@ ENV_OVERRIDES: dict[tuple[str, str], str] = {
     ("study", "settle_seconds"): "MIEMSS_SETTLE_SECONDS",
     ("worker", "count"): "MIEMSS_WORKERS",
     ("logging", "level"): "MIEMSS_LOG_LEVEL",
+    ("logging", "format"): "MIEMSS_LOG_FORMAT",
     ("http", "port"): "MIEMSS_HTTP_PORT",
     ("http", "token"): "MIEMSS_HTTP_TOKEN",
 }
@@ -58,6 +65,8 @@ class NodeSettings:
     require_called_aet: bool = False
     #: Largest PDU we receive, in bytes; 0 means unlimited.
     max_pdu: int = 0
+    #: Stream received datasets to disk instead of holding them in memory.
+    chunked_receive: bool = True
     acse_timeout_seconds: float = 30.0
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
@@ -166,11 +175,44 @@ class TlsSettings:
     require_client_certificate: bool = False
 
 
+#: Devices ``[models] device`` accepts; "auto" uses the GPU when torch sees one.
+MODEL_DEVICES = ("auto", "cpu", "cuda")
+
+#: Models ``[models] int8`` may name.
+MODEL_ROLES = ("vit", "blip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """Learned models, loaded offline from local folders (``[models]``).
+
+    A folder is what ``save_pretrained`` writes (``config.json``, weights, processor files). Empty
+    means the model is not used; the pipeline then runs on HOG features and says so in the SR.
+    """
+
+    #: Folder of a ``ViTModel`` and its image processor: patch embeddings and attention rollout.
+    vit: str = ""
+    #: Folder of a ``BlipForConditionalGeneration`` and its ``BlipProcessor``: the caption.
+    blip: str = ""
+    #: "auto" (the GPU when present, else the CPU), "cpu" or "cuda".
+    device: str = "auto"
+    #: Torch intra-op threads of a worker process; 0 keeps torch's default (one per core).
+    threads: int = 0
+    #: Models whose Linear layers run as dynamic int8 on the CPU (faster; results differ slightly).
+    int8: tuple[str, ...] = ("vit",)
+    #: Longest caption, in tokens (greedy decoding unless ``caption_beams`` > 1).
+    caption_max_tokens: int = 30
+    #: Beam search width of the caption; 1 is greedy.
+    caption_beams: int = 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoggingSettings:
     """Log level and format (``[logging]``)."""
 
     level: str = "INFO"
+    #: ``text`` (one line per record: time, level, action, message) or ``json`` (JSON lines).
+    format: str = "text"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +229,7 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
     #: The file this came from, None for the built-in defaults.
     source: Path | None = None
 
@@ -208,6 +251,7 @@ _SECTIONS: dict[str, type] = {
     "logging": LoggingSettings,
     "tls": TlsSettings,
     "http": HttpSettings,
+    "models": ModelSettings,
 }
 
 
@@ -255,15 +299,18 @@ def load_config(
     unknown = set(raw) - set(_SECTIONS) - {"destinations"}
     problems += [f"unknown section [{name}]" for name in sorted(unknown)]
 
+    modality_tables = _pop_modality_tables(raw.get("pipeline"), problems)
     sections = {
         name: _build_section(f"[{name}]", cls, raw.get(name, {}), problems) or cls()
         for name, cls in _SECTIONS.items()
     }
+    sections["pipeline"] = _with_modalities(sections["pipeline"], modality_tables, base_dir, problems)
     destinations = _build_destinations(raw.get("destinations", []), problems)
     node: NodeSettings = sections["node"]
     node = _resolve_paths(node, base_dir)
     sections["node"] = node
     sections["tls"] = _resolve_tls(sections["tls"], base_dir)
+    sections["models"] = _resolve_models(sections["models"], base_dir)
 
     _validate(sections, destinations, problems)
     if problems:
@@ -371,6 +418,15 @@ def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
     return replace(tls, **resolved)
 
 
+def _resolve_models(models: ModelSettings, base_dir: Path) -> ModelSettings:
+    resolved = {
+        name: str((base_dir / value).resolve())
+        for name in ("vit", "blip")
+        if (value := getattr(models, name))
+    }
+    return replace(models, **resolved)
+
+
 def _resolve_paths(node: NodeSettings, base_dir: Path) -> NodeSettings:
     storage = node.storage_dir if node.storage_dir.is_absolute() else base_dir / node.storage_dir
     url = node.database_url
@@ -447,11 +503,39 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
             problems.append(f"[[destinations]] #{index} result_types must name at least one of {', '.join(RESULT_TYPES)}")
 
     _validate_tls(sections["tls"], destinations, problems)
+    _validate_models(sections["models"], problems)
     _validate_http(sections["http"], problems)
 
     level = sections["logging"].level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         problems.append(f"[logging] level {level!r} is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if sections["logging"].format not in LOG_FORMATS:
+        problems.append(f"[logging] format {sections['logging'].format!r} is not one of {', '.join(LOG_FORMATS)}")
+
+
+def _validate_models(models: ModelSettings, problems: list[str]) -> None:
+    """Check the [models] keys; a model folder must exist and hold a ``config.json``."""
+    if models.device not in MODEL_DEVICES:
+        problems.append(f"[models] device {models.device!r} is not one of {', '.join(MODEL_DEVICES)}")
+    if models.threads < 0:
+        problems.append("[models] threads must be >= 0 (0 = torch's default)")
+    for role in models.int8:
+        if role not in MODEL_ROLES:
+            problems.append(f"[models] int8 names {role!r}; expected some of {', '.join(MODEL_ROLES)}")
+    _check_positive("[models] caption_max_tokens", models.caption_max_tokens, problems)
+    _check_positive("[models] caption_beams", models.caption_beams, problems)
+    for role in MODEL_ROLES:
+        folder = getattr(models, role)
+        if not folder:
+            continue
+        fix = (
+            f"put a model saved with save_pretrained there (`miemss-node models fetch {role} DIR` on a "
+            f"machine with a network, then copy DIR), or set {role} = \"\" to run without it"
+        )
+        if not Path(folder).is_dir():
+            problems.append(f"[models] {role} folder {folder} does not exist: {fix}")
+        elif not (Path(folder) / "config.json").is_file():
+            problems.append(f"[models] {role} folder {folder} has no config.json: {fix}")
 
 
 def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], problems: list[str]) -> None:
@@ -490,17 +574,77 @@ def _validate_http(http: HttpSettings, problems: list[str]) -> None:
     _check_positive("[http] recent_studies", http.recent_studies, problems)
 
 
-def _validate_pipeline(pipeline: PipelineSettings, problems: list[str]) -> None:
+def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: str = "[pipeline]") -> None:
     if pipeline.denoise_method not in DENOISE_METHODS:
-        problems.append(f"[pipeline] denoise_method {pipeline.denoise_method!r} is not one of {DENOISE_METHODS}")
+        problems.append(f"{label} denoise_method {pipeline.denoise_method!r} is not one of {DENOISE_METHODS}")
     if not 0.0 < pipeline.threshold < 1.0:
-        problems.append("[pipeline] threshold must be between 0 and 1")
+        problems.append(f"{label} threshold must be between 0 and 1")
     for name in ("analysis_max_side", "patch_size", "n_estimators"):
-        _check_positive(f"[pipeline] {name}", getattr(pipeline, name), problems)
+        _check_positive(f"{label} {name}", getattr(pipeline, name), problems)
     if pipeline.patch_size * 4 > pipeline.analysis_max_side:
-        problems.append("[pipeline] patch_size must be at most a quarter of analysis_max_side")
+        problems.append(f"{label} patch_size must be at most a quarter of analysis_max_side")
     if pipeline.min_region_area_mm2 < 0:
-        problems.append("[pipeline] min_region_area_mm2 must be >= 0")
+        problems.append(f"{label} min_region_area_mm2 must be >= 0")
+    if pipeline.patch_size_mm < 0:
+        problems.append(f"{label} patch_size_mm must be >= 0 (0 = use patch_size in pixels)")
+    if pipeline.score_scale not in SCORE_SCALES:
+        problems.append(f"{label} score_scale {pipeline.score_scale!r} is not one of {SCORE_SCALES}")
+    if pipeline.reference_model and not Path(pipeline.reference_model).is_file():
+        problems.append(
+            f"{label} reference_model {pipeline.reference_model} does not exist: make one with "
+            "`miemss-node reference fit DIR --output FILE`, or set reference_model = \"\""
+        )
+    for name, override in pipeline.modality_overrides:
+        _validate_pipeline(override, problems, f"[pipeline.modality.{name}]")
+
+
+def _pop_modality_tables(pipeline_table: Any, problems: list[str]) -> dict[str, Any]:
+    """Take the ``[pipeline.modality.X]`` tables out of ``[pipeline]`` before it is built."""
+    if not isinstance(pipeline_table, dict):
+        return {}
+    if "modality_overrides" in pipeline_table:
+        del pipeline_table["modality_overrides"]
+        problems.append("[pipeline] unknown key 'modality_overrides' (use [pipeline.modality.CR] tables)")
+    tables = pipeline_table.pop("modality", {})
+    if not isinstance(tables, dict):
+        problems.append("[pipeline] modality must be tables such as [pipeline.modality.CR]")
+        return {}
+    return tables
+
+
+def _with_modalities(
+    base: PipelineSettings, tables: dict[str, Any], base_dir: Path, problems: list[str]
+) -> PipelineSettings:
+    """Resolve the reference model path and add the per-Modality overrides of ``[pipeline]``.
+
+    A ``[pipeline.modality.CR]`` table holds only the keys that differ; the rest comes from
+    ``[pipeline]``. Modalities are Modality (0008,0060) values (CS: upper case, at most 16).
+    """
+    base = _resolve_reference(base, base_dir)
+    overrides = []
+    for name, table in tables.items():
+        label = f"[pipeline.modality.{name}]"
+        if not (isinstance(name, str) and 0 < len(name) <= 16 and name == name.upper() and name.isascii()):
+            problems.append(f"{label} is not a Modality value (upper case, at most 16 characters)")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{label} must be a table")
+            continue
+        for key in ("modality", "modality_overrides"):
+            if key in table:
+                problems.append(f"{label} unknown key {key!r}")
+                table = {k: v for k, v in table.items() if k != key}
+        built = _build_section(label, PipelineSettings, table, problems) or PipelineSettings()
+        known = {f.name for f in fields(PipelineSettings)}
+        chosen = {key: getattr(built, key) for key in table if key in known}
+        overrides.append((name, _resolve_reference(replace(base, **chosen), base_dir)))
+    return replace(base, modality_overrides=tuple(overrides))
+
+
+def _resolve_reference(pipeline: PipelineSettings, base_dir: Path) -> PipelineSettings:
+    if not pipeline.reference_model:
+        return pipeline
+    return replace(pipeline, reference_model=str((base_dir / pipeline.reference_model).resolve()))
 
 
 def _check_ae(where: str, value: str, problems: list[str]) -> None:

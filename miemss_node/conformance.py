@@ -26,11 +26,13 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 import miemss_node
 from miemss_node.config import RESULT_TYPES, Config
+from miemss_node.queue.retry import RetryPolicy
 from miemss_node.receive import handlers
 from miemss_node.receive.scp import build_receiver_ae
 from miemss_node.send import (
@@ -235,8 +237,8 @@ def _receiver(config: Config) -> list[str]:
         "",
         "### 3.1 Association acceptance policy",
         "",
-        "The node never initiates an association in response to one it accepts; it accepts only the "
-        "SCP role (no SCP/SCU Role Selection, no extended negotiation, no user identity negotiation).",
+        "Accepted associations carry C-ECHO and C-STORE requests only. The node takes the SCP role alone "
+        "(no SCP/SCU Role Selection, no extended negotiation, no user identity negotiation).",
         "",
         *_table(
             ["Policy", "Value", "Configured by"],
@@ -287,7 +289,10 @@ def _receiver(config: Config) -> list[str]:
         "",
         *_table(
             ["Status", "DICOM meaning", "Returned when"],
-            [[_hex(c.code), _meaning(c.code), c.doc] for c in sorted(status_constants(handlers), key=lambda c: c.code)],
+            [
+                [_hex(c.code), _meaning(c.code), c.doc.replace("``", "`")]
+                for c in sorted(status_constants(handlers), key=lambda c: c.code)
+            ],
         ),
         "A duplicate (a SOP Instance UID already stored) is answered Success and not stored again. "
         f"Limits: instances larger than {node.max_instance_mb} MB are refused"
@@ -320,7 +325,8 @@ def _sender(config: Config) -> list[str]:
         f"The node associates as `{node.ae_title}` with each destination once a study's results are "
         "encoded, and sends all of that study's results for the destination in one association. "
         f"ACSE, DIMSE and network timeouts: {_seconds(delivery.timeout_seconds)} "
-        "(`[delivery] timeout_seconds`). Maximum PDU received: unlimited.",
+        f"(`[delivery] timeout_seconds`). Maximum PDU received: {AE().maximum_pdu_size} bytes "
+        "(pynetdicom's default).",
         "",
     ]
     if config.destinations:
@@ -368,9 +374,9 @@ def _send_status_rows(config: Config) -> list[list[str]]:
     consequences = {
         SendOutcome.DELIVERED: "delivery recorded as delivered",
         SendOutcome.RETRY: (
-            f"retried after {_seconds(delivery.backoff_seconds)}, doubling (with jitter) up to "
-            f"{_seconds(delivery.max_backoff_seconds)}; at most {delivery.max_attempts} attempts and "
-            f"{delivery.max_age_hours:g} h, then failed (results kept on disk; `miemss-node resend`)"
+            f"retried with exponential backoff ({_backoff(delivery.backoff_seconds, delivery.max_backoff_seconds)}); "
+            f"at most {delivery.max_attempts} attempts within {delivery.max_age_hours:g} h, then failed "
+            "(results kept on disk; `miemss-node resend`)"
         ),
         SendOutcome.REFUSED: "failed at once, not retried; results kept on disk; `miemss-node resend` sends again",
     }
@@ -397,24 +403,42 @@ def _send_status_rows(config: Config) -> list[list[str]]:
     return rows
 
 
+def _backoff(first: float, ceiling: float) -> str:
+    """Describe :meth:`~miemss_node.queue.retry.RetryPolicy.delay` for these settings."""
+    policy = RetryPolicy(max_attempts=1, backoff_seconds=first, max_backoff_seconds=ceiling, jitter=False)
+    return (
+        f"the first retry within {_seconds(policy.delay(1))}, each delay doubling up to {_seconds(ceiling)}, "
+        "half of each delay random"
+    )
+
+
 def _processing(config: Config) -> list[str]:
-    worker = config.worker
+    worker, study = config.worker, config.study
+    policy = RetryPolicy(max_attempts=worker.max_attempts, backoff_seconds=worker.retry_backoff_seconds)
+    retention = (
+        f"A study's instances and results are deleted {study.retention_days:g} days after its last "
+        "instance arrived, once every result is delivered"
+        if study.retention_days
+        else "Received instances and results are kept until an operator deletes them"
+    )
     return [
-        "## 5. Processing failures",
+        "## 5. Processing failures and retention",
         "",
-        f"A study whose analysis or encoding fails is retried after {_seconds(worker.retry_backoff_seconds)}, "
-        f"doubling each time, up to {worker.max_attempts} attempts (`[worker] max_attempts`); then its "
-        "job is failed with the error (`miemss-node jobs`) and can be queued again with "
-        "`miemss-node retry`. A worker that stops renewing its lease for "
-        f"{_seconds(worker.lease_seconds)} loses the job to another worker. Received instances are never "
-        "deleted because a job failed.",
+        "A study whose analysis or encoding fails is retried with exponential backoff "
+        f"({_backoff(policy.backoff_seconds, policy.max_backoff_seconds)}), up to {worker.max_attempts} "
+        "attempts (`[worker] max_attempts`); then its job is failed with the error (`miemss-node jobs`) "
+        "and can be queued again with `miemss-node retry`. An image that cannot be decoded or analysed is "
+        "skipped with the reason, and the study's other images are still processed. A worker that stops "
+        f"renewing its lease for {_seconds(worker.lease_seconds)} loses the job to another worker.",
+        "",
+        f"{retention} (`[study] retention_days`).",
         "",
     ]
 
 
 def _security(config: Config) -> list[str]:
-    tls = getattr(config, "tls", None)
-    if tls is None or not getattr(tls, "enabled", False):
+    tls = config.tls
+    if not tls.enabled:
         receiving = "not configured: associations are accepted over plain TCP"
     else:
         client = ("required and verified against `ca_certificates`" if tls.require_client_certificate

@@ -29,8 +29,10 @@ class StorageError(MiemssError):
 class DecodeError(MiemssError):
     """The image could not be decoded: the instance is kept on disk but not processed."""
 
-    def __init__(self, message: str, *, sop_instance_uid: str | None = None) -> None:
+    def __init__(self, message: str, *, sop_instance_uid: str | None = None, reason: str = "undecodable") -> None:
         self.sop_instance_uid = sop_instance_uid
+        #: A short code naming why (``miemss_node.pipeline.decode.DecodeReason``), for tests and logs.
+        self.reason = reason
         super().__init__(message)
 
 

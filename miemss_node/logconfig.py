@@ -3,12 +3,21 @@
 Every record carries an ``action`` (``receive.stored``, ``job.encoded``, ``send.delivered``, ...);
 the format prints it, so a log line can be grepped by what happened. Records identify work by
 UIDs and job ids, never by patient data.
+
+Two formats (``[logging] format``): ``text``, one line of time, level, action and message; and
+``json``, one JSON object per line with ``time``, ``level``, ``action``, ``logger`` and ``message``
+plus the record's extra fields (``job_id``, ``study_uid``, ``sop_instance_uid``, ...), for log
+collectors.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
 
 
 class _ActionDefault(logging.Filter):
@@ -45,13 +54,59 @@ class _RedactLibraryText(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", *, verbose: bool = False) -> None:
-    """Log to stderr at ``level``; ``verbose`` turns on DEBUG for us and pynetdicom together."""
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, action, logger, message, extras.
+
+    The extra fields of a record (``extra={"job_id": ...}``) become keys of their own; they never
+    replace the fixed keys. Values JSON cannot hold are written as ``str()``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "action": getattr(record, "action", record.name),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+#: Values of ``[logging] format``, and the formatter each one installs.
+FORMATTERS: dict[str, Callable[[], logging.Formatter]] = {
+    "text": lambda: logging.Formatter("%(asctime)s %(levelname)s %(action)s %(message)s"),
+    "json": JsonLinesFormatter,
+}
+
+
+def configure_logging(level: str = "INFO", *, verbose: bool = False, log_format: str = "text") -> None:
+    """Log to stderr at ``level`` in ``log_format`` (``text`` or ``json``).
+
+    ``verbose`` turns on DEBUG for us and pynetdicom together, and shows library texts.
+
+    Raises
+    ------
+    ValueError
+        When ``log_format`` is not a key of :data:`FORMATTERS`.
+    """
+    if log_format not in FORMATTERS:
+        raise ValueError(f"log format {log_format!r} is not one of {', '.join(FORMATTERS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ActionDefault())
     if not verbose:
         handler.addFilter(_RedactLibraryText())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(action)s %(message)s"))
+    handler.setFormatter(FORMATTERS[log_format]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from miemss_node.config import Config
+from miemss_node.pipeline.models import NO_MODELS, load_models
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.receive.handlers import InstanceStore
 from miemss_node.receive.scp import start_receiver
@@ -23,6 +24,8 @@ from miemss_node.worker import Worker
 
 if TYPE_CHECKING:
     from pynetdicom.transport import ThreadedAssociationServer
+
+    from miemss_node.web.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Node:
         self.engine = create_database_engine(config.database_url)
         self.sessions = session_factory(self.engine)
         self.server: ThreadedAssociationServer | None = None
+        self.http: HttpServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -58,6 +62,10 @@ class Node:
 
     def start(self) -> None:
         """Create the storage folder, start the receiver and the background loops."""
+        in_process = bool(self.worker_count) and not self.worker_processes
+        # Once per process, before anything starts: building a ViT/BLIP takes seconds, and a model
+        # that cannot be loaded stops the start here (a ModelError naming the fix).
+        models = load_models(self.config.models) if in_process else NO_MODELS
         # Received images are patient data: only the node's user may read them.
         self.config.node.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config.node.storage_dir.chmod(0o700)
@@ -82,6 +90,8 @@ class Node:
             self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
             janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
             self._spawn("retention", janitor.run_once, 600.0)
+            if self.config.http.port:
+                self._start_http()
         if self.worker_processes and self.worker_count:
             # The pipeline is CPU-bound Python: in processes of their own, workers use every core and
             # never slow C-STORE handling.
@@ -93,8 +103,29 @@ class Node:
                 self._children.append(child)
             return
         for index in range(self.worker_count):
-            worker = Worker(self.sessions, self.config)
+            worker = Worker(self.sessions, self.config, models)
             self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
+
+    def _start_http(self) -> None:
+        """Serve /metrics, /healthz and the dashboard (``[http] port``; only the receiving process)."""
+        from miemss_node.web.server import HttpServer
+
+        self.http = HttpServer(
+            self.config.http, self.sessions, self.config.node.storage_dir, receiver_problem=self.receiver_problem
+        )
+        self.http.start()
+
+    def receiver_problem(self) -> str | None:
+        """None when the receiver answers (a C-ECHO; with TLS, its socket is open), else why not."""
+        from miemss_node.web.health import echo_problem
+
+        server = self.server
+        if server is None:
+            return "the receiver is not running"
+        if self.config.tls.enabled:
+            # The probe has no client certificate for a TLS receiver: check the listening socket.
+            return None if server.socket.fileno() != -1 else "the receiver's socket is closed"
+        return echo_problem(self.config.node.host, self.port, self.config.node.ae_title)
 
     def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
         thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)
@@ -123,6 +154,9 @@ class Node:
     def stop(self) -> None:
         """Stop receiving, let the current job step finish, and release the database."""
         self._stop.set()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -148,7 +182,7 @@ def run_worker_process(config: Config, worker_count: int, parent_pid: int) -> No
     """
     from miemss_node.logconfig import configure_logging
 
-    configure_logging(config.logging.level)
+    configure_logging(config.logging.level, log_format=config.logging.format)
     node = Node(config, with_receiver=False, worker_count=worker_count, worker_processes=False)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: node.request_stop())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides

@@ -16,7 +16,9 @@ from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import CaptureTemplate, load_templates
 from miemss_node.errors import DecodeError
 from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
+from miemss_node.pipeline.caption import study_caption
 from miemss_node.pipeline.decode import decode_image_file, is_image_dataset, read_dicom_file
+from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset, analyse_image
 
@@ -35,22 +37,32 @@ class ProcessedFile:
     error: str | None = None
 
 
-def process_path(input_path: Path, output_dir: Path, settings: PipelineSettings) -> list[ProcessedFile]:
-    """Process a file, or every file under a folder, writing one output folder per input."""
+def process_path(
+    input_path: Path, output_dir: Path, settings: PipelineSettings, models: ModelSet = NO_MODELS
+) -> list[ProcessedFile]:
+    """Process a file, or every file under a folder, writing one output folder per input.
+
+    ``models`` are loaded once by the caller (``[models]`` of ``--config``) and used for every file.
+    """
     files = sorted(p for p in input_path.rglob("*") if p.is_file()) if input_path.is_dir() else [input_path]
     done = []
     for path in files:
         target = output_dir / path.stem if input_path.is_dir() else output_dir
         try:
-            done.append(process_file(path, target, settings))
+            done.append(process_file(path, target, settings, models))
         except DecodeError as exc:
             logger.warning("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
             done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=str(exc)))
     return done
 
 
-def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> ProcessedFile:
+def process_file(
+    path: Path, output_dir: Path, settings: PipelineSettings, models: ModelSet = NO_MODELS
+) -> ProcessedFile:
     """Run the pipeline on one PNG/JPEG or DICOM file and write its outputs.
+
+    With a ViT, ``attention.png`` holds its attention rollout; ``report.txt`` names the models
+    that ran (or says none did).
 
     Raises
     ------
@@ -59,14 +71,14 @@ def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> Pr
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        analyses = [analyse_image(decode_image_file(path), settings)]
+        analyses = [analyse_image(decode_image_file(path), settings, models)]
         source = None
     else:
         source = read_dicom_file(path)
         if not is_image_dataset(source):
             raise DecodeError(f"{path.name} is not an image (SOP class {source.get('SOPClassUID', '?')})")
-        analyses = analyse_dataset(source, settings)
-    report = build_report(analyses)
+        analyses = analyse_dataset(source, settings, models)
+    report = build_report(analyses, caption=study_caption(analyses), models=models.runs)
     capture = load_templates(DEFAULT_TEMPLATES_DIR).capture
     for index, analysis in enumerate(analyses, start=1):
         suffix = "" if len(analyses) == 1 else f"_frame{index:03d}"
@@ -74,7 +86,7 @@ def process_file(path: Path, output_dir: Path, settings: PipelineSettings) -> Pr
     (output_dir / "report.txt").write_text(report.text + "\n", encoding="utf-8")
     (output_dir / "findings.json").write_text(json.dumps(_findings(analyses), indent=2) + "\n", encoding="utf-8")
     if source is not None:
-        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}")
+        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}", models=models.runs)
         for item in encode_study([source], analyses, report, context):
             item.dataset.save_as(output_dir / f"{item.kind}_{item.dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
     regions = sum(len(a.region_map.regions) for a in analyses)
@@ -89,6 +101,8 @@ def _write_images(analysis: ImageAnalysis, capture: CaptureTemplate, output_dir:
     save("heatmap", _to_uint8(analysis.region_map.heatmap))
     save("mask", np.where(analysis.region_map.labels > 0, 255, 0).astype(np.uint8))
     save("overlay", render_analysis_overlay(analysis, capture))
+    if analysis.attention is not None:
+        save("attention", _to_uint8(analysis.attention.heatmap))
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -105,6 +119,7 @@ def _findings(analyses: list[ImageAnalysis]) -> list[dict[str, object]]:
             "pixel_spacing_mm": a.decoded.pixel_spacing_mm,
             "stage_seconds": {k: round(v, 4) for k, v in a.stage_seconds.items()},
             "findings": list(a.findings),
+            "caption": a.caption,
             "regions": [
                 {
                     "label": r.label,

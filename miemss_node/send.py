@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import DeliverySettings, Destination, TlsSettings
+from miemss_node.metrics import DELIVERIES
 from miemss_node.queue import repository
 from miemss_node.queue.retry import RetryPolicy
 from miemss_node.tls import client_context
@@ -159,7 +160,9 @@ class Sender:
                     destination=d.destination,
                     attempts=d.attempts,
                     created_at=d.created_at,
-                    paths=[r.path for r in repository.job_results(session, d.job_id)],
+                    paths=[
+                        r.path for r in repository.job_results(session, d.job_id) if self._takes(d.destination, r.kind)
+                    ],
                 )
                 for d in due
             ]
@@ -167,11 +170,20 @@ class Sender:
             self._deliver(item)
         return len(work)
 
+    def _takes(self, name: str, kind: str) -> bool:
+        """Whether destination ``name`` gets results of ``kind`` (an unknown one is refused later)."""
+        destination = self.destinations.get(name)
+        return destination is None or kind in destination.result_types
+
     def _deliver(self, item: DeliveryWork) -> None:
         name = item.destination
         destination = self.destinations.get(name)
         if destination is None:
             report = SendReport(outcome=SendOutcome.REFUSED, status=None, detail=f"destination {name!r} not configured")
+        elif not item.paths:
+            # Its result types changed since the job was encoded, and the job has none of them.
+            types = ", ".join(destination.result_types)
+            report = SendReport(outcome=SendOutcome.DELIVERED, status=None, detail=f"0 object(s): no result of type {types}")
         else:
             try:
                 report = send_files(
@@ -205,6 +217,7 @@ class Sender:
                 now=now,
             )
         extra = {"action": f"send.{state.value}", "job_id": job_id, "destination": name, "attempt": attempt}
+        DELIVERIES.labels(destination=name, outcome=state.value).inc()
         if report.outcome is SendOutcome.DELIVERED:
             logger.info("job %d delivered to %s: %s", job_id, name, report.detail, extra=extra)
         elif retry_at is not None:

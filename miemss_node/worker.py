@@ -16,17 +16,21 @@ from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
-from miemss_node.config import Config
+from miemss_node.config import DEFAULT_RESULT_TYPES, Config
 from miemss_node.encode.study import EncodeContext, encode_study
+from miemss_node.encode.templates import load_templates
 from miemss_node.errors import DecodeError, MiemssError, StageError
 from miemss_node.pipeline.base import ImageAnalysis, Report
+from miemss_node.pipeline.caption import study_caption
 from miemss_node.pipeline.decode import is_image_dataset, read_dicom_file
+from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset
 from miemss_node.queue import repository
 from miemss_node.queue.models import Job
 from miemss_node.queue.retry import RetryPolicy
 from miemss_node.receive.spool import write_atomically
+from miemss_node.thumbnails import thumbnail_dir, write_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +57,11 @@ def worker_id() -> str:
 class Worker:
     """Runs queued jobs one at a time."""
 
-    def __init__(self, sessions: sessionmaker[Session], config: Config) -> None:
+    def __init__(self, sessions: sessionmaker[Session], config: Config, models: ModelSet = NO_MODELS) -> None:
         self.sessions = sessions
         self.config = config
+        #: Loaded once per worker process (see ``Node.start``) and shared by its worker threads.
+        self.models = models
         self.owner = worker_id()
         self.policy = RetryPolicy(
             max_attempts=config.worker.max_attempts, backoff_seconds=config.worker.retry_backoff_seconds
@@ -75,33 +81,67 @@ class Worker:
         extra = {"job_id": job.id, "study_uid": study_uid, "worker": self.owner}
         logger.info("job %d started (attempt %d)", job.id, job.attempts, extra={"action": "job.started", **extra})
         started = time.perf_counter()
+        timings: list[tuple[str, float]] = []
         with LeaseKeeper(self.sessions, job.id, self.owner, self.config.worker.lease_seconds):
             try:
-                results = self._process(job, study_uid, instances)
+                results = self._process(job, study_uid, instances, timings)
             except NothingToProcess as exc:
                 self._finish(job, [], extra, started, note=str(exc))
                 return 1
             except (MiemssError, OSError, ValueError, RuntimeError, MemoryError) as exc:
                 self._fail(job, exc, extra)
                 return 1
-        self._finish(job, results, extra, started)
+        self._finish(job, results, extra, started, timings=timings)
         return 1
 
-    def _process(self, job: Job, study_uid: str, instances: list[tuple[str, str]]) -> list[repository.ResultRecord]:
+    def result_kinds(self) -> frozenset[str]:
+        """The result types to encode: every type some destination gets (the default with none)."""
+        wanted = {kind for destination in self.config.destinations for kind in destination.result_types}
+        return frozenset(wanted or DEFAULT_RESULT_TYPES)
+
+    def _process(
+        self, job: Job, study_uid: str, instances: list[tuple[str, str]], timings: list[tuple[str, float]]
+    ) -> list[repository.ResultRecord]:
+        """Analyse, encode and write a job's results; ``timings`` receives (stage, seconds) pairs."""
         work = self._analyse(instances)
         if not work.analyses:
             reasons = "; ".join(f"{uid}: {reason}" for uid, reason in work.skipped)
             raise NothingToProcess(f"no processable image in study {study_uid} ({reasons})")
-        report = with_skipped_instances(build_report(work.analyses), work.skipped)
+        runs = self.models.runs
+        report = build_report(work.analyses, caption=study_caption(work.analyses), models=runs)
+        report = with_skipped_instances(report, work.skipped)
         context = EncodeContext(
             job_key=f"{study_uid}/{job.version}",
             seg_series_number=self.config.results.seg_series_number,
             sr_series_number=self.config.results.sr_series_number,
             sc_series_number=self.config.results.sc_series_number,
+            pm_series_number=self.config.results.pm_series_number,
+            pdf_series_number=self.config.results.pdf_series_number,
+            ko_series_number=self.config.results.ko_series_number,
+            kinds=self.result_kinds(),
             institution_name=self.config.results.institution_name or None,
+            models=runs,
         )
+        timings.extend((stage, seconds) for analysis in work.analyses for stage, seconds in analysis.stage_seconds.items())
+        encoding = time.perf_counter()
         encoded = encode_study(work.sources, work.analyses, report, context)
+        timings.append(("encode", time.perf_counter() - encoding))
+        self._write_thumbnails(job, study_uid, work, context)
         return [self._write_result(job, study_uid, item.kind, item.dataset) for item in encoded]
+
+    def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork, context: EncodeContext) -> None:
+        """Save the dashboard's thumbnails beside the results; a failure only costs the pictures."""
+        folder = thumbnail_dir(self.config.node.storage_dir, study_uid, job.id)
+        try:
+            capture = load_templates(context.templates_dir).capture
+            write_thumbnails(folder, work.sources, work.analyses, capture)
+        except (OSError, ValueError, MiemssError) as exc:
+            logger.warning(
+                "job %d: thumbnails not written: %s",
+                job.id,
+                exc,
+                extra={"action": "job.thumbnails_failed", "job_id": job.id},
+            )
 
     def _analyse(self, instances: list[tuple[str, str]]) -> StudyWork:
         work = StudyWork()
@@ -112,7 +152,7 @@ class Worker:
                 if not is_image_dataset(ds):
                     work.skipped.append((sop_uid, "not an image (stored, not processed)"))
                     continue
-                analyses = analyse_dataset(ds, self.config.pipeline)
+                analyses = analyse_dataset(ds, self.config.pipeline, self.models)
             except (DecodeError, StageError) as exc:
                 # One bad image must not cost the study its other images' results.
                 logger.warning(
@@ -137,9 +177,17 @@ class Worker:
         )
 
     def _finish(
-        self, job: Job, results: list[repository.ResultRecord], extra: dict[str, object], started: float, note: str = ""
+        self,
+        job: Job,
+        results: list[repository.ResultRecord],
+        extra: dict[str, object],
+        started: float,
+        note: str = "",
+        timings: list[tuple[str, float]] | None = None,
     ) -> None:
-        destinations = [d.name for d in self.config.destinations] if results else []
+        # A destination gets a delivery only when some result is of a type it takes.
+        kinds = {result.kind for result in results}
+        destinations = [d.name for d in self.config.destinations if kinds & set(d.result_types)]
         with self.sessions.begin() as session:
             recorded = repository.finish_job_encoded(
                 session,
@@ -150,6 +198,9 @@ class Worker:
                 now=utcnow(),
                 note=note,
             )
+            if recorded and timings:
+                # Read by /metrics in the node's main process (workers run in other processes).
+                repository.record_stage_durations(session, job_id=job.id, durations=timings, now=utcnow())
         seconds = time.perf_counter() - started
         if not recorded:
             logger.warning("job %d lost its lease before finishing", job.id, extra={"action": "job.lease_lost", **extra})

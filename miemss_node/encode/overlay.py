@@ -14,6 +14,15 @@ from miemss_node.pipeline.base import ImageAnalysis
 _HEAT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
 _HEAT_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=np.float32)
 
+#: Colour of the ViT attention outline: magenta, apart from the heatmap's colours and the outlines.
+ATTENTION_RGB = (255, 0, 255)
+
+#: The attention outline encloses the pixels whose rollout is at least this fraction of its peak.
+ATTENTION_LEVEL = 0.5
+
+#: Burned-in line that explains the attention outline, added when there is one.
+ATTENTION_TEXT = "Magenta: ViT attention"
+
 
 def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     """Map scores in [0, 1] to RGB float colours in [0, 255], shape ``heatmap.shape + (3,)``."""
@@ -60,6 +69,7 @@ def render_overlay(
     outline_rgb: tuple[int, int, int],
     text_rgb: tuple[int, int, int],
     text: tuple[str, ...],
+    attention: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the overlay image as uint8 RGB, shape ``pixels.shape + (3,)``.
 
@@ -78,6 +88,10 @@ def render_overlay(
         Colours of the outlines and of the text.
     text
         Lines burned in (e.g. "NOT FOR DIAGNOSIS").
+    attention
+        ViT attention rollout in [0, 1], same shape, or None; where it reaches
+        :data:`ATTENTION_LEVEL` is outlined in :data:`ATTENTION_RGB`, and :data:`ATTENTION_TEXT` is
+        burned in.
 
     Returns
     -------
@@ -99,6 +113,12 @@ def render_overlay(
     blended = base * (1.0 - alpha) + heat_colours(heatmap) * alpha
     rgb = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     rgb[_outline(labels)] = np.array(outline_rgb, dtype=np.uint8)
+    if attention is not None:
+        if attention.shape != pixels.shape:
+            raise ValueError(f"attention {attention.shape} must have the shape of pixels {pixels.shape}")
+        attended = (np.nan_to_num(attention) >= ATTENTION_LEVEL).astype(np.uint8)
+        rgb[_outline(attended)] = np.array(ATTENTION_RGB, dtype=np.uint8)
+        text = (*text, ATTENTION_TEXT)
     image = Image.fromarray(rgb)
     _draw_text(image, text, text_rgb)
     return np.asarray(image, dtype=np.uint8).copy()
@@ -114,4 +134,5 @@ def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) 
         outline_rgb=template.outline_rgb,
         text_rgb=template.text_rgb,
         text=template.burned_in_text,
+        attention=None if analysis.attention is None else analysis.attention.heatmap,
     )

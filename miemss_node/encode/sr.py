@@ -97,8 +97,27 @@ def models_statement(template: ReportTemplate, models: Sequence[ModelRun]) -> st
     """Say which models ran, or that none did."""
     if not models:
         return template.no_model
-    described = ", ".join(f"{model.role} {model.name} ({model.revision})" for model in models)
+    described = ", ".join(model.describe() for model in models)
     return template.models_ran.format(models=described)
+
+
+def caption_statement(models: Sequence[ModelRun]) -> str:
+    """Say that the caption is machine-generated, and by which model and settings."""
+    blip = next((model for model in models if model.role == "blip"), None)
+    by = f" by {blip.describe()}" if blip is not None else ""
+    return f"The caption is machine-generated{by}; it is not a finding and has not been verified."
+
+
+def attention_statement(entry: ImageEntry) -> str | None:
+    """Where the ViT looked in an image (attention rollout), or None when no ViT ran."""
+    attention = entry.analysis.attention
+    if attention is None:
+        return None
+    return (
+        f"ViT attention rollout of image {image_name(entry)} peaks in the {attention.peak_location}; "
+        "the Secondary Capture outlines where it is at least half its peak (explains the features, "
+        "not a finding)."
+    )
 
 
 def _algorithm(request: SrRequest) -> AlgorithmIdentification:
@@ -230,6 +249,7 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
         texts.append((template.report_text, report.text.strip()))
     if report.caption and report.caption.strip():
         texts.append((template.caption, report.caption.strip()))
+        texts.append((template.caption, caption_statement(request.models)))
     texts.extend((template.finding, finding) for finding in report.findings if finding.strip())
     without = [entry for entry in request.entries if entry.segments is None]
     if len(without) == len(request.entries):
@@ -240,6 +260,7 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
             for entry in without
         )
     texts.append((template.models, models_statement(template, request.models)))
+    texts.extend((template.models, text) for entry in request.entries if (text := attention_statement(entry)))
     texts.append((template.models, template.disclaimer))
     return texts
 

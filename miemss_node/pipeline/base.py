@@ -20,8 +20,10 @@ class PipelineSettings:
     analysis_max_side: int = 512
     #: Patch size, in pixels of the working image, for HOG features and anomaly scores.
     patch_size: int = 16
-    #: Denoising method of the enhance stage ("wavelet", "bilateral", "tv", "nlmeans", "none").
-    denoise_method: str = "wavelet"
+    #: Patch size in mm; when > 0 and the pixel spacing is known it replaces ``patch_size``.
+    patch_size_mm: float = 0.0
+    #: Denoising method of the enhance stage (a name of ``enhance.METHODS``).
+    denoise_method: str = "vst_wavelet"
     #: Isolation Forest trees.
     n_estimators: int = 100
     #: Heatmap value (0..1) above which a pixel belongs to the mask.
@@ -30,6 +32,23 @@ class PipelineSettings:
     min_region_area_mm2: float = 25.0
     #: Seed for the Isolation Forest, so a retry gives the same result.
     random_seed: int = 0
+    #: How raw anomaly scores become heatmap values: "robust" (deviations from the typical patch, in
+    #: robust standard deviations; a normal film scores low) or "minmax" (the top patch scores 1).
+    score_scale: str = "robust"
+    #: On chest films, score only the estimated lung fields (when they are found).
+    lung_field: bool = True
+    #: A reference model (``miemss-node reference fit``) to score against; "" fits on each image.
+    reference_model: str = ""
+    #: Overrides per Modality (``[pipeline.modality.CR]`` ...); see :meth:`for_modality`.
+    modality_overrides: tuple[tuple[str, PipelineSettings], ...] = ()
+
+    def for_modality(self, modality: str) -> PipelineSettings:
+        """The settings for images of ``modality``: its override when configured, else these."""
+        wanted = modality.strip().upper()
+        for name, settings in self.modality_overrides:
+            if name == wanted:
+                return settings
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +99,8 @@ class AnomalyScores:
 
     scores: np.ndarray
     method: str
+    #: The reference model scored against, named in the report and the SR; None when fitted per image.
+    model: ModelRun | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +140,25 @@ class ModelRun:
     role: str  # "vit" or "blip"
     name: str
     revision: str
+    #: How it ran, e.g. "BlipForConditionalGeneration, greedy, max 30 tokens, fp32 on cpu".
+    parameters: str = ""
+
+    def describe(self) -> str:
+        """Role, name, revision and parameters in words, as the report and the SR state them."""
+        details = f"{self.revision}; {self.parameters}" if self.parameters else self.revision
+        return f"{self.role} {self.name} ({details})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionMap:
+    """Where a ViT looked in one frame: attention rollout (Abnar and Zuidema, 2020)."""
+
+    #: float32 in [0, 1], shape of the source image; 1 is the most attended patch.
+    heatmap: np.ndarray
+    #: The ViT's token grid (rows, cols) the heatmap was upsampled from.
+    grid_shape: tuple[int, int]
+    #: Where the attention peaks, in words (e.g. "upper left").
+    peak_location: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +174,10 @@ class ImageAnalysis:
     findings: tuple[str, ...]
     #: Seconds per stage name.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: ViT attention rollout, when a ViT model ran.
+    attention: AttentionMap | None = None
+    #: BLIP caption of the enhanced frame, when a BLIP model captioned it.
+    caption: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

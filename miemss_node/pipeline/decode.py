@@ -14,6 +14,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from os import PathLike
 from pathlib import Path
 from struct import unpack_from
@@ -24,12 +25,32 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from miemss_node.errors import DecodeError
 from miemss_node.pipeline.base import DecodedImage
 
 logger = logging.getLogger(__name__)
+
+
+class DecodeReason(str, Enum):
+    """Why an input was refused: the ``reason`` of every :class:`DecodeError` raised here."""
+
+    #: Not DICOM at all (empty, or another format such as a PNG named .dcm).
+    NOT_DICOM = "not_dicom"
+    #: DICOM, but truncated or damaged so that no dataset can be read.
+    DAMAGED_FILE = "damaged_file"
+    #: A readable DICOM instance that is not an image to analyse (SR, SEG, RT, waveform, ...).
+    NOT_AN_IMAGE = "not_an_image"
+    #: Image attributes that contradict each other or the pixel data (frames, rows, columns).
+    INVALID_HEADER = "invalid_header"
+    #: Native (uncompressed) Pixel Data shorter than Rows x Columns x Frames needs.
+    PIXEL_DATA_SHORT = "pixel_data_short"
+    #: Every installed decoder failed on the compressed pixel data (corrupt or unsupported stream).
+    CODEC_FAILED = "codec_failed"
+    #: A PNG/JPEG input that cannot be opened as a picture.
+    UNREADABLE_PICTURE = "unreadable_picture"
+
 
 #: Modalities whose instances carry no image to analyse (PS3.3 C.7.3.1.1.1), even with pixel data.
 _NON_IMAGE_MODALITIES = frozenset(
@@ -119,16 +140,18 @@ def read_dicom_file(path: str | PathLike[str]) -> Dataset:
     except OSError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
-        raise DecodeError(f"{path.name} could not be parsed as DICOM: {_one_line(exc)}") from exc
+        raise DecodeError(
+            f"{path.name} could not be parsed as DICOM: {_one_line(exc)}", reason=DecodeReason.DAMAGED_FILE
+        ) from exc
     with _pydicom_warnings_logged(None):
         if not _looks_like_dicom(ds):
-            raise DecodeError(_not_dicom_reason(path.name, ds))
+            raise _not_dicom_error(path.name, ds)
         if not _transfer_syntax(ds):
             ds.file_meta = _file_meta_with_syntax(ds)
     return ds
 
 
-def decode_dataset(ds: Dataset) -> list[DecodedImage]:
+def decode_dataset(ds: Dataset, max_frames: int | None = None) -> list[DecodedImage]:
     """Decode every frame of an image dataset to display-oriented float32 in [0, 1].
 
     Parameters
@@ -136,6 +159,8 @@ def decode_dataset(ds: Dataset) -> list[DecodedImage]:
     ds
         A dataset for which :func:`is_image_dataset` is true. It is not modified; a missing
         Transfer Syntax UID is taken from the encoding it was read with.
+    max_frames
+        Decode at most this many frames (the first ones); None decodes all.
 
     Returns
     -------
@@ -149,16 +174,17 @@ def decode_dataset(ds: Dataset) -> list[DecodedImage]:
     """
     # Element values are converted lazily, so pydicom may warn about a bad value at any access.
     with _pydicom_warnings_logged(None):
-        return _decode_all(ds)
+        return _decode_all(ds, max_frames)
 
 
-def _decode_all(ds: Dataset) -> list[DecodedImage]:
+def _decode_all(ds: Dataset, max_frames: int | None) -> list[DecodedImage]:
     uid = _sop_instance_uid(ds)
     if not is_image_dataset(ds):
         raise DecodeError(
             f"not an image to analyse (Modality {ds.get('Modality', '?')}, "
             f"SOP Class {ds.get('SOPClassUID', '?')})",
             sop_instance_uid=uid,
+            reason=DecodeReason.NOT_AN_IMAGE,
         )
     if not _transfer_syntax(ds):
         ds = copy.copy(ds)
@@ -173,7 +199,7 @@ def _decode_all(ds: Dataset) -> list[DecodedImage]:
             frame_number=index + 1 if n_frames > 1 else None,
             modality=modality,
         )
-        for index in range(n_frames)
+        for index in range(n_frames if max_frames is None else min(n_frames, max_frames))
     ]
     logger.debug("decoded %d frame(s)", n_frames, extra={"action": "decode.decoded", "sop_instance_uid": uid})
     return images
@@ -208,7 +234,9 @@ def decode_image_file(path: str | PathLike[str]) -> DecodedImage:
             img.load()
             arr, full_scale = _pil_to_array(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DecodeError(f"{path.name} could not be read as PNG/JPEG: {_one_line(exc)}") from exc
+        raise DecodeError(
+            f"{path.name} could not be read as PNG/JPEG: {_one_line(exc)}", reason=DecodeReason.UNREADABLE_PICTURE
+        ) from exc
     if arr.ndim == 3:
         arr = _luminance(arr[..., :3])
     pixels = np.clip(arr.astype(np.float32) / np.float32(full_scale), 0.0, 1.0)
@@ -244,7 +272,11 @@ def _display_frame(ds: Dataset, index: int, uid: str | None) -> np.ndarray:
         raw = pixel_array(ds, index=index)
     expected = (int(ds.Rows), int(ds.Columns))
     if raw.shape[:2] != expected:
-        raise DecodeError(f"frame {index + 1} has shape {raw.shape}, expected {expected}", sop_instance_uid=uid)
+        raise DecodeError(
+            f"frame {index + 1} has shape {raw.shape}, expected {expected}",
+            sop_instance_uid=uid,
+            reason=DecodeReason.INVALID_HEADER,
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(raw, ds)
@@ -439,9 +471,13 @@ def _frame_count(ds: Dataset, uid: str | None) -> int:
     try:
         count = int(value or 1)
     except (TypeError, ValueError) as exc:
-        raise DecodeError(f"invalid Number of Frames {value!r}", sop_instance_uid=uid) from exc
+        raise DecodeError(
+            f"invalid Number of Frames {value!r}", sop_instance_uid=uid, reason=DecodeReason.INVALID_HEADER
+        ) from exc
     if count < 1:
-        raise DecodeError(f"invalid Number of Frames {count}", sop_instance_uid=uid)
+        raise DecodeError(
+            f"invalid Number of Frames {count}", sop_instance_uid=uid, reason=DecodeReason.INVALID_HEADER
+        )
     return count
 
 
@@ -465,10 +501,15 @@ def _looks_like_dicom(ds: Dataset) -> bool:
     return any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "PixelData", "Modality"))
 
 
-def _not_dicom_reason(name: str, ds: Dataset) -> str:
+def _not_dicom_error(name: str, ds: Dataset) -> DecodeError:
     if _transfer_syntax(ds) or getattr(ds, "preamble", None):
-        return f"{name} has a DICOM header but no readable dataset (truncated or damaged file)"
-    return f"{name} is not a DICOM file (no SOP Class, SOP Instance or Pixel Data)"
+        return DecodeError(
+            f"{name} has a DICOM header but no readable dataset (truncated or damaged file)",
+            reason=DecodeReason.DAMAGED_FILE,
+        )
+    return DecodeError(
+        f"{name} is not a DICOM file (no SOP Class, SOP Instance or Pixel Data)", reason=DecodeReason.NOT_DICOM
+    )
 
 
 def _sop_instance_uid(ds: Dataset) -> str | None:
@@ -486,8 +527,15 @@ def _decode_frame(ds: Dataset, index: int, uid: str | None) -> np.ndarray:
     except (DecodeError, MemoryError):
         raise
     except Exception as exc:  # decoders raise RuntimeError, ValueError, NotImplementedError, ...
+        syntax = _transfer_syntax(ds)
+        compressed = syntax is not None and UID(str(syntax)).is_compressed
+        reason = DecodeReason.CODEC_FAILED if compressed else DecodeReason.PIXEL_DATA_SHORT
+        if not compressed and "less than expected" not in str(exc):
+            reason = DecodeReason.INVALID_HEADER
         raise DecodeError(
-            f"pixel data of frame {index + 1} could not be decoded: {_one_line(exc)}", sop_instance_uid=uid
+            f"pixel data of frame {index + 1} could not be decoded: {_one_line(exc)}",
+            sop_instance_uid=uid,
+            reason=reason,
         ) from exc
 
 

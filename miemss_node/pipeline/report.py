@@ -105,7 +105,7 @@ def _image_name(number: int, analysis: ImageAnalysis) -> str:
 def _models_sentence(models: tuple[ModelRun, ...]) -> str:
     if not models:
         return "No learned model was used: patch features are HOG and intensity statistics."
-    named = ", ".join(f"{model.role} {model.name} ({model.revision})" for model in models)
+    named = ", ".join(model.describe() for model in models)
     return f"Models used: {named}."
 
 

@@ -19,15 +19,19 @@ from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSetti
 from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features
+from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
+from miemss_node.pipeline.vit import attention_map, join_vit_features
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def analyse_image(image: DecodedImage, settings: PipelineSettings) -> ImageAnalysis:
+def analyse_image(
+    image: DecodedImage, settings: PipelineSettings, models: ModelSet = NO_MODELS, *, caption: bool = True
+) -> ImageAnalysis:
     """Run enhance, features, anomaly, regions and report on one decoded frame.
 
     Parameters
@@ -36,6 +40,11 @@ def analyse_image(image: DecodedImage, settings: PipelineSettings) -> ImageAnaly
         The decoded frame.
     settings
         The pipeline settings.
+    models
+        The worker's models: a ViT adds its features and the attention map ("vit" stage), a BLIP
+        captions the enhanced frame ("caption" stage).
+    caption
+        False skips the BLIP caption (later frames of a multi-frame image).
 
     Returns
     -------
@@ -50,9 +59,19 @@ def analyse_image(image: DecodedImage, settings: PipelineSettings) -> ImageAnaly
     seconds: dict[str, float] = {}
     enhanced = _timed("enhance", seconds, lambda: enhance(image, settings.denoise_method))
     features = _timed("features", seconds, lambda: patch_features(enhanced, settings))
+    attention = None
+    if models.vit is not None:
+        vit = models.vit
+        patches = _timed("vit", seconds, lambda: vit.patches([enhanced.pixels])[0])
+        features = join_vit_features(features, patches)
+        attention = attention_map(patches, image.pixels.shape)
     scores = _timed("anomaly", seconds, lambda: score_patches(features, settings))
     region_map = _timed("regions", seconds, lambda: find_regions(scores, features, image, settings))
     findings = _timed("report", seconds, lambda: findings_sentences(region_map, image))
+    text = None
+    if caption and models.blip is not None:
+        blip = models.blip
+        text = _timed("caption", seconds, lambda: blip.caption(enhanced.pixels))
     logger.info(
         "analysed frame: %d region(s) in %.2f s",
         len(region_map.regions),
@@ -67,10 +86,14 @@ def analyse_image(image: DecodedImage, settings: PipelineSettings) -> ImageAnaly
         region_map=region_map,
         findings=findings,
         stage_seconds=seconds,
+        attention=attention,
+        caption=text,
     )
 
 
-def analyse_dataset(ds: Dataset, settings: PipelineSettings) -> list[ImageAnalysis]:
+def analyse_dataset(
+    ds: Dataset, settings: PipelineSettings, models: ModelSet = NO_MODELS, *, max_frames: int | None = None
+) -> list[ImageAnalysis]:
     """Decode a DICOM image dataset and analyse each of its frames.
 
     Parameters
@@ -79,6 +102,11 @@ def analyse_dataset(ds: Dataset, settings: PipelineSettings) -> list[ImageAnalys
         An image dataset (see :func:`~miemss_node.pipeline.decode.is_image_dataset`).
     settings
         The pipeline settings.
+    models
+        The worker's models; a BLIP captions only the first frame (the frames of one image show
+        the same thing, and each caption costs seconds on a CPU).
+    max_frames
+        Analyse at most this many frames (the first ones); None analyses all.
 
     Returns
     -------
@@ -94,11 +122,11 @@ def analyse_dataset(ds: Dataset, settings: PipelineSettings) -> list[ImageAnalys
         If a later stage fails.
     """
     decode_seconds: dict[str, float] = {}
-    frames = _timed("decode", decode_seconds, lambda: decode_dataset(ds))
+    frames = _timed("decode", decode_seconds, lambda: decode_dataset(ds, max_frames))
     per_frame = decode_seconds["decode"] / max(len(frames), 1)
     analyses = []
-    for frame in frames:
-        analysis = analyse_image(frame, settings)
+    for index, frame in enumerate(frames):
+        analysis = analyse_image(frame, settings, models, caption=index == 0)
         analysis.stage_seconds["decode"] = per_frame
         analyses.append(analysis)
     return analyses

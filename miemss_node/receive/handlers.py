@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import Dataset, dcmread
+from pynetdicom import _config
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.errors import StorageError
+from miemss_node.metrics import ASSOCIATIONS, BYTES_RECEIVED, INSTANCES_RECEIVED
 from miemss_node.queue import repository
-from miemss_node.receive.spool import instance_relative_path, write_atomically
+from miemss_node.receive.spool import instance_relative_path, place_file, write_atomically
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -75,9 +77,15 @@ class InstanceStore:
         self.max_instance_bytes = max_instance_bytes
 
     def persist(
-        self, encoded: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, calling_aet: str
+        self,
+        encoded: bytes | Path,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        calling_aet: str,
     ) -> StoreOutcome:
-        """Persist one encoded instance (File Meta included).
+        """Persist one encoded instance (File Meta included), given as bytes or as a received file.
 
         Raises
         ------
@@ -86,12 +94,13 @@ class InstanceStore:
         StorageError
             When the disk or the database cannot take it.
         """
-        if self.max_instance_bytes and len(encoded) > self.max_instance_bytes:
+        size = encoded.stat().st_size if isinstance(encoded, Path) else len(encoded)
+        if self.max_instance_bytes and size > self.max_instance_bytes:
             raise RejectedInstance(
-                STATUS_TOO_LARGE, f"{len(encoded)} bytes exceeds the limit of {self.max_instance_bytes} bytes"
+                STATUS_TOO_LARGE, f"{size} bytes exceeds the limit of {self.max_instance_bytes} bytes"
             )
         free = free_bytes(self.storage_dir)
-        if free - len(encoded) < self.min_free_bytes:
+        if free - size < self.min_free_bytes:
             raise StorageError(f"only {free // 2**20} MB free on the storage disk")
         study_uid, series_uid = _parse_header(encoded, sop_class_uid, sop_instance_uid)
         try:
@@ -105,10 +114,13 @@ class InstanceStore:
                         sop_instance_uid=sop_instance_uid,
                         study_instance_uid=study_uid,
                         duplicate=True,
-                        size_bytes=len(encoded),
+                        size_bytes=size,
                     )
                 # The file is on disk (fsynced) before the row commits: a row never points at nothing.
-                write_atomically(self.storage_dir / relative, encoded)
+                if isinstance(encoded, Path):
+                    place_file(encoded, self.storage_dir / relative)
+                else:
+                    write_atomically(self.storage_dir / relative, encoded)
                 record = repository.InstanceRecord(
                     study_instance_uid=study_uid,
                     series_instance_uid=series_uid,
@@ -116,14 +128,14 @@ class InstanceStore:
                     sop_class_uid=sop_class_uid,
                     transfer_syntax_uid=transfer_syntax_uid,
                     path=relative.as_posix(),
-                    size_bytes=len(encoded),
+                    size_bytes=size,
                     calling_ae_title=calling_aet,
                 )
                 repository.record_instance(session, record, utcnow())
         except SQLAlchemyError as exc:
             raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
         return StoreOutcome(
-            sop_instance_uid=sop_instance_uid, study_instance_uid=study_uid, duplicate=False, size_bytes=len(encoded)
+            sop_instance_uid=sop_instance_uid, study_instance_uid=study_uid, duplicate=False, size_bytes=size
         )
 
 
@@ -133,10 +145,11 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def _parse_header(encoded: bytes, sop_class_uid: str, sop_instance_uid: str) -> tuple[str, str]:
+def _parse_header(encoded: bytes | Path, sop_class_uid: str, sop_instance_uid: str) -> tuple[str, str]:
     """Read the identifying UIDs without touching the pixel data; check them against the request."""
     try:
-        header = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        source = encoded if isinstance(encoded, Path) else BytesIO(encoded)
+        header = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         values = {tag: str(header.get(tag, "") or "").strip() for tag in _HEADER_TAGS}
     except Exception as exc:  # noqa: BLE001 - untrusted bytes can fail a parser in any way; never 0xC211
         raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {type(exc).__name__}") from exc
@@ -173,7 +186,7 @@ def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
     log_extra = {"calling_aet": _calling_aet(event), "sop_instance_uid": sop_instance_uid}
     try:
         outcome = store.persist(
-            event.encoded_dataset(include_meta=True),
+            _received(event),
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=str(event.context.transfer_syntax),
@@ -187,11 +200,13 @@ def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
             exc.status,
             extra={"action": "receive.refused", **log_extra},
         )
+        INSTANCES_RECEIVED.labels(outcome="refused").inc()
         return _status(exc.status, exc.reason)
     except StorageError as exc:
         logger.error(
             "could not persist instance %s: %s", sop_instance_uid, exc, extra={"action": "receive.failed", **log_extra}
         )
+        INSTANCES_RECEIVED.labels(outcome="failed").inc()
         return _status(STATUS_OUT_OF_RESOURCES, str(exc))
     action = "receive.duplicate" if outcome.duplicate else "receive.stored"
     logger.info(
@@ -202,7 +217,33 @@ def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
         outcome.size_bytes,
         extra={"action": action, "study_uid": outcome.study_instance_uid, **log_extra},
     )
+    INSTANCES_RECEIVED.labels(outcome="duplicate" if outcome.duplicate else "stored").inc()
+    BYTES_RECEIVED.inc(outcome.size_bytes)
     return STATUS_SUCCESS
+
+
+#: Association events counted and logged by :func:`handle_association`, with their log levels.
+ASSOCIATION_EVENTS = {"established": logging.INFO, "rejected": logging.WARNING, "released": logging.INFO, "aborted": logging.WARNING}
+
+
+def handle_association(event: Event, name: str) -> None:
+    """Log and count an association event (EVT_ESTABLISHED, _REJECTED, _RELEASED, _ABORTED)."""
+    calling_aet = _calling_aet(event)
+    logger.log(
+        ASSOCIATION_EVENTS[name],
+        "association with %s %s",
+        calling_aet,
+        name,
+        extra={"action": f"receive.association_{name}", "calling_aet": calling_aet},
+    )
+    ASSOCIATIONS.labels(event=name).inc()
+
+
+def _received(event: Event) -> bytes | Path:
+    """The received dataset: the temporary file of a chunked receive, else the bytes in memory."""
+    if _config.STORE_RECV_CHUNKED_DATASET:
+        return event.dataset_path
+    return event.encoded_dataset(include_meta=True)
 
 
 def _calling_aet(event: Event) -> str:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import os
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
+from pathlib import Path
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from miemss_node.receive.handlers import InstanceStore, handle_echo, handle_store
+from miemss_node.receive.handlers import InstanceStore, handle_association, handle_echo, handle_store
 
 if TYPE_CHECKING:
     from miemss_node.config import NodeSettings
@@ -54,12 +58,41 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return client_socket, address
 
 
+def enable_chunked_receive(storage_dir: Path) -> None:
+    """Have pynetdicom stream each received dataset to a file on the storage disk.
+
+    The dataset then never sits whole in memory, and the handler links the file into place
+    instead of writing it a second time. Both settings are process-wide, which is why only the
+    receiving process calls this: pynetdicom's ``STORE_RECV_CHUNKED_DATASET``, and the folder of
+    its temporary files (``tempfile.tempdir``), moved onto the storage disk so a link works.
+    """
+    root = storage_dir / ".incoming"
+    host = socket.gethostname()
+    # Partial files of receivers on this host that died mid-receive were never acknowledged.
+    for folder in root.glob(f"{host}-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+    incoming = root / f"{host}-{os.getpid()}"  # receivers sharing a storage folder keep apart
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
 def start_receiver(
     node: NodeSettings, store: InstanceStore, ssl_context: ssl.SSLContext | None = None
 ) -> ThreadedAssociationServer:
     """Start the SCP in the background; ``port = 0`` binds an ephemeral port (see ``server_address``)."""
+    if node.chunked_receive:
+        enable_chunked_receive(store.storage_dir)
     ae = build_receiver_ae(node)
     handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
+    handlers += [
+        (evt.EVT_ESTABLISHED, handle_association, ["established"]),
+        (evt.EVT_REJECTED, handle_association, ["rejected"]),
+        (evt.EVT_RELEASED, handle_association, ["released"]),
+        (evt.EVT_ABORTED, handle_association, ["aborted"]),
+    ]
     server = ae.make_server(
         (node.host, node.port), evt_handlers=handlers, ssl_context=ssl_context, server_class=NoDelayAssociationServer
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import uuid
 import re
 import tempfile
 from pathlib import Path
@@ -49,6 +52,41 @@ def write_atomically(target: Path, data: bytes | memoryview) -> None:
             os.replace(temp_name, target)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target.name}: {exc.strerror or exc}") from exc
+
+
+def place_file(source: Path, target: Path) -> None:
+    """Move a received file into place durably, without copying it when it is on the same disk.
+
+    The source (a temporary file the receiver wrote) is fsynced, hard-linked under a temporary
+    name beside the target and renamed over it; across disks it is copied instead. The source
+    itself is left for its owner to delete.
+
+    Raises
+    ------
+    StorageError
+        When the folder cannot be created or the disk refuses the write.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with source.open("rb") as handle:
+            os.fsync(handle.fileno())
+        temp = target.with_name(f".incoming-{uuid.uuid4().hex}.part")
+        try:
+            os.link(source, temp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            shutil.copyfile(source, temp)
+            with temp.open("rb") as handle:
+                os.fsync(handle.fileno())
+        try:
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
             raise
         _fsync_directory(target.parent)
     except OSError as exc:

@@ -24,7 +24,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 from sqlalchemy import select
 
-from miemss_node.config import Config, Destination
+from miemss_node.config import RESULT_TYPES, Config, Destination
 from miemss_node.node import Node
 from miemss_node.queue.models import Delivery, DeliveryState, Instance, Job, JobState, Study
 from tests.support.dciodvfy import dciodvfy_errors
@@ -46,7 +46,7 @@ KINDS = {
     "1.2.840.10008.5.1.4.1.1.7.4": "SC",
     "1.2.840.10008.5.1.4.1.1.30": "PM",
     "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
-    "1.2.840.10008.5.1.4.1.1.88.59": "KOS",
+    "1.2.840.10008.5.1.4.1.1.88.59": "KO",
 }
 
 #: Longest wait for a node to process and deliver, in seconds (normally a few).
@@ -74,7 +74,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path, config_factory: Callable[..., Config]) -> Iterator[Deployment]:
-    """Orthanc (the node declared as modality ``miemss``) and a node sending its results to Orthanc."""
+    """Orthanc (the node declared as modality ``miemss``) and a node sending every result type to it."""
     binary = require_tool("Orthanc", orthanc_binary(), "orthanc")
     node_port = free_port()
     folder = tmp_path / "orthanc"
@@ -83,7 +83,13 @@ def deployment(tmp_path: Path, config_factory: Callable[..., Config]) -> Iterato
     orthanc.start()
     node: Node | None = None
     try:
-        destination = Destination(name="orthanc", ae_title=ORTHANC_AET, host="127.0.0.1", port=orthanc.dicom_port)
+        destination = Destination(
+            name="orthanc",
+            ae_title=ORTHANC_AET,
+            host="127.0.0.1",
+            port=orthanc.dicom_port,
+            result_types=RESULT_TYPES,
+        )
         config = config_factory(
             destinations=(destination,),
             node={"ae_title": NODE_AET, "port": node_port, "allowed_calling_aets": (ORTHANC_AET, MODALITY_AET)},
@@ -204,6 +210,13 @@ def check_results(results: list[tuple[Path, Dataset]], sources: list[Dataset]) -
         elif kind == "SC":
             (source,) = ds.SourceImageSequence
             sc_sources.append(str(source.ReferencedSOPInstanceUID))
+        elif kind == "PM":
+            (source,) = ds.SourceImageSequence
+            assert str(source.ReferencedSOPInstanceUID) in source_uids
+            assert ds.BitsAllocated == 32, "the Parametric Map holds the float heatmap"
+        elif kind == "KO":
+            (image,) = [item for item in ds.ContentSequence if item.ValueType == "IMAGE"]
+            assert str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in source_uids
         else:
             assert references & source_uids, f"{kind} references no source instance"
         assert dciodvfy_errors(path) == [], f"dciodvfy errors in {kind} {path.name}"
@@ -251,8 +264,9 @@ def test_orthanc_sends_studies_and_receives_valid_results(deployment: Deployment
         results = download_results(orthanc, study_id, source_uids, deployment.folder / name)
         assert {str(ds.SOPInstanceUID) for _, ds in results} == set(expected)
         counts = check_results(results, datasets)
-        assert counts["SR"] == 1 and counts["SC"] == len(datasets)
-        assert counts.get("SEG", 0) == list(expected.values()).count("SEG")
+        # Every result type: SEG per image with a region, one SR, SC and PM per image, one PDF and KO.
+        images, segs = len(datasets), list(expected.values()).count("SEG")
+        assert counts == {"SR": 1, "SC": images, "PM": images, "PDF": 1, "KO": 1} | ({"SEG": segs} if segs else {})
     # Every result series is new in the original study: 3 sources + SR, SC and perhaps SEG series.
     assert len(orthanc.get(f"/studies/{orthanc_ids['cspine']}/series")) >= 5
 

@@ -1,0 +1,1 @@
+"""The node's HTTP server: ``/metrics``, ``/healthz`` and a small read-only dashboard."""

@@ -1,0 +1,275 @@
+"""The dashboard's pages: recent studies, and per study its timeline, thumbnails, report, deliveries.
+
+Read-only apart from one button (a failed delivery's retry, which asks for ``[http] token``).
+Studies are named by their Study Instance UID. Patient names and IDs are shown only with
+``[http] show_patient_data = true``; they are then read from the study's first stored instance.
+An overlay thumbnail of a source that has burned-in annotation (text that may name the patient)
+is hidden unless patient data is shown. Everything printed is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.orm import Session
+
+from miemss_node.config import HttpSettings
+from miemss_node.queue import repository
+from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState, Result, Study
+from miemss_node.thumbnails import Thumbnail, read_thumbnails, thumbnail_dir
+
+logger = logging.getLogger(__name__)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1d232a; background: #f6f7f9; }
+h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.4rem 0 .5rem; }
+.warning { color: #a00; font-weight: 600; margin-bottom: 1rem; }
+table { border-collapse: collapse; background: #fff; width: 100%; font-size: .85rem; }
+th, td { border: 1px solid #d5d9de; padding: .3rem .5rem; text-align: left; vertical-align: top; }
+th { background: #e9ecef; } code { font-size: .8rem; word-break: break-all; }
+.state-delivered { color: #16702e; font-weight: 600; } .state-failed { color: #a00; font-weight: 600; }
+.state-queued, .state-running, .state-encoded, .state-pending { color: #8a5a00; font-weight: 600; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 1rem; }
+figure { margin: 0; background: #fff; border: 1px solid #d5d9de; padding: .4rem; }
+figcaption { font-size: .75rem; max-width: 256px; } img { display: block; }
+.report { white-space: pre-wrap; background: #fff; border: 1px solid #d5d9de; padding: .6rem; }
+form { display: inline; } .muted { color: #5f6b76; font-size: .8rem; }
+"""
+
+
+def _time(value: datetime | None) -> str:
+    return "" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+def _state(value: str) -> str:
+    return f'<span class="state-{escape(value)}">{escape(value)}</span>'
+
+
+def page(title: str, body: str) -> bytes:
+    """A whole HTML page."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        '<div class="warning">MIEMSS node: AI-generated results, unverified, NOT FOR DIAGNOSIS.</div>'
+        f"{body}</body></html>"
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Milestones:
+    """When a job reached each step (None: not yet)."""
+
+    settled: datetime | None
+    processed: datetime | None
+    delivered: datetime | None
+
+
+def milestones(session: Session, job: Job | None) -> Milestones:
+    """Settled (the job was queued), processed (results encoded), delivered (every destination)."""
+    if job is None:
+        return Milestones(settled=None, processed=None, delivered=None)
+    events = repository.job_events(session, job.id)
+    processed = next((e.at for e in events if e.state in (JobState.ENCODED, JobState.DELIVERED)), None)
+    deliveries = repository.job_deliveries(session, job.id)
+    delivered = None
+    if job.state is JobState.DELIVERED:
+        times = [d.delivered_at for d in deliveries if d.delivered_at is not None]
+        delivered = max(times) if times else processed
+    return Milestones(settled=job.created_at, processed=processed, delivered=delivered)
+
+
+def patient_of(storage_dir: Path, session: Session, study: Study) -> str:
+    """"Name (ID)" from the study's first stored instance; only called with show_patient_data."""
+    instances = repository.study_instances(session, study.id)
+    if not instances:
+        return ""
+    try:
+        header = dcmread(
+            storage_dir / instances[0].path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"]
+        )
+    except (OSError, InvalidDicomError, ValueError):
+        return "(unreadable)"
+    return f"{header.get('PatientName', '')} ({header.get('PatientID', '')})"
+
+
+class Dashboard:
+    """Renders the dashboard's pages from the database and the storage folder."""
+
+    def __init__(self, settings: HttpSettings, storage_dir: Path) -> None:
+        self.settings = settings
+        self.storage_dir = storage_dir
+
+    def index(self, session: Session) -> bytes:
+        """The recent studies, newest first, with their latest job's milestones."""
+        show_patient = self.settings.show_patient_data
+        rows = []
+        for summary in repository.recent_studies(session, limit=self.settings.recent_studies):
+            study, job = summary.study, summary.latest_job
+            steps = milestones(session, job)
+            uid = escape(study.study_instance_uid)
+            thumbs = self._thumbnails(study.study_instance_uid, job)
+            thumb = (
+                f'<img src="/thumbs/{job.id}/{escape(thumbs[0].overlay)}" alt="overlay" width="64">'
+                if job is not None and thumbs and self._may_show(thumbs[0])
+                else ""
+            )
+            patient = f"<td>{escape(patient_of(self.storage_dir, session, study))}</td>" if show_patient else ""
+            rows.append(
+                f'<tr><td><a href="/studies/{uid}"><code>{uid}</code></a></td>{patient}'
+                f"<td>{summary.instance_count}</td><td>{_time(study.last_received_at)}</td>"
+                f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td><td>{_time(steps.delivered)}</td>"
+                f"<td>{_state(job.state.value) if job else _state('receiving')}</td><td>{thumb}</td></tr>"
+            )
+        patient_header = "<th>Patient</th>" if show_patient else ""
+        body = (
+            "<h1>Recent studies</h1>"
+            f'<p class="muted">The {self.settings.recent_studies} studies that last received an instance; '
+            "times in UTC. <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p>"
+            f"<table><tr><th>Study Instance UID</th>{patient_header}<th>Instances</th><th>Received</th>"
+            "<th>Settled</th><th>Processed</th><th>Delivered</th><th>State</th><th>Overlay</th></tr>"
+            f"{''.join(rows) or '<tr><td colspan=9>No study received yet.</td></tr>'}</table>"
+        )
+        return page("MIEMSS node: recent studies", body)
+
+    def study(self, session: Session, study: Study, *, notice: str = "") -> bytes:
+        """One study: timeline, and per job its thumbnails, report text, results and deliveries."""
+        uid = escape(study.study_instance_uid)
+        jobs = repository.study_jobs(session, study.id)
+        count = len(repository.study_instances(session, study.id))
+        parts = [
+            '<p><a href="/">&larr; recent studies</a></p>',
+            f"<h1>Study <code>{uid}</code></h1>",
+        ]
+        if self.settings.show_patient_data:
+            parts.append(f"<p>Patient: {escape(patient_of(self.storage_dir, session, study))}</p>")
+        if notice:
+            parts.append(f'<p class="muted">{escape(notice)}</p>')
+        timeline = [
+            (study.first_received_at, "received", f"first instance ({count} instance(s) in all)"),
+            (study.last_received_at, "received", "last instance"),
+        ]
+        for job in jobs:
+            timeline += [(event.at, f"job {job.id} {event.state.value}", event.detail or "") for event in repository.job_events(session, job.id)]
+            timeline += [
+                (delivery.delivered_at, f"job {job.id} delivered", f"to {delivery.destination}")
+                for delivery in repository.job_deliveries(session, job.id)
+                if delivery.delivered_at is not None
+            ]
+        timeline.sort(key=lambda item: item[0])
+        parts.append("<h2>Timeline (UTC)</h2><table><tr><th>When</th><th>What</th><th>Detail</th></tr>")
+        parts += [
+            f"<tr><td>{_time(at)}</td><td>{escape(what)}</td><td>{escape(detail)}</td></tr>" for at, what, detail in timeline
+        ]
+        parts.append("</table>")
+        for job in jobs:
+            parts.append(self._job_section(session, study, job))
+        return page(f"MIEMSS node: study {study.study_instance_uid}", "".join(parts))
+
+    def _may_show(self, thumbnail: Thumbnail) -> bool:
+        return self.settings.show_patient_data or not thumbnail.burned_in_annotation
+
+    def _thumbnails(self, study_uid: str, job: Job | None) -> list[Thumbnail]:
+        if job is None:
+            return []
+        return read_thumbnails(thumbnail_dir(self.storage_dir, study_uid, job.id))
+
+    def thumbnail_path(self, session: Session, job_id: int, name: str) -> Path | None:
+        """The file of a listed thumbnail that may be shown, else None."""
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        study = repository.study_of_job(session, job)
+        for thumbnail in self._thumbnails(study.study_instance_uid, job):
+            if name == thumbnail.heatmap or (name == thumbnail.overlay and self._may_show(thumbnail)):
+                return thumbnail_dir(self.storage_dir, study.study_instance_uid, job.id) / name
+        return None
+
+    def _job_section(self, session: Session, study: Study, job: Job) -> str:
+        results = repository.job_results(session, job.id)
+        parts = [f"<h2>Job {job.id} (version {job.version}): {_state(job.state.value)}</h2>"]
+        if job.last_error:
+            parts.append(f'<p class="muted">Last error: {escape(job.last_error)}</p>')
+        figures = []
+        for thumbnail in self._thumbnails(study.study_instance_uid, job):
+            frame = f", frame {thumbnail.frame_number}" if thumbnail.frame_number is not None else ""
+            caption = f"Image {thumbnail.image}{frame}: {thumbnail.regions} region(s)"
+            overlay = (
+                f'<img src="/thumbs/{job.id}/{escape(thumbnail.overlay)}" alt="overlay of image {thumbnail.image}">'
+                if self._may_show(thumbnail)
+                else '<p class="muted">Overlay hidden: the source has burned-in annotation.</p>'
+            )
+            heatmap = f'<img src="/thumbs/{job.id}/{escape(thumbnail.heatmap)}" alt="heatmap of image {thumbnail.image}">'
+            figures.append(
+                f"<figure>{overlay}<figcaption>{escape(caption)} (overlay)</figcaption></figure>"
+                f"<figure>{heatmap}<figcaption><code>{escape(thumbnail.sop_instance_uid)}</code> (heatmap)"
+                "</figcaption></figure>"
+            )
+        if figures:
+            parts.append(f'<div class="thumbs">{"".join(figures)}</div>')
+        parts.append("<h2>Report</h2>")
+        parts.append(self._report(results))
+        if results:
+            parts.append("<h2>Results</h2><table><tr><th>Type</th><th>SOP Instance UID</th></tr>")
+            parts += [f"<tr><td>{escape(r.kind)}</td><td><code>{escape(r.sop_instance_uid)}</code></td></tr>" for r in results]
+            parts.append("</table>")
+        deliveries = repository.job_deliveries(session, job.id)
+        if deliveries:
+            parts.append(
+                "<h2>Deliveries</h2><table><tr><th>Destination</th><th>State</th><th>Attempts</th>"
+                "<th>Delivered</th><th>Last error</th><th></th></tr>"
+            )
+            parts += [self._delivery_row(delivery) for delivery in deliveries]
+            parts.append("</table>")
+        return "".join(parts)
+
+    def _delivery_row(self, delivery: Delivery) -> str:
+        action = ""
+        if delivery.state is DeliveryState.FAILED:
+            if self.settings.token:
+                action = (
+                    f'<form method="post" action="/deliveries/{delivery.id}/retry">'
+                    '<input type="password" name="token" placeholder="token" required> '
+                    "<button type=\"submit\">Retry</button></form>"
+                )
+            else:
+                action = (
+                    '<button type="button" disabled title="set [http] token to enable">Retry</button>'
+                    ' <span class="muted">(no [http] token configured)</span>'
+                )
+        return (
+            f"<tr><td>{escape(delivery.destination)}</td><td>{_state(delivery.state.value)}</td>"
+            f"<td>{delivery.attempts}</td><td>{_time(delivery.delivered_at)}</td>"
+            f"<td>{escape(delivery.last_error or '')}</td><td>{action}</td></tr>"
+        )
+
+    def _report(self, results: list[Result]) -> str:
+        sr = next((result for result in results if result.kind == "SR"), None)
+        if sr is None:
+            return '<p class="muted">No Structured Report among this job\'s results.</p>'
+        try:
+            dataset = dcmread(self.storage_dir / sr.path)
+        except (OSError, InvalidDicomError, ValueError):
+            return '<p class="muted">The Structured Report could not be read.</p>'
+        lines = [f"{name}: {text}" for name, text in report_texts(dataset)]
+        return f'<div class="report">{escape(chr(10).join(lines))}</div>'
+
+
+def report_texts(sr: Dataset) -> list[tuple[str, str]]:
+    """Every TEXT content item of an SR, depth first: (concept name, text)."""
+    texts: list[tuple[str, str]] = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT":
+                name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+                texts.append((str(name), str(item.TextValue)))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk(list(sr.get("ContentSequence", [])))
+    return texts

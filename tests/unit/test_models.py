@@ -1,0 +1,186 @@
+"""ViT and BLIP loaded offline from local folders: loading, features, rollout, caption, pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from miemss_node.config import ModelSettings
+from miemss_node.errors import ModelError
+from miemss_node.pipeline.base import DecodedImage, PatchFeatures, PipelineSettings
+from miemss_node.pipeline.models import NO_MODELS, ModelSet, load_models, model_revision, resolve_device
+from miemss_node.pipeline.runner import analyse_image
+from miemss_node.pipeline.vit import FEATURE_NAMES, VitPatches, attention_rollout, join_vit_features
+from tests.support.paths import REPO_ROOT
+from tests.support.tiny_models import TinyModels, build_tiny_models, build_tiny_vit
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return build_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def models(tiny: TinyModels) -> ModelSet:
+    """As a worker loads them with the default settings: ViT in int8, BLIP in fp32."""
+    return load_models(ModelSettings(vit=str(tiny.vit), blip=str(tiny.blip), device="cpu"))
+
+
+def chest_like(shape: tuple[int, int] = (96, 80)) -> np.ndarray:
+    """A smooth image with a bright blob, float32 in [0, 1]."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]] / np.array(shape).reshape(2, 1, 1)
+    blob = ((rows - 0.3) ** 2 + (cols - 0.7) ** 2) < 0.02
+    return (0.2 + 0.5 * rows + 0.3 * blob).astype(np.float32)
+
+
+def test_no_folder_means_no_models_and_no_torch() -> None:
+    assert load_models(ModelSettings()) is NO_MODELS
+    assert NO_MODELS.runs == ()
+    # The receiver, the worker and check-config must start without importing torch/transformers.
+    code = (
+        "import sys, miemss_node.cli, miemss_node.node, miemss_node.worker, miemss_node.process;"
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules)); print(heavy); sys.exit(bool(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_models_are_named_with_their_weights_hash_and_parameters(tiny: TinyModels, models: ModelSet) -> None:
+    vit, blip = models.runs
+    assert (vit.role, vit.name, blip.role, blip.name) == ("vit", "tiny-vit", "blip", "tiny-blip")
+    assert vit.revision == model_revision(tiny.vit) and vit.revision.startswith("sha256 ")
+    assert len(vit.revision.split()[-1]) == 12 and vit.revision != blip.revision
+    assert "int8" in vit.parameters and "attention rollout" in vit.parameters
+    assert "greedy, max 30 new tokens, fp32 on cpu" in blip.parameters
+    assert blip.describe() == f"blip tiny-blip ({blip.revision}; {blip.parameters})"
+
+
+def test_fetched_folder_names_its_hub_repository_and_commit(tmp_path: Path) -> None:
+    folder = build_tiny_vit(tmp_path / "vit")
+    (folder / "miemss_model.json").write_text(json.dumps({"repo_id": "owner/vit", "revision": "a" * 40}))
+    loaded = load_models(ModelSettings(vit=str(folder), device="cpu", int8=()))
+    assert loaded.vit is not None
+    assert loaded.vit.run.name == "owner/vit"
+    assert loaded.vit.run.revision.startswith("commit aaaaaaaaaaaa, sha256 ")
+    assert "fp32" in loaded.vit.run.parameters
+
+
+def test_int8_quantises_the_linear_layers_on_the_cpu(models: ModelSet) -> None:
+    assert models.vit is not None and models.blip is not None
+    kinds = {type(module).__name__ for module in models.vit.model.modules()}
+    assert "DynamicQuantizedLinear" in kinds and "Linear" not in kinds
+    assert "DynamicQuantizedLinear" not in {type(module).__name__ for module in models.blip.model.modules()}
+
+
+def test_vit_patches_are_batched_and_match_one_by_one(models: ModelSet) -> None:
+    assert models.vit is not None
+    first, second = chest_like(), chest_like((60, 120))[::-1].copy()
+    batch = models.vit.patches([first, second])
+    alone = models.vit.patches([second])[0]
+    assert [p.embeddings.shape for p in batch] == [(4, 4, 32), (4, 4, 32)]
+    np.testing.assert_allclose(batch[1].embeddings, alone.embeddings, atol=1e-4)
+    np.testing.assert_allclose(batch[1].rollout, alone.rollout, atol=1e-5)
+    assert all(p.rollout.max() == pytest.approx(1.0) and p.rollout.min() >= 0.0 for p in batch)
+
+
+def test_attention_rollout_follows_the_class_token() -> None:
+    import torch
+
+    tokens = 5  # class token + 4 patches
+    uniform = torch.full((1, 2, tokens, tokens), 1.0 / tokens)
+    rollout = attention_rollout([uniform, uniform])
+    torch.testing.assert_close(rollout, torch.ones(1, tokens - 1))
+    focused = uniform.clone()
+    focused[0, :, 0, :] = 0.0
+    focused[0, :, 0, 3] = 1.0  # the class token attends to patch 3 (index 2 of the patches)
+    rollout = attention_rollout([uniform, focused])
+    assert int(rollout.argmax()) == 2 and float(rollout.max()) == 1.0
+
+
+def test_vit_columns_join_the_hog_features() -> None:
+    hog = PatchFeatures(
+        vectors=np.zeros((8 * 6, 5), dtype=np.float32), grid_shape=(8, 6), patch_size_px=(4.0, 4.0), extractors=("hog",)
+    )
+    rng = np.random.default_rng(0)
+    embeddings = np.ones((4, 4, 16), dtype=np.float32) + 0.01 * rng.standard_normal((4, 4, 16)).astype(np.float32)
+    embeddings[1, 2] = -1.0  # an odd token: the patches under it are the most novel
+    joined = join_vit_features(hog, VitPatches(embeddings=embeddings, rollout=np.ones((4, 4), dtype=np.float32)))
+    assert joined.vectors.shape == (48, 5 + len(FEATURE_NAMES))
+    assert joined.extractors == ("hog", "vit")
+    novelty = joined.vectors[:, 5].reshape(8, 6)
+    assert novelty[2:4, 3:5].min() > np.delete(novelty.ravel(), [15, 16, 21, 22]).max()
+
+
+def test_caption_is_what_a_plain_transformers_call_gives(tiny: TinyModels, models: ModelSet) -> None:
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    assert models.blip is not None
+    image = chest_like()
+    model = BlipForConditionalGeneration.from_pretrained(tiny.blip, local_files_only=True)
+    processor = BlipProcessor.from_pretrained(tiny.blip, local_files_only=True)
+    rgb = np.repeat(np.rint(image * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    with torch.no_grad():
+        ids = model.generate(**processor(images=rgb, return_tensors="pt"), max_new_tokens=30)
+    expected = processor.decode(ids[0], skip_special_tokens=True)
+    caption = models.blip.caption(image)
+    assert caption == " ".join(expected.split())
+    assert caption.split()[0] in ("chest", "x", "-", "ray", "lung", "bone")
+
+
+def test_pipeline_with_models_adds_vit_features_attention_and_caption(models: ModelSet) -> None:
+    image = DecodedImage(pixels=chest_like((128, 112)), pixel_spacing_mm=(0.5, 0.5))
+    settings = PipelineSettings(analysis_max_side=128, patch_size=8)
+    with_models = analyse_image(image, settings, models)
+    plain = analyse_image(image, settings)
+    assert with_models.features.extractors == ("hog", "vit")
+    assert with_models.features.vectors.shape[1] == plain.features.vectors.shape[1] + len(FEATURE_NAMES)
+    assert with_models.attention is not None and with_models.attention.heatmap.shape == (128, 112)
+    assert with_models.attention.grid_shape == (4, 4)
+    assert with_models.caption
+    assert {"vit", "caption"} <= set(with_models.stage_seconds)
+    assert plain.attention is None and plain.caption is None and plain.features.extractors == ("hog",)
+    without_caption = analyse_image(image, settings, models, caption=False)
+    assert without_caption.caption is None and without_caption.attention is not None
+
+
+def test_a_folder_that_is_not_a_model_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"could not be loaded as ViTModel offline.*save_pretrained"):
+        load_models(ModelSettings(vit=str(tmp_path), device="cpu"))
+
+
+def test_missing_weights_are_an_error_not_a_random_init(tmp_path: Path) -> None:
+    folder = build_tiny_vit(tmp_path / "vit")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(ModelError, match=r"lacks \d+ weight\(s\) of ViTModel"):
+        load_models(ModelSettings(vit=str(folder), device="cpu"))
+
+
+def test_cuda_without_a_gpu_says_what_to_set() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == "cuda"
+        return
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ModelError, match="sees no GPU.*device = 'auto' or 'cpu'"):
+        resolve_device("cuda")
+
+
+def test_beam_search_settings_reach_the_captioner(tiny: TinyModels) -> None:
+    loaded = load_models(
+        replace(ModelSettings(blip=str(tiny.blip), device="cpu"), caption_beams=2, caption_max_tokens=5)
+    )
+    assert loaded.blip is not None
+    assert "beam search (2 beams), max 5 new tokens" in loaded.blip.run.parameters
+    assert 1 <= len(loaded.blip.caption(chest_like()).split()) <= 5
