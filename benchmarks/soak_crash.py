@@ -53,11 +53,12 @@ class SoakReport:
     studies_without_sr: int = 0
     duplicated_results: int = 0
     stuck_jobs: int = 0
+    hung_stops: int = 0
     problems: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         """True when nothing was lost, duplicated or stuck."""
-        return not (self.lost or self.studies_without_sr or self.duplicated_results or self.stuck_jobs)
+        return not (self.lost or self.studies_without_sr or self.duplicated_results or self.stuck_jobs or self.hung_stops)
 
 
 def free_port() -> int:
@@ -67,10 +68,11 @@ def free_port() -> int:
 
 
 def start_node(config: Path, port: int) -> subprocess.Popen[bytes]:
+    log = (config.parent / "node.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "miemss_node", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
         start_new_session=True,  # its own process group: SIGKILL takes the worker child down too
     )
     deadline = time.monotonic() + 60
@@ -130,7 +132,14 @@ def run_trial(rng: random.Random, report: SoakReport, folder: Path, pacs: PacsSc
         wait_until_quiet(folder / "store" / "miemss.db", timeout=120)
     finally:
         node.send_signal(signal.SIGTERM)
-        node.wait(timeout=60)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.send_signal(signal.SIGUSR1)  # dump its threads into node.log
+            time.sleep(2)
+            kill_group(node)
+            report.problems.append("node did not stop within 60 s of SIGTERM:\n" + (folder / "node.log").read_text()[-6000:])
+            report.hung_stops += 1
     check(folder / "store", studies, acknowledged, pacs, report)
     report.trials += 1
     report.instances_sent += sum(len(study) for study in studies)
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--studies", type=int, default=3, help="studies sent per trial")
+    parser.add_argument("--log", help="write every problem (with the node's log) to this file")
     args = parser.parse_args()
     started = time.monotonic()
     report = run_trials(args.trials, args.seed, args.studies)
@@ -206,9 +216,11 @@ def main() -> None:
     print(f"acknowledged but lost: {report.lost}")
     print(f"studies with acknowledged instances: {report.studies}, without an SR: {report.studies_without_sr}")
     print(f"duplicated results (extra SR versions): {report.duplicated_results}")
-    print(f"stuck jobs: {report.stuck_jobs}")
+    print(f"stuck jobs: {report.stuck_jobs}; stops that hung: {report.hung_stops}")
     for problem in report.problems[:20]:
         print(f"  {problem}")
+    if args.log and report.problems:
+        Path(args.log).write_text("\n\n".join(report.problems))
     raise SystemExit(0 if report.ok() else 1)
 
 

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a failure while running, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -162,6 +163,7 @@ def _run_until_signal(node: Node) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     node.start()
     node.wait()
     node.stop()

@@ -67,6 +67,8 @@ class DecodedImage:
     #: 1-based frame number for multi-frame sources, None for single-frame.
     frame_number: int | None = None
     modality: str = "OT"
+    #: Body Part Examined (0018,0015), upper case; "" when unknown (a PNG/JPEG input).
+    body_part: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -191,6 +191,7 @@ def _decode_all(ds: Dataset, max_frames: int | None) -> list[DecodedImage]:
         ds.file_meta = _file_meta_with_syntax(ds)
     n_frames = _frame_count(ds, uid)
     modality = str(ds.get("Modality", "") or "OT").strip() or "OT"
+    body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     images = [
         DecodedImage(
             pixels=_decode_frame(ds, index, uid),
@@ -198,6 +199,7 @@ def _decode_all(ds: Dataset, max_frames: int | None) -> list[DecodedImage]:
             sop_instance_uid=uid,
             frame_number=index + 1 if n_frames > 1 else None,
             modality=modality,
+            body_part=body_part,
         )
         for index in range(n_frames if max_frames is None else min(n_frames, max_frames))
     ]

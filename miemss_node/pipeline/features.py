@@ -25,7 +25,7 @@ from skimage.feature import hog
 from skimage.transform import resize
 
 from miemss_node.pipeline.base import EnhancedImage, PatchFeatures, PipelineSettings
-from miemss_node.pipeline.field_of_view import field_mask, patch_validity
+from miemss_node.pipeline.field_of_view import field_mask, lung_field, patch_validity
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
     work = to_working(enhanced.pixels, settings.analysis_max_side)
     patch = effective_patch(work.shape, settings.patch_size)
     grid = (work.shape[0] // patch, work.shape[1] // patch)
-    valid = patch_validity(field_mask(work), patch, grid)
+    valid = patch_validity(analysis_mask(work, lungs=settings.lung_field), patch, grid)
     histograms = hog(
         work,
         orientations=HOG_ORIENTATIONS,
@@ -102,6 +102,17 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
         extractors=("hog",),
         valid=valid,
     )
+
+
+def analysis_mask(work: np.ndarray, *, lungs: bool) -> np.ndarray:
+    """Where to look in a working image: the field of view, or the lung fields when asked and found."""
+    field = field_mask(work)
+    if lungs:
+        lung = lung_field(work, field)
+        if lung is not None:
+            logger.debug("lung fields found", extra={"action": "features.lung_field"})
+            return lung
+    return field
 
 
 def _statistics(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.ndarray:

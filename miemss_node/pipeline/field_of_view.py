@@ -6,6 +6,12 @@ white) and direct-exposure (near black) background, burned-in letters and marker
 first. The mask is deliberately simple: pixels that are neither near-black, near-white nor locally
 flat, cleaned by a morphological opening, restricted to the large connected parts, with holes filled
 (a saturated structure inside the body, such as metal or a dense lesion, stays in the field).
+
+On a chest film the lungs are where nodules and opacities are looked for, and the mediastinum,
+shoulders, diaphragm and abdomen hold the strongest normal structure, so :func:`lung_field` adds an
+estimate of the lung fields: the two large dark parts of the body, one on each side, taller than wide,
+each replaced by its convex hull (so that a dense lesion at a lung's edge stays inside). When no such
+pair is found (not a PA/AP chest film), it returns None and the whole field of view is used.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import logging
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import disk
+from skimage.filters import gaussian, threshold_otsu
+from skimage.measure import regionprops
+from skimage.morphology import convex_hull_image, disk
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,19 @@ FLAT_STD = 2e-4
 MIN_PART_FRACTION = 0.05
 #: A patch is valid when at least this fraction of its pixels is in the field.
 MIN_PATCH_COVERAGE = 0.9
+
+#: A lung candidate covers at least this fraction of the image ...
+LUNG_MIN_AREA = 0.03
+#: ... spans at least this fraction of its height, and between these fractions of its width ...
+LUNG_MIN_HEIGHT = 0.3
+LUNG_WIDTH = (0.1, 0.45)
+#: ... is at least this much taller than wide, with its centroid in this band of rows ...
+LUNG_MIN_ASPECT = 1.1
+LUNG_CENTROID_ROWS = (0.2, 0.7)
+#: ... and is not near-black background (its median display value is at least this).
+LUNG_MIN_LEVEL = 0.08
+#: The larger lung is at most this many times the smaller one.
+LUNG_MAX_AREA_RATIO = 2.5
 
 
 def field_mask(working: np.ndarray) -> np.ndarray:
@@ -54,6 +75,65 @@ def field_mask(working: np.ndarray) -> np.ndarray:
     field = ndimage.binary_opening(field, structure=disk(radius))
     field = _large_parts(field)
     return ndimage.binary_fill_holes(field)
+
+
+def lung_field(working: np.ndarray, field: np.ndarray) -> np.ndarray | None:
+    """Estimate the lung fields of a PA/AP chest film at working resolution.
+
+    Parameters
+    ----------
+    working
+        The working image, display-oriented (lungs dark).
+    field
+        Its field-of-view mask (:func:`field_mask`).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Boolean, True inside either lung's convex hull (and the field); None when the image does
+        not show two lungs side by side.
+    """
+    rows, cols = working.shape
+    if min(rows, cols) < 32:
+        return None
+    smooth = gaussian(np.asarray(working, dtype=np.float32), sigma=max(1.0, min(rows, cols) / 128))
+    inner = ndimage.binary_erosion(field, structure=disk(max(1, min(rows, cols) // 64)))
+    if inner.sum() < 0.1 * rows * cols:
+        return None
+    dark = (smooth < threshold_otsu(smooth[inner])) & inner
+    # A wide opening breaks the thin links between a lung and the dark outside of the body.
+    dark = ndimage.binary_opening(dark, structure=disk(max(1, min(rows, cols) // 40)))
+    labels, _count = ndimage.label(dark)
+    candidates = [p for p in regionprops(labels, intensity_image=smooth) if _lung_like(p, rows, cols)]
+    left = [p for p in candidates if p.centroid[1] < cols / 2]
+    right = [p for p in candidates if p.centroid[1] >= cols / 2]
+    if not left or not right:
+        return None
+    lungs = [max(left, key=lambda p: p.area), max(right, key=lambda p: p.area)]
+    if max(p.area for p in lungs) > LUNG_MAX_AREA_RATIO * min(p.area for p in lungs):
+        return None
+    hull = np.zeros((rows, cols), dtype=bool)
+    for lung in lungs:
+        hull |= convex_hull_image(labels == lung.label)
+    return hull & field
+
+
+def _lung_like(region: object, rows: int, cols: int) -> bool:
+    """Whether a dark part of the body has the size, shape and place of a lung."""
+    top, left, bottom, right = region.bbox  # type: ignore[attr-defined]
+    height, width = (bottom - top) / rows, (right - left) / cols
+    centroid_row = region.centroid[0] / rows  # type: ignore[attr-defined]
+    touches_border = top == 0 or left == 0 or bottom == rows or right == cols
+    level = float(np.median(region.image_intensity[region.image]))  # type: ignore[attr-defined]
+    return (
+        region.area >= LUNG_MIN_AREA * rows * cols  # type: ignore[attr-defined]
+        and not touches_border
+        and height >= LUNG_MIN_HEIGHT
+        and LUNG_WIDTH[0] <= width <= LUNG_WIDTH[1]
+        and height * rows >= LUNG_MIN_ASPECT * width * cols
+        and LUNG_CENTROID_ROWS[0] <= centroid_row <= LUNG_CENTROID_ROWS[1]
+        and level >= LUNG_MIN_LEVEL
+    )
 
 
 def patch_validity(field: np.ndarray, patch: int, grid_shape: tuple[int, int]) -> np.ndarray:

@@ -20,6 +20,7 @@ from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features
 from miemss_node.pipeline.models import NO_MODELS, ModelSet
+from miemss_node.pipeline.modality import settings_for_image
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
 from miemss_node.pipeline.vit import attention_map, join_vit_features
@@ -57,6 +58,7 @@ def analyse_image(
         If a stage fails; ``stage`` names it and the cause is chained.
     """
     seconds: dict[str, float] = {}
+    settings = settings_for_image(settings, image)
     enhanced = _timed("enhance", seconds, lambda: enhance(image, settings.denoise_method))
     features = _timed("features", seconds, lambda: patch_features(enhanced, settings))
     attention = None

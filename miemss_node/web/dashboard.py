@@ -68,6 +68,17 @@ class Milestones:
     settled: datetime | None
     processed: datetime | None
     delivered: datetime | None
+    #: Destinations delivered to, out of the job's deliveries.
+    destinations_done: int = 0
+    destinations: int = 0
+
+    def delivered_text(self) -> str:
+        """The time every destination had the results, else how many have them so far."""
+        if self.delivered is not None:
+            return _time(self.delivered)
+        if self.destinations:
+            return f"{self.destinations_done} of {self.destinations} destinations"
+        return ""
 
 
 def milestones(session: Session, job: Job | None) -> Milestones:
@@ -81,7 +92,13 @@ def milestones(session: Session, job: Job | None) -> Milestones:
     if job.state is JobState.DELIVERED:
         times = [d.delivered_at for d in deliveries if d.delivered_at is not None]
         delivered = max(times) if times else processed
-    return Milestones(settled=job.created_at, processed=processed, delivered=delivered)
+    return Milestones(
+        settled=job.created_at,
+        processed=processed,
+        delivered=delivered,
+        destinations_done=sum(d.state is DeliveryState.DELIVERED for d in deliveries),
+        destinations=len(deliveries),
+    )
 
 
 def patient_of(storage_dir: Path, session: Session, study: Study) -> str:
@@ -123,7 +140,7 @@ class Dashboard:
             rows.append(
                 f'<tr><td><a href="/studies/{uid}"><code>{uid}</code></a></td>{patient}'
                 f"<td>{summary.instance_count}</td><td>{_time(study.last_received_at)}</td>"
-                f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td><td>{_time(steps.delivered)}</td>"
+                f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td><td>{escape(steps.delivered_text())}</td>"
                 f"<td>{_state(job.state.value) if job else _state('receiving')}</td><td>{thumb}</td></tr>"
             )
         patient_header = "<th>Patient</th>" if show_patient else ""
@@ -261,12 +278,16 @@ class Dashboard:
 
 
 def report_texts(sr: Dataset) -> list[tuple[str, str]]:
-    """Every TEXT content item of an SR, depth first: (concept name, text)."""
+    """The report's statements: every TEXT item an SR CONTAINS, depth first (concept name, text).
+
+    Observation context and modifiers (observer names, tracking identifiers, algorithm names) are
+    left out.
+    """
     texts: list[tuple[str, str]] = []
 
     def walk(items: list[Dataset]) -> None:
         for item in items:
-            if item.get("ValueType") == "TEXT":
+            if item.get("ValueType") == "TEXT" and item.get("RelationshipType") == "CONTAINS":
                 name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
                 texts.append((str(name), str(item.TextValue)))
             walk(list(item.get("ContentSequence", [])))
