@@ -23,10 +23,11 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk), Orthanc (orthanc).
+# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk), Orthanc (orthanc),
+# headless Chromium for the dashboard screenshot (chromium), pdftotext for the PDF report (poppler-utils).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc chromium poppler-utils
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -196,7 +196,7 @@ def _models_check(args: argparse.Namespace) -> int:
     for check in checks:
         run = check.run
         print(f"{run.role}: {run.name} ({run.revision})")
-        print(f"  {run.parameters}; {check.parameters_millions:.1f} M parameters")
+        print(f"  {run.parameters}; {check.parameters:,} parameters")
         print(f"  loaded in {check.load_seconds:.2f} s; forward pass {check.forward_seconds:.3f} s: {check.output}")
     return EXIT_OK
 

@@ -15,7 +15,7 @@ from miemss_node.config import Config
 from miemss_node.pipeline.models import NO_MODELS, load_models
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.receive.handlers import InstanceStore
-from miemss_node.receive.scp import start_receiver
+from miemss_node.receive.scp import start_receiver, stop_receiver
 from miemss_node.retention import Janitor
 from miemss_node.send import Sender
 from miemss_node.settle import Settler
@@ -158,7 +158,7 @@ class Node:
             self.http.stop()
             self.http = None
         if self.server is not None:
-            self.server.shutdown()
+            stop_receiver(self.server)
             self.server = None
         for child in self._children:
             child.terminate()  # SIGTERM: the child finishes its current job step and exits

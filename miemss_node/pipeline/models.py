@@ -200,8 +200,8 @@ class ModelCheck:
     load_seconds: float
     #: Seconds of one forward pass (a caption for BLIP) on a synthetic 512x512 image, after a warm-up.
     forward_seconds: float
-    #: Parameters of the model, in millions.
-    parameters_millions: float
+    #: Parameters of the model (int8 Linear weights included).
+    parameters: int
     #: What the pass produced, e.g. the caption or the token grid.
     output: str
 
@@ -242,13 +242,12 @@ def check_models(settings: ModelSettings) -> list[ModelCheck]:
             elif loaded.blip is not None:
                 output = f"caption {loaded.blip.caption(image)!r}"
             forward_seconds = time.perf_counter() - started
-        count = _parameter_count(model.model) / 1e6
         checks.append(
             ModelCheck(
                 run=model.run,
                 load_seconds=load_seconds,
                 forward_seconds=forward_seconds,
-                parameters_millions=count,
+                parameters=_parameter_count(model.model),
                 output=output,
             )
         )

@@ -108,3 +108,10 @@ def start_receiver(
         extra={"action": "receive.listening", "port": port},
     )
     return server
+
+
+def stop_receiver(server: ThreadedAssociationServer) -> None:
+    """Stop the SCP and undo :func:`enable_chunked_receive`'s process-wide settings."""
+    server.shutdown()
+    tempfile.tempdir = None
+    _config.STORE_RECV_CHUNKED_DATASET = False

@@ -1,0 +1,127 @@
+"""Evaluation results as a terminal table, a JSON file and a PNG plot (drawn with Pillow)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from miemss_node.evaluate.synthetic import DETECTORS, SyntheticResult, summarise
+
+#: Bar colours of the detectors in the plot.
+COLOURS = {"per_image": (31, 119, 180), "reference": (44, 160, 44), "zscore": (214, 39, 40)}
+
+
+def _number(value: object, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"  # type: ignore[arg-type]
+
+
+def synthetic_table(result: SyntheticResult) -> str:
+    """Dice, IoU, per-lesion sensitivity and FP regions per image, by kind and contrast, per detector."""
+    rows = summarise(result.runs)
+    detectors = [d for d in DETECTORS if any(r["detector"] == d for r in rows)]
+    header = f"{'lesion':<8} {'contrast':>8} " + " | ".join(f"{d + ': Dice  IoU  Sens FP/im':<30}" for d in detectors)
+    lines = [
+        f"Synthetic lesions in {len(result.images)} image(s); reference model: {result.reference}",
+        header,
+        "-" * len(header),
+    ]
+    keys = sorted({(str(r["kind"]), float(r["contrast"])) for r in rows}, key=lambda k: (k[0] != "none", k[0], k[1]))  # type: ignore[arg-type]
+    for kind, contrast in keys:
+        cells = []
+        for detector in detectors:
+            match = [r for r in rows if (r["detector"], r["kind"], r["contrast"]) == (detector, kind, contrast)]
+            if not match:
+                cells.append(f"{'':<30}")
+                continue
+            row = match[0]
+            cells.append(
+                f"{' ' * (len(detector) + 1)} {_number(row['dice']):>5} {_number(row['iou']):>4} "
+                f"{_number(row['sensitivity']):>4} {_number(row['fp_per_image'], 1):>5}".ljust(30)
+            )
+        lines.append(f"{kind:<8} {contrast:>8.2f} " + " | ".join(cells))
+    lines.append("(lesion 'none': the films without lesions; FP/im there is false-positive regions per normal film)")
+    return "\n".join(lines)
+
+
+def enhancement_table(result: SyntheticResult) -> str:
+    """PSNR/SSIM of the enhancement against the clean image, noisy input beside it."""
+    lines = [f"{'image':<40} {'method':<12} {'noisy PSNR':>10} {'SSIM':>6} {'enhanced PSNR':>13} {'SSIM':>6}"]
+    for record in result.enhancement:
+        lines.append(
+            f"{record.image[:40]:<40} {record.method:<12} {record.noisy_psnr_db:10.2f} {record.noisy_ssim:6.3f} "
+            f"{record.enhanced_psnr_db:13.2f} {record.enhanced_ssim:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def pairs_table(records: Sequence[dict[str, Any]]) -> str:
+    """Dice, IoU, sensitivity and FP regions for user image + mask pairs, per detector."""
+    lines = [f"{'image':<36} {'detector':<10} {'Dice':>5} {'IoU':>5} {'hits':>6} {'FP':>4}"]
+    for record in records:
+        lines.append(
+            f"{str(record['image'])[:36]:<36} {record['detector']:<10} {_number(record['dice']):>5} "
+            f"{_number(record['iou']):>5} {record['hits']:>3}/{record['lesions']:<2} {record['false_positives']:>4}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, result: SyntheticResult | None, pairs: Sequence[dict[str, Any]] = ()) -> None:
+    """Write the summary, the per-run records and the enhancement measurements as JSON."""
+    payload: dict[str, Any] = {"pairs": list(pairs)}
+    if result is not None:
+        payload.update(
+            {
+                "reference": result.reference,
+                "seconds": round(result.seconds, 2),
+                "images": result.images,
+                "summary": summarise(result.runs),
+                "enhancement": [asdict(r) for r in result.enhancement],
+                "runs": [asdict(r) for r in result.runs],
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def plot_png(path: Path, result: SyntheticResult) -> None:
+    """Three bar panels (sensitivity, Dice, FP regions per image) by lesion kind and contrast, per detector."""
+    rows = summarise(result.runs)
+    detectors = [d for d in DETECTORS if any(r["detector"] == d for r in rows)]
+    groups = sorted({(str(r["kind"]), float(r["contrast"])) for r in rows}, key=lambda k: (k[0] != "none", k[0], k[1]))  # type: ignore[arg-type]
+    panels = (("per-lesion sensitivity", "sensitivity", 1.0), ("Dice", "dice", 1.0), ("FP regions / image", "fp_per_image", None))
+    width, panel_height, margin = 110 + 70 * len(groups), 220, 40
+    image = Image.new("RGB", (width, margin + len(panels) * (panel_height + margin) + 30), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    draw.text((10, 8), f"Synthetic lesions, {len(result.images)} image(s); reference: {result.reference}", fill="black", font=font)
+    for index, (title, key, top) in enumerate(panels):
+        y0 = margin + index * (panel_height + margin)
+        values = [r[key] for r in rows if r[key] is not None]
+        scale_top = top if top is not None else max([1.0, *[float(v) for v in values]])  # type: ignore[arg-type]
+        draw.text((10, y0 - 14), f"{title} (axis 0..{scale_top:g})", fill="black", font=font)
+        draw.line((90, y0, 90, y0 + panel_height), fill="black")
+        draw.line((90, y0 + panel_height, width - 10, y0 + panel_height), fill="black")
+        for g, (kind, contrast) in enumerate(groups):
+            x0 = 100 + 70 * g
+            label = "normal" if kind == "none" else f"{kind[:3]} {contrast:.2f}"
+            draw.text((x0, y0 + panel_height + 3), label, fill="black", font=font)
+            for d, detector in enumerate(detectors):
+                match = [r for r in rows if (r["detector"], r["kind"], r["contrast"]) == (detector, kind, contrast)]
+                value = match[0][key] if match else None
+                if value is None:
+                    continue
+                bar = int(panel_height * min(float(value) / scale_top, 1.0))  # type: ignore[arg-type]
+                x = x0 + 18 * d
+                draw.rectangle((x, y0 + panel_height - bar, x + 15, y0 + panel_height), fill=COLOURS.get(detector, (0, 0, 0)))
+    legend_y = image.height - 22
+    for d, detector in enumerate(detectors):
+        x = 10 + 140 * d
+        draw.rectangle((x, legend_y, x + 12, legend_y + 12), fill=COLOURS.get(detector, (0, 0, 0)))
+        draw.text((x + 18, legend_y), detector, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
