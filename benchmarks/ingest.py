@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,24 +32,17 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.transform import resize
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.net import free_port, wait_for_port  # noqa: E402
+
 SHARED_CT = REPO.parent / "shared" / "data" / "dicom" / "other" / "ct_series_3slices"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def uncompressed(ds: Dataset, pixels: np.ndarray) -> Dataset:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,11 @@ from pydicom.data import get_testdata_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support.net import free_port, wait_for_port  # noqa: E402
 from tests.support.peers import PacsScp, store_datasets  # noqa: E402
 from tests.support.studies import copies_as_new_study  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -55,14 +51,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"the node did not listen on {port}")
 
 
 def in_process_baseline(study: list[Dataset]) -> float:

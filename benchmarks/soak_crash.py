@@ -18,7 +18,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:
 
 from pydicom.data import get_testdata_file  # noqa: E402
 
+from tests.support.net import free_port, wait_for_port  # noqa: E402
 from tests.support.peers import PacsScp, store_datasets  # noqa: E402
 from tests.support.studies import copies_as_new_study  # noqa: E402
 
@@ -61,10 +61,6 @@ class SoakReport:
         return not (self.lost or self.studies_without_sr or self.duplicated_results or self.stuck_jobs or self.hung_stops)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_node(config: Path, port: int) -> subprocess.Popen[bytes]:
@@ -75,13 +71,8 @@ def start_node(config: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=log,
         start_new_session=True,  # its own process group: SIGKILL takes the worker child down too
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    raise RuntimeError("the node did not start")
+    wait_for_port(port, process=process)
+    return process
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -20,6 +20,7 @@ import pydicom
 import pynetdicom
 from pydicom.uid import (
     UID,
+    Comprehensive3DSRStorage,
     EncapsulatedPDFStorage,
     KeyObjectSelectionDocumentStorage,
     ParametricMapStorage,
@@ -43,16 +44,13 @@ from miemss_node.send import (
     classify_status,
 )
 
-#: Comprehensive 3D SR Storage (PS3.4 B.5): our TID 1500 report (pydicom 3.0 has no constant for it).
-COMPREHENSIVE_3D_SR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.34")
-
 #: The SOP class of each result type (:data:`miemss_node.config.RESULT_TYPES`); a test checks these
 #: against what :func:`~miemss_node.encode.encode_study` builds.
 RESULT_SOP_CLASSES: dict[str, UID] = {
     "SEG": SegmentationStorage,
     "SC": SecondaryCaptureImageStorage,
     "PM": ParametricMapStorage,
-    "SR": COMPREHENSIVE_3D_SR_STORAGE,
+    "SR": Comprehensive3DSRStorage,
     "PDF": EncapsulatedPDFStorage,
     "KO": KeyObjectSelectionDocumentStorage,
 }

@@ -111,8 +111,8 @@ class DatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         by_state = GaugeMetricFamily("miemss_jobs", "Jobs in each state.", labels=["state"])
-        for state in JobState:
-            by_state.add_metric([state.value], jobs.get(state, 0))
+        for job_state in JobState:
+            by_state.add_metric([job_state.value], jobs.get(job_state, 0))
         yield by_state
         depth = GaugeMetricFamily(
             "miemss_queue_depth", "Work waiting: queued jobs and pending deliveries.", labels=["queue"]
@@ -123,8 +123,8 @@ class DatabaseCollector(Collector):
         delivery_states = GaugeMetricFamily(
             "miemss_delivery_states", "Deliveries (one per job and destination) in each state.", labels=["state"]
         )
-        for state in DeliveryState:
-            delivery_states.add_metric([state.value], deliveries.get(state, 0))
+        for delivery_state in DeliveryState:
+            delivery_states.add_metric([delivery_state.value], deliveries.get(delivery_state, 0))
         yield delivery_states
         stages = HistogramMetricFamily(
             "miemss_stage_duration_seconds",

@@ -124,7 +124,8 @@ class Node:
             return "the receiver is not running"
         if self.config.tls.enabled:
             # The probe has no client certificate for a TLS receiver: check the listening socket.
-            return None if server.socket.fileno() != -1 else "the receiver's socket is closed"
+            listening = server.socket is not None and server.socket.fileno() != -1
+            return None if listening else "the receiver's socket is closed"
         return echo_problem(self.config.node.host, self.port, self.config.node.ae_title)
 
     def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:

@@ -85,13 +85,19 @@ class _HeatmapMap(ParametricMap):
         super()._build_luts()
 
 
-def _spacing(source: Dataset, analysis: ImageAnalysis) -> tuple[float, float]:
+def _spacing(analysis: ImageAnalysis) -> tuple[float, float]:
     return analysis.decoded.pixel_spacing_mm or _UNKNOWN_SPACING_MM
 
 
-def _geometry(
-    source: Dataset, analysis: ImageAnalysis
-) -> tuple[Dataset, dict[str, object]]:
+def _frame_group(source: Dataset, frame: int, sequence: str) -> Dataset:
+    """A functional group's item for one frame: the frame's own, else the shared one (PS3.3 C.7.6.16)."""
+    own = source.PerFrameFunctionalGroupsSequence[frame - 1]
+    if sequence in own:
+        return own[sequence].value[0]
+    return source.SharedFunctionalGroupsSequence[0][sequence].value[0]
+
+
+def _geometry(source: Dataset, analysis: ImageAnalysis) -> tuple[Dataset, dict[str, object]]:
     """Return the header highdicom reads and the geometry arguments of the map.
 
     A single-frame source with a Frame of Reference and a plane is passed as is. Any other source
@@ -107,16 +113,14 @@ def _geometry(
     uid = str(source.SOPInstanceUID)
     if "FrameOfReferenceUID" in source and "PerFrameFunctionalGroupsSequence" in source and frame is not None:
         # An enhanced multi-frame image: the frame's own plane, in the source's Frame of Reference.
-        item = source.PerFrameFunctionalGroupsSequence[frame - 1]
-        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
-        shared = source.SharedFunctionalGroupsSequence[0]
-        orientation = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
-        spacing = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+        position = [float(v) for v in _frame_group(source, frame, "PlanePositionSequence").ImagePositionPatient]
+        orientation = [float(v) for v in _frame_group(source, frame, "PlaneOrientationSequence").ImageOrientationPatient]
+        spacing = [float(v) for v in _frame_group(source, frame, "PixelMeasuresSequence").PixelSpacing]
         frame_of_reference = str(source.FrameOfReferenceUID)
     else:
         position = [0.0, 0.0, 0.0]
         orientation = list(_IDENTITY_ORIENTATION)
-        spacing = list(_spacing(source, analysis))
+        spacing = list(_spacing(analysis))
         frame_of_reference = str(derive_uid("parametric-map-frame-of-reference", uid))
     if "NumberOfFrames" in source:
         # A multi-frame IOD: highdicom reads one frame's plane from the functional groups.
@@ -131,8 +135,8 @@ def _geometry(
         plane_position = Dataset()
         plane_position.ImagePositionPatient = position
         per_frame.PlanePositionSequence = [plane_position]
-        for keyword, value in (("SharedFunctionalGroupsSequence", shared), ("PerFrameFunctionalGroupsSequence", per_frame)):
-            header[Tag(keyword)] = DataElement(Tag(keyword), "SQ", [value])
+        for keyword, group in (("SharedFunctionalGroupsSequence", shared), ("PerFrameFunctionalGroupsSequence", per_frame)):
+            header[Tag(keyword)] = DataElement(Tag(keyword), "SQ", [group])
     header[Tag("FrameOfReferenceUID")] = DataElement(Tag("FrameOfReferenceUID"), "UI", frame_of_reference)
     header[Tag("PositionReferenceIndicator")] = DataElement(
         Tag("PositionReferenceIndicator"), "LO", source.get("PositionReferenceIndicator", "") or ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import os
 import shutil
@@ -86,7 +86,7 @@ def start_receiver(
     if node.chunked_receive:
         enable_chunked_receive(store.storage_dir)
     ae = build_receiver_ae(node)
-    handlers = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
+    handlers: list[tuple[Any, ...]] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
     handlers += [
         (evt.EVT_ESTABLISHED, handle_association, ["established"]),
         (evt.EVT_REJECTED, handle_association, ["rejected"]),

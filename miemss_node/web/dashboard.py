@@ -58,7 +58,7 @@ def page(title: str, body: str) -> bytes:
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
         '<div class="warning">MIEMSS node: AI-generated results, unverified, NOT FOR DIAGNOSIS.</div>'
         f"{body}</body></html>"
-    ).encode("utf-8")
+    ).encode()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,12 +17,12 @@ token travels in the request body.
 from __future__ import annotations
 
 import hmac
-from html import escape
 import json
 import logging
 import re
 import threading
 from collections.abc import Callable
+from html import escape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -174,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
     def app(self) -> HttpServer:
         return self.server.app  # type: ignore[attr-defined,no-any-return]
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         """Requests go to our logger at DEBUG, never to stderr."""
         logger.debug("http: " + format, *args, extra={"action": "http.request"})
 
@@ -194,10 +194,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._html(status, page(f"{status}", f"<h1>{int(status)}</h1><p>{escape(message)}</p>"))
 
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:
         self.do_GET()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         try:
             if url.path == "/metrics":
@@ -231,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         match = _RETRY_PATH.match(urlsplit(self.path).path)
         if match is None:
             self._error(HTTPStatus.NOT_FOUND, "Not found.")

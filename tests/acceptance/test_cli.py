@@ -17,26 +17,14 @@ from pydicom import dcmread
 
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.paths import shared_file, wg04_chest_cr
+from tests.support.net import free_port, wait_for_port
 from tests.support.peers import PacsScp, store_files
 
 CLI = [sys.executable, "-m", "miemss_node"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "serve exited early"
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {timeout} s")
 
 
 def test_version() -> None:
@@ -57,7 +45,7 @@ def test_serve_receives_processes_sends_and_stops_on_sigterm(tmp_path: Path) -> 
     source = shared_file("dicom/xray/cr_chest_pa_siim_mono2_8bit_jpegbaseline.dcm")
     process = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process=process)
         health = subprocess.run([*CLI, "healthcheck", "--config", str(config)], capture_output=True, text=True)
         assert health.returncode == 0 and "healthy" in health.stdout
         assert store_files([source], port) == [0x0000]
@@ -125,7 +113,7 @@ def test_dcmtk_storescu_to_serve_and_storescp_as_pacs(tmp_path: Path) -> None:
     storescp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)], env=env)
     node = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port, node)
+        wait_for_port(port, process=node)
         source = shared_file("dicom/xray/dx_thorax_canine_fuji_mono1_8bit.dcm")
         sent = subprocess.run(
             ["storescu", "-aet", "MODALITY", "-aec", "MIEMSS", "127.0.0.1", str(port), str(source)], env=env

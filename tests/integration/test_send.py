@@ -18,6 +18,7 @@ from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState
 from miemss_node.send import Sender, SendOutcome, classify_status
 from tests.conftest import pacs_destination
+from tests.support.net import free_port
 from tests.support.peers import PacsScp
 
 FAST = DeliverySettings(max_attempts=3, backoff_seconds=0.0, poll_seconds=0.1, timeout_seconds=5.0)
@@ -40,10 +41,6 @@ def test_status_classification(status: int | None, outcome: SendOutcome) -> None
     assert classify_status(status) is outcome
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def encoded_job(tmp_path: Path, destination: str) -> tuple[sessionmaker[Session], int]:
