@@ -219,6 +219,8 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  database {config.database_url.split('@')[-1]}")
     for destination in config.destinations:
         print(f"  destination {destination.name}: {destination.ae_title}@{destination.host}:{destination.port}")
+    models = config.models
+    print(f"  models vit={models.vit or 'none'} blip={models.blip or 'none'} device={models.device}")
     return EXIT_OK
 
 

@@ -500,7 +500,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
                 f"(known: {', '.join(RESULT_TYPES)})"
             )
         if not destination.result_types:
-            problems.append(f"[[destinations]] #{index} result_types must name at least one of {', '.join(RESULT_TYPES)}")
+            known = ", ".join(RESULT_TYPES)
+            problems.append(f"[[destinations]] #{index} result_types must name at least one of {known}")
 
     _validate_tls(sections["tls"], destinations, problems)
     _validate_models(sections["models"], problems)

@@ -183,7 +183,8 @@ class Sender:
         elif not item.paths:
             # Its result types changed since the job was encoded, and the job has none of them.
             types = ", ".join(destination.result_types)
-            report = SendReport(outcome=SendOutcome.DELIVERED, status=None, detail=f"0 object(s): no result of type {types}")
+            detail = f"0 object(s): no result of type {types}"
+            report = SendReport(outcome=SendOutcome.DELIVERED, status=None, detail=detail)
         else:
             try:
                 report = send_files(

@@ -122,7 +122,7 @@ class Worker:
             institution_name=self.config.results.institution_name or None,
             models=runs,
         )
-        timings.extend((stage, seconds) for analysis in work.analyses for stage, seconds in analysis.stage_seconds.items())
+        timings.extend((stage, seconds) for a in work.analyses for stage, seconds in a.stage_seconds.items())
         encoding = time.perf_counter()
         encoded = encode_study(work.sources, work.analyses, report, context)
         timings.append(("encode", time.perf_counter() - encoding))

@@ -17,7 +17,7 @@ _HEAT_COLOURS = np.array([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]
 #: Colour of the ViT attention outline: magenta, apart from the heatmap's colours and the outlines.
 ATTENTION_RGB = (255, 0, 255)
 
-#: The attention outline encloses the pixels whose rollout is at least this fraction of its peak.
+#: The attention outline encloses the pixels whose rollout (min-max scaled to [0, 1]) reaches this.
 ATTENTION_LEVEL = 0.5
 
 #: Burned-in line that explains the attention outline, added when there is one.

@@ -70,15 +70,11 @@ def _region_blocks(images: Sequence[KeyImage]) -> list[Block]:
     blocks: list[Block] = []
     for index, image in enumerate(images, start=1):
         regions = sorted(image.analysis.region_map.regions, key=lambda region: region.label)
-        blocks.append(
-            Paragraph(text=f"{_image_label(image, index)}: {image.source.SOPInstanceUID}", size=9, bold=True)
-        )
+        blocks.append(Paragraph(text=f"{_image_label(image, index)}: {image.source.SOPInstanceUID}", size=9, bold=True))
         if not regions:
             blocks.append(Paragraph(text="No anomalous region.", size=9, space_before=1))
         for region in regions:
-            area = (
-                f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} pixels"
-            )
+            area = f"{region.area_mm2:.1f} mm²" if region.area_mm2 is not None else f"{region.area_px} pixels"
             blocks.append(
                 Paragraph(
                     text=(
@@ -148,7 +144,9 @@ def report_pdf(request: PdfRequest, created: datetime) -> bytes:
         key = request.images[position]
         jpeg, width, height = _key_image_jpeg(key.analysis, request.capture_template, max_side)
         index = position + 1
-        blocks.append(Paragraph(text=f"{headings['keyImage']}: {_image_label(key, index)}", size=13, bold=True, space_before=14))
+        blocks.append(
+            Paragraph(text=f"{headings['keyImage']}: {_image_label(key, index)}", size=13, bold=True, space_before=14)
+        )
         blocks.append(Picture(jpeg=jpeg, width_px=width, height_px=height))
     blocks.append(Paragraph(text=request.report_template.disclaimer, bold=True, colour=_WARNING_RGB, space_before=14))
     return write_pdf(blocks, title=request.template.document_title, producer=f"MIEMSS node {miemss_node.__version__}")

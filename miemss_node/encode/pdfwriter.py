@@ -19,6 +19,7 @@ MARGIN = 56.0
 
 #: Advance widths (1/1000 em) of the printable ASCII characters 32..126, from Adobe's
 #: Helvetica.afm and Helvetica-Bold.afm. Other characters use :data:`_DEFAULT_WIDTH`.
+# fmt: off
 _HELVETICA = (
     278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278,
     556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556,
@@ -35,6 +36,7 @@ _HELVETICA_BOLD = (
     333, 556, 611, 556, 611, 556, 333, 611, 611, 278, 278, 556, 278, 889, 611, 611,
     611, 611, 389, 556, 333, 611, 556, 778, 556, 556, 500, 389, 280, 389, 584,
 )
+# fmt: on
 #: Width of characters outside ASCII: wide enough (an "m"-like glyph) that lines never overflow.
 _DEFAULT_WIDTH = 889
 
@@ -199,9 +201,7 @@ def write_pdf(blocks: Sequence[Block], *, title: str, producer: str) -> bytes:
                 % (pages_number, PAGE_WIDTH, PAGE_HEIGHT, resources, stream)
             )
         )
-    pages = add(
-        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % kid for kid in kids), len(kids))
-    )
+    pages = add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % kid for kid in kids), len(kids)))
     if pages != pages_number:
         raise RuntimeError(f"PDF page tree is object {pages}, the pages name {pages_number}")
     objects[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages

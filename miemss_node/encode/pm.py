@@ -114,7 +114,9 @@ def _geometry(source: Dataset, analysis: ImageAnalysis) -> tuple[Dataset, dict[s
     if "FrameOfReferenceUID" in source and "PerFrameFunctionalGroupsSequence" in source and frame is not None:
         # An enhanced multi-frame image: the frame's own plane, in the source's Frame of Reference.
         position = [float(v) for v in _frame_group(source, frame, "PlanePositionSequence").ImagePositionPatient]
-        orientation = [float(v) for v in _frame_group(source, frame, "PlaneOrientationSequence").ImageOrientationPatient]
+        orientation = [
+            float(v) for v in _frame_group(source, frame, "PlaneOrientationSequence").ImageOrientationPatient
+        ]
         spacing = [float(v) for v in _frame_group(source, frame, "PixelMeasuresSequence").PixelSpacing]
         frame_of_reference = str(source.FrameOfReferenceUID)
     else:
@@ -135,7 +137,10 @@ def _geometry(source: Dataset, analysis: ImageAnalysis) -> tuple[Dataset, dict[s
         plane_position = Dataset()
         plane_position.ImagePositionPatient = position
         per_frame.PlanePositionSequence = [plane_position]
-        for keyword, group in (("SharedFunctionalGroupsSequence", shared), ("PerFrameFunctionalGroupsSequence", per_frame)):
+        for keyword, group in (
+            ("SharedFunctionalGroupsSequence", shared),
+            ("PerFrameFunctionalGroupsSequence", per_frame),
+        ):
             header[Tag(keyword)] = DataElement(Tag(keyword), "SQ", [group])
     header[Tag("FrameOfReferenceUID")] = DataElement(Tag("FrameOfReferenceUID"), "UI", frame_of_reference)
     header[Tag("PositionReferenceIndicator")] = DataElement(

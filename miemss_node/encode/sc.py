@@ -134,7 +134,7 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
     sc.ConversionType = template.conversion_type
     sc.DerivationDescription = template.derivation_description
     if analysis.attention is not None:
-        sc.DerivationDescription += "; magenta outline: ViT attention rollout at half its peak"
+        sc.DerivationDescription += "; magenta outline: ViT attention rollout, upper half of its range"
     sc.SourceImageSequence = [_source_reference(source, analysis.decoded.frame_number)]
     if source.get("BurnedInAnnotation") in ("YES", "NO"):
         # Our text does not identify the patient; the source's own annotation is still there.

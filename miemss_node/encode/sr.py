@@ -115,7 +115,7 @@ def attention_statement(entry: ImageEntry) -> str | None:
         return None
     return (
         f"ViT attention rollout of image {image_name(entry)} peaks in the {attention.peak_location}; "
-        "the Secondary Capture outlines where it is at least half its peak (explains the features, "
+        "the Secondary Capture outlines where it is in the upper half of its range (explains the features, "
         "not a finding)."
     )
 

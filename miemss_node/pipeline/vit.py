@@ -36,6 +36,9 @@ FEATURE_NAMES = ("vit_novelty", "vit_rarity")
 #: Side, in tokens, of the neighbourhood a token is compared with.
 NEIGHBOURHOOD = 3
 
+#: A rollout whose values span less than this is uniform: no patch stands out.
+SPREAD_EPSILON = 1e-7
+
 
 @dataclass(frozen=True, kw_only=True)
 class VitPatches:
@@ -43,7 +46,7 @@ class VitPatches:
 
     #: float32, (rows, cols, hidden size): the last layer's token of each patch.
     embeddings: np.ndarray
-    #: float32 in [0, 1], (rows, cols): attention rollout from the class token, max scaled to 1.
+    #: float32 in [0, 1], (rows, cols): attention rollout from the class token, min-max scaled.
     rollout: np.ndarray
 
 
@@ -103,7 +106,9 @@ def attention_rollout(attentions: Sequence[Any]) -> Any:
     Returns
     -------
     torch.Tensor
-        (batch, tokens - 1), each row scaled so that its maximum is 1.
+        (batch, tokens - 1), each row min-max scaled to [0, 1] (the identity terms keep rollout
+        values close together, so only their order and relative spread mean something); a row
+        without spread (uniform attention) is all 1.
     """
     import torch
 
@@ -114,7 +119,10 @@ def attention_rollout(attentions: Sequence[Any]) -> Any:
         mixed = 0.5 * layer.float().mean(dim=1) + 0.5 * identity
         rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
     cls_row = rollout[:, 0, 1:]
-    return cls_row / cls_row.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    low = cls_row.amin(dim=-1, keepdim=True)
+    spread = cls_row.amax(dim=-1, keepdim=True) - low
+    flat = spread <= SPREAD_EPSILON
+    return torch.where(flat, torch.ones_like(cls_row), (cls_row - low) / torch.where(flat, 1.0, spread))
 
 
 def join_vit_features(features: PatchFeatures, patches: VitPatches) -> PatchFeatures:

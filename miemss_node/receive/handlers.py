@@ -223,7 +223,12 @@ def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
 
 
 #: Association events counted and logged by :func:`handle_association`, with their log levels.
-ASSOCIATION_EVENTS = {"established": logging.INFO, "rejected": logging.WARNING, "released": logging.INFO, "aborted": logging.WARNING}
+ASSOCIATION_EVENTS = {
+    "established": logging.INFO,
+    "rejected": logging.WARNING,
+    "released": logging.INFO,
+    "aborted": logging.WARNING,
+}
 
 
 def handle_association(event: Event, name: str) -> None:

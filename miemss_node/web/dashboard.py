@@ -54,7 +54,7 @@ def _state(value: str) -> str:
 def page(title: str, body: str) -> bytes:
     """A whole HTML page."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
         '<div class="warning">MIEMSS node: AI-generated results, unverified, NOT FOR DIAGNOSIS.</div>'
         f"{body}</body></html>"
@@ -102,7 +102,7 @@ def milestones(session: Session, job: Job | None) -> Milestones:
 
 
 def patient_of(storage_dir: Path, session: Session, study: Study) -> str:
-    """"Name (ID)" from the study's first stored instance; only called with show_patient_data."""
+    """ "Name (ID)" from the study's first stored instance; only called with show_patient_data."""
     instances = repository.study_instances(session, study.id)
     if not instances:
         return ""
@@ -140,14 +140,15 @@ class Dashboard:
             rows.append(
                 f'<tr><td><a href="/studies/{uid}"><code>{uid}</code></a></td>{patient}'
                 f"<td>{summary.instance_count}</td><td>{_time(study.last_received_at)}</td>"
-                f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td><td>{escape(steps.delivered_text())}</td>"
+                f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td>"
+                f"<td>{escape(steps.delivered_text())}</td>"
                 f"<td>{_state(job.state.value) if job else _state('receiving')}</td><td>{thumb}</td></tr>"
             )
         patient_header = "<th>Patient</th>" if show_patient else ""
         body = (
             "<h1>Recent studies</h1>"
             f'<p class="muted">The {self.settings.recent_studies} studies that last received an instance; '
-            "times in UTC. <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">health</a></p>"
+            'times in UTC. <a href="/metrics">metrics</a> · <a href="/healthz">health</a></p>'
             f"<table><tr><th>Study Instance UID</th>{patient_header}<th>Instances</th><th>Received</th>"
             "<th>Settled</th><th>Processed</th><th>Delivered</th><th>State</th><th>Overlay</th></tr>"
             f"{''.join(rows) or '<tr><td colspan=9>No study received yet.</td></tr>'}</table>"
@@ -172,7 +173,10 @@ class Dashboard:
             (study.last_received_at, "received", "last instance"),
         ]
         for job in jobs:
-            timeline += [(event.at, f"job {job.id} {event.state.value}", event.detail or "") for event in repository.job_events(session, job.id)]
+            timeline += [
+                (event.at, f"job {job.id} {event.state.value}", event.detail or "")
+                for event in repository.job_events(session, job.id)
+            ]
             timeline += [
                 (delivery.delivered_at, f"job {job.id} delivered", f"to {delivery.destination}")
                 for delivery in repository.job_deliveries(session, job.id)
@@ -181,7 +185,8 @@ class Dashboard:
         timeline.sort(key=lambda item: item[0])
         parts.append("<h2>Timeline (UTC)</h2><table><tr><th>When</th><th>What</th><th>Detail</th></tr>")
         parts += [
-            f"<tr><td>{_time(at)}</td><td>{escape(what)}</td><td>{escape(detail)}</td></tr>" for at, what, detail in timeline
+            f"<tr><td>{_time(at)}</td><td>{escape(what)}</td><td>{escape(detail)}</td></tr>"
+            for at, what, detail in timeline
         ]
         parts.append("</table>")
         for job in jobs:
@@ -221,7 +226,9 @@ class Dashboard:
                 if self._may_show(thumbnail)
                 else '<p class="muted">Overlay hidden: the source has burned-in annotation.</p>'
             )
-            heatmap = f'<img src="/thumbs/{job.id}/{escape(thumbnail.heatmap)}" alt="heatmap of image {thumbnail.image}">'
+            heatmap = (
+                f'<img src="/thumbs/{job.id}/{escape(thumbnail.heatmap)}" alt="heatmap of image {thumbnail.image}">'
+            )
             figures.append(
                 f"<figure>{overlay}<figcaption>{escape(caption)} (overlay)</figcaption></figure>"
                 f"<figure>{heatmap}<figcaption><code>{escape(thumbnail.sop_instance_uid)}</code> (heatmap)"
@@ -233,7 +240,9 @@ class Dashboard:
         parts.append(self._report(results))
         if results:
             parts.append("<h2>Results</h2><table><tr><th>Type</th><th>SOP Instance UID</th></tr>")
-            parts += [f"<tr><td>{escape(r.kind)}</td><td><code>{escape(r.sop_instance_uid)}</code></td></tr>" for r in results]
+            parts += [
+                f"<tr><td>{escape(r.kind)}</td><td><code>{escape(r.sop_instance_uid)}</code></td></tr>" for r in results
+            ]
             parts.append("</table>")
         deliveries = repository.job_deliveries(session, job.id)
         if deliveries:
@@ -252,7 +261,7 @@ class Dashboard:
                 action = (
                     f'<form method="post" action="/deliveries/{delivery.id}/retry">'
                     '<input type="password" name="token" placeholder="token" required> '
-                    "<button type=\"submit\">Retry</button></form>"
+                    '<button type="submit">Retry</button></form>'
                 )
             else:
                 action = (

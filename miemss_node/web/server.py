@@ -158,7 +158,12 @@ class HttpServer:
             delivery_id,
             job_id,
             destination,
-            extra={"action": "dashboard.retry", "delivery_id": delivery_id, "job_id": job_id, "destination": destination},
+            extra={
+                "action": "dashboard.retry",
+                "delivery_id": delivery_id,
+                "job_id": job_id,
+                "destination": destination,
+            },
         )
         DASHBOARD_RETRIES.inc()
         return HTTPStatus.SEE_OTHER, f"delivery to {destination} queued again", study_uid
@@ -227,9 +232,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, "Not found.")
         except SQLAlchemyError as exc:
             logger.warning(
-                "http: database unavailable for %s (%s)", url.path, type(exc).__name__, extra={"action": "http.db_error"}
+                "http: database unavailable for %s (%s)",
+                url.path,
+                type(exc).__name__,
+                extra={"action": "http.db_error"},
             )
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
+        except Exception:  # noqa: BLE001 - a page's bug answers 500 and is logged, never kills the server
+            logger.exception("http: %s failed", url.path, extra={"action": "http.error"})
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "The page could not be made; see the node's log.")
 
     def do_POST(self) -> None:
         match = _RETRY_PATH.match(urlsplit(self.path).path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from miemss_node.node import Node
 from miemss_node.queue.models import Delivery, DeliveryState
 from miemss_node.web.server import HttpServer
 from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.net import free_port
 from tests.support.paths import shared_file
 from tests.support.peers import PacsScp, store_files
 
@@ -52,12 +52,6 @@ KIND_OF_CLASS = {
 
 #: Where a screenshot is also copied when set (for a person to look at).
 SCREENSHOT_ENV = "MIEMSS_DASHBOARD_SCREENSHOT"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -108,7 +102,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = replace(
         config,
         destinations=(
-            Destination(name="modern", ae_title="MODERN", host="127.0.0.1", port=modern.port, result_types=("SEG", "SR", "PM", "KO")),
+            Destination(
+                name="modern",
+                ae_title="MODERN",
+                host="127.0.0.1",
+                port=modern.port,
+                result_types=("SEG", "SR", "PM", "KO"),
+            ),
             Destination(name="older", ae_title="OLDER", host="127.0.0.1", port=older.port, result_types=("SC", "PDF")),
             Destination(name="refuser", ae_title="REFUSER", host="127.0.0.1", port=refuser.port, result_types=("SR",)),
         ),
@@ -118,7 +118,16 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     try:
         source_path = shared_file(SOURCE)
         assert store_files([source_path], node.port) == [0x0000]
-        wait_until(lambda: delivery_states(node) == {"modern": DeliveryState.DELIVERED, "older": DeliveryState.DELIVERED, "refuser": DeliveryState.FAILED})
+        wait_until(
+            lambda: (
+                delivery_states(node)
+                == {
+                    "modern": DeliveryState.DELIVERED,
+                    "older": DeliveryState.DELIVERED,
+                    "refuser": DeliveryState.FAILED,
+                }
+            )
+        )
         yield Running(
             node=node,
             base_url=f"http://127.0.0.1:{http_port}",
@@ -243,8 +252,16 @@ def test_dashboard_screenshot_in_headless_chromium(running: Running, tmp_path: P
     for name, url in (("index", f"{running.base_url}/"), ("study", f"{running.base_url}/studies/{uid}")):
         shot = tmp_path / f"{name}.png"
         subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={shot}",
-             "--window-size=1280,900", url],
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--screenshot={shot}",
+                "--window-size=1280,900",
+                url,
+            ],
             capture_output=True,
             timeout=120,
             check=True,
@@ -277,7 +294,9 @@ def test_retry_button_needs_the_token_then_delivers(running: Running) -> None:
 def test_without_a_token_the_button_is_disabled_and_patient_data_only_when_enabled(running: Running) -> None:
     storage = running.node.config.node.storage_dir
     plain = HttpServer(HttpSettings(port=0), running.node.sessions, storage, receiver_problem=lambda: None)
-    revealing = HttpServer(HttpSettings(port=0, show_patient_data=True), running.node.sessions, storage, receiver_problem=lambda: None)
+    revealing = HttpServer(
+        HttpSettings(port=0, show_patient_data=True), running.node.sessions, storage, receiver_problem=lambda: None
+    )
     plain.start()
     revealing.start()
     try:
@@ -294,7 +313,13 @@ def test_without_a_token_the_button_is_disabled_and_patient_data_only_when_enabl
 
 
 def test_unknown_paths_and_bad_uids_are_404(running: Running) -> None:
-    for path in ("/nope", "/studies/1.2.3", "/studies/../../etc/passwd", "/thumbs/1/../../miemss.db", "/thumbs/999/image-1-overlay.png"):
+    for path in (
+        "/nope",
+        "/studies/1.2.3",
+        "/studies/../../etc/passwd",
+        "/thumbs/1/../../miemss.db",
+        "/thumbs/999/image-1-overlay.png",
+    ):
         assert get(f"{running.base_url}{path}")[0] == 404, path
 
 

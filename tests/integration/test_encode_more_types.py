@@ -144,9 +144,13 @@ def test_new_result_types_pass_dciodvfy_and_read_back(spec: str, tmp_path: Path)
 def test_kinds_choose_what_is_returned(tmp_path: Path) -> None:
     source = read_source(str(get_testdata_file("CT_small.dcm")))
     analyses = [make_analysis(source, n_regions=2)]
-    only = encode_study([source], analyses, make_report(analyses), EncodeContext(job_key="k", kinds=frozenset({"SC", "PDF"})))
+    only = encode_study(
+        [source], analyses, make_report(analyses), EncodeContext(job_key="k", kinds=frozenset({"SC", "PDF"}))
+    )
     assert [result.kind for result in only] == ["SC", "PDF"]
-    sr_only = encode_study([source], analyses, make_report(analyses), EncodeContext(job_key="k", kinds=frozenset({"SR"})))
+    sr_only = encode_study(
+        [source], analyses, make_report(analyses), EncodeContext(job_key="k", kinds=frozenset({"SR"}))
+    )
     assert [result.kind for result in sr_only] == ["SR"]
     written, _ = _round_trip(sr_only[0], tmp_path)
     assert dciodvfy_errors(written) == []

@@ -29,7 +29,12 @@ from tests.support.paths import wg04_chest_cr
 from tests.support.peers import PacsScp, store_files
 from tests.support.tiny_models import TinyModels, build_tiny_models
 
-pytestmark = pytest.mark.models
+pytestmark = [
+    pytest.mark.models,
+    # The worker runs in this process, under pytest's warnings-as-errors: highdicom warns that the
+    # WG04 source's Referring Physician Name ("ward") has one component, and the SC copies it.
+    pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name:UserWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,15 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield attempts
+
+
+def test_the_guard_refuses_and_records_a_connection_out(no_network: list[str]) -> None:
+    with socket.socket() as sock:
+        with pytest.raises(OSError, match="test forbids network access"):
+            sock.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed
+    with pytest.raises(OSError, match="test forbids network access"):
+        socket.create_connection(("huggingface.co", 443), timeout=0.1)
+    assert no_network == ["connect ('192.0.2.1', 443)", "getaddrinfo 'huggingface.co'"]
 
 
 def run_node(config: Config, pacs: PacsScp, source: Path) -> dict[str, list[Dataset]]:

@@ -32,7 +32,9 @@ def test_unknown_result_types_are_listed_in_the_one_error(tmp_path: Path) -> Non
         + DESTINATION.format(aet="B")
         + "result_types = []\n[results]\npm_series_number = 9001\n"
     )
-    with pytest.raises(ConfigError, match=r"(?s)series numbers must differ.*unknown 'GIF', 'DOCX'.*#2 result_types must name"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)series numbers must differ.*unknown 'GIF', 'DOCX'.*#2 result_types must name"
+    ):
         load_config(write(tmp_path, text), environ={})
 
 

@@ -94,7 +94,7 @@ def test_vit_patches_are_batched_and_match_one_by_one(tiny: TinyModels) -> None:
     assert [p.embeddings.shape for p in batch] == [(4, 4, 32), (4, 4, 32)]
     np.testing.assert_allclose(batch[1].embeddings, alone.embeddings, atol=1e-4)
     np.testing.assert_allclose(batch[1].rollout, alone.rollout, atol=1e-5)
-    assert all(p.rollout.max() == pytest.approx(1.0) and p.rollout.min() >= 0.0 for p in batch)
+    assert all(p.rollout.max() == pytest.approx(1.0) and p.rollout.min() == pytest.approx(0.0) for p in batch)
 
 
 def test_attention_rollout_follows_the_class_token() -> None:
@@ -108,7 +108,7 @@ def test_attention_rollout_follows_the_class_token() -> None:
     focused[0, :, 0, :] = 0.0
     focused[0, :, 0, 3] = 1.0  # the class token attends to patch 3 (index 2 of the patches)
     rollout = attention_rollout([uniform, focused])
-    assert int(rollout.argmax()) == 2 and float(rollout.max()) == 1.0
+    assert int(rollout.argmax()) == 2 and float(rollout.max()) == 1.0 and float(rollout.min()) == 0.0
 
 
 def test_vit_columns_join_the_hog_features() -> None:
