@@ -13,8 +13,8 @@ each alike; the table gives medians.
   ``model.generate(...)`` + decode. Node: :meth:`BlipCaptioner.caption`.
 * Captions of the test images (real radiographs, decoded and enhanced as the pipeline does, with the
   node's own generation settings) by plain fp32 and by the node in int8: same or not.
-* Peak memory: the process's peak resident set (VmHWM, reset before each step) while a step runs,
-  with every model loaded.
+* Peak memory: the peak resident set (VmHWM) of a fresh process that loads one variant and runs its
+  step (safetensors are memory-mapped, so resident size in the shared process says little).
 
 Run ``.venv/bin/python benchmarks/models.py`` (a few minutes on two cores); ``--vit DIR --blip DIR``
 benchmarks real weights instead of random ones (e.g. folders from ``miemss-node models fetch``).
@@ -82,42 +82,80 @@ def build_random_models(folder: Path) -> tuple[Path, Path]:
     return vit_dir, blip_dir
 
 
-def reset_peak() -> None:
-    """Reset VmHWM (Linux: ``echo 5 > /proc/self/clear_refs``)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def rss_mb(field: str = "VmRSS") -> float:
     """A memory field of /proc/self/status, in MB."""
     match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds and peak RSS (MB) of each run, alternating the runs, after one warm-up each."""
+def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
+    """(minimum, median) seconds of each run, alternating the runs, after one warm-up each.
+
+    The minimum is the run least disturbed by other processes; on a shared machine it is the
+    better estimate of the cost, the median shows the spread.
+    """
     for run in runs.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    peaks: dict[str, float] = {name: 0.0 for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            reset_peak()
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
-            peaks[name] = max(peaks[name], rss_mb("VmHWM"))
-    return {name: statistics.median(values) for name, values in seconds.items()}, peaks
+    return {name: (min(values), statistics.median(values)) for name, values in seconds.items()}
 
 
-def load_plain(vit_dir: Path, blip_dir: Path) -> dict[str, Any]:
+def peak_in_fresh_process(kind: str, variant: str, folder: Path, tokens: int, threads: int) -> float:
+    """Peak RSS (MB) of a new process that loads one model variant and runs its step twice."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return float(pool.apply(_peak_child, (kind, variant, str(folder), tokens, threads)))
+
+
+def _peak_child(kind: str, variant: str, folder: str, tokens: int, threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    if variant == "imports only":
+        import transformers  # noqa: F401
+
+        return rss_mb("VmHWM")
+    side = 224 if kind == "vit" else 384
+    image = np.random.default_rng(0).random((side, side), dtype=np.float32)
+    rgb = np.repeat(np.rint(image * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if variant == "plain fp32":
+        plain = load_plain(Path(folder), None) if kind == "vit" else load_plain(None, Path(folder))
+        for _ in range(2):
+            with torch.inference_mode():
+                if kind == "vit":
+                    plain["vit"](**plain["vit_processor"](images=rgb, return_tensors="pt"), output_attentions=True)
+                else:
+                    inputs = plain["blip_processor"](images=rgb, return_tensors="pt")
+                    plain["blip"].generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, num_beams=1)
+    elif kind == "vit":
+        node_vit = load_vit(Path(folder), device="cpu", int8=variant == "node int8")
+        for _ in range(2):
+            node_vit.patches([image])
+    else:
+        node_blip = load_blip(Path(folder), device="cpu", int8=variant == "node int8", max_new_tokens=tokens, num_beams=1)
+        for _ in range(2):
+            node_blip.caption(image, min_new_tokens=tokens)
+    return rss_mb("VmHWM")
+
+
+def load_plain(vit_dir: Path | None, blip_dir: Path | None) -> dict[str, Any]:
+    """The plain Transformers way: ``from_pretrained`` of the model and its processor, fp32."""
     from transformers import AutoImageProcessor, BlipForConditionalGeneration, BlipProcessor, ViTModel
 
-    return {
-        "vit": ViTModel.from_pretrained(vit_dir, add_pooling_layer=False, attn_implementation="eager").eval(),
-        "vit_processor": AutoImageProcessor.from_pretrained(vit_dir),
-        "blip": BlipForConditionalGeneration.from_pretrained(blip_dir).eval(),
-        "blip_processor": BlipProcessor.from_pretrained(blip_dir),
-    }
+    loaded: dict[str, Any] = {}
+    if vit_dir is not None:
+        loaded["vit"] = ViTModel.from_pretrained(vit_dir, add_pooling_layer=False, attn_implementation="eager").eval()
+        loaded["vit_processor"] = AutoImageProcessor.from_pretrained(vit_dir)
+    if blip_dir is not None:
+        loaded["blip"] = BlipForConditionalGeneration.from_pretrained(blip_dir).eval()
+        loaded["blip_processor"] = BlipProcessor.from_pretrained(blip_dir)
+    return loaded
 
 
 def caption_images(max_side: int = 1024) -> list[tuple[str, np.ndarray]]:
@@ -159,19 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         vit_dir, blip_dir = (args.vit, args.blip) if args.vit and args.blip else build_random_models(Path(tmp))
         print(f"models ready in {time.perf_counter() - started:.1f} s: {vit_dir.name}, {blip_dir.name}")
-        before = rss_mb()
         plain = load_plain(vit_dir, blip_dir)
-        after_plain = rss_mb()
         node_vit32 = load_vit(vit_dir, device="cpu", int8=False)
         node_blip32 = load_blip(blip_dir, device="cpu", int8=False, max_new_tokens=args.tokens, num_beams=1)
-        after_node32 = rss_mb()
         node_vit8 = load_vit(vit_dir, device="cpu", int8=True)
         node_blip8 = load_blip(blip_dir, device="cpu", int8=True, max_new_tokens=args.tokens, num_beams=1)
-        after_node8 = rss_mb()
-        print(
-            f"resident models: plain fp32 {after_plain - before:.0f} MB, node fp32 {after_node32 - after_plain:.0f} MB, "
-            f"node int8 {after_node8 - after_node32:.0f} MB (ViT + BLIP)"
-        )
 
         vit_image = rng.random((224, 224), dtype=np.float32)
         vit_rgb = np.repeat(np.rint(vit_image * 255).astype(np.uint8)[..., None], 3, axis=-1)
@@ -191,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return str(plain["blip_processor"].decode(ids[0], skip_special_tokens=True))
 
-        vit_s, vit_peak = timed(
+        vit_s = timed(
             {
                 "plain fp32": plain_vit,
                 "node fp32": lambda: node_vit32.patches([vit_image]),
@@ -199,25 +229,34 @@ def main(argv: list[str] | None = None) -> int:
             },
             args.repeats,
         )
-        blip_s, blip_peak = timed(
+        blip_s = timed(
             {
                 "plain fp32": plain_blip,
                 "node fp32": lambda: node_blip32.caption(blip_image, min_new_tokens=args.tokens),
                 "node int8": lambda: node_blip8.caption(blip_image, min_new_tokens=args.tokens),
             },
-            max(1, args.repeats // 2),
+            args.repeats,
         )
+        peaks = {
+            (kind, variant): peak_in_fresh_process(kind, variant, folder, args.tokens, args.threads)
+            for kind, folder in (("vit", vit_dir), ("blip", blip_dir))
+            for variant in ("imports only", "plain fp32", "node fp32", "node int8")
+        }
 
-        print(f"\n{args.threads} threads, torch {torch.__version__}; medians; peak = process VmHWM during the step\n")
-        print("| step | variant | seconds | x plain | peak RSS MB |")
-        print("|---|---|---|---|---|")
-        for label, seconds, peaks in (
-            ("ViT-base 224x224 + attentions", vit_s, vit_peak),
-            (f"BLIP-base 384x384, {args.tokens} tokens", blip_s, blip_peak),
+        load = Path("/proc/loadavg").read_text().split()[0]
+        print(f"\n{args.threads} threads, torch {torch.__version__}, {args.repeats} alternating runs each, "
+              f"load average {load}; peak RSS: a fresh process loading that variant and running it "
+              f"(imports alone: {peaks[('vit', 'imports only')]:.0f} MB)\n")
+        print("| step | variant | min s | median s | x plain (min) | peak RSS MB |")
+        print("|---|---|---|---|---|---|")
+        for kind, label, seconds in (
+            ("vit", "ViT-base 224x224 + attentions", vit_s),
+            ("blip", f"BLIP-base 384x384, {args.tokens} tokens", blip_s),
         ):
-            for variant, value in seconds.items():
-                ratio = value / seconds["plain fp32"]
-                print(f"| {label} | {variant} | {value:.3f} | {ratio:.2f} | {peaks[variant]:.0f} |")
+            for variant, (low, median) in seconds.items():
+                ratio = low / seconds["plain fp32"][0]
+                peak = peaks[(kind, variant)]
+                print(f"| {label} | {variant} | {low:.3f} | {median:.3f} | {ratio:.2f} | {peak:.0f} |")
 
         # Fidelity of int8: ViT features and rollout; captions of the test images.
         a, b = node_vit32.patches([vit_image])[0], node_vit8.patches([vit_image])[0]

@@ -6,13 +6,19 @@ anatomy varies across a radiograph (lung, heart, bone), so what the anomaly stag
 patch differs from the valid patches around it (the median of its neighbourhood):
 
 * ``hog_novelty``: L1 distance of its HOG histogram from the neighbourhood's median histogram;
-* ``contrast_3``, ``contrast_5``: its mean minus the neighbourhood median, over 3x3 and 5x5 patches
-  (a nodule or mass is brighter than its surroundings, though not than bone or the heart);
-* ``std_residual``, ``gradient_residual``: the same for texture and edge strength.
+* ``contrast_3``, ``contrast_5``: how much its mean exceeds the neighbourhood median, over 3x3 and
+  5x5 patches, 0 when darker (a nodule, mass or consolidation is denser, so brighter, than its
+  surroundings; a dark patch is not what is looked for, and two-sided values made the Isolation
+  Forest flag dark gaps between ribs as often as lesions);
+* ``std_residual``, ``gradient_residual``: its texture and edge strength minus the neighbourhood's;
+* ``blob_dog``: the strongest bright-blob response in the patch, the scale-normalised negative
+  Laplacian of Gaussian, over scales of a quarter patch to two patches;
+* ``blob_hessian``: the same with the Hessian's determinant where both curvatures are negative
+  (a bright blob, not a bright line such as a rib or a vessel).
 
-Measured on the WG04 chest CR with synthetic nodules pasted in, these context features rank the
-nodule among the top few patches; the raw 9 HOG bins plus raw statistics left it below rank 100,
-the bins diluting the Isolation Forest's random feature choice.
+Measured with ``miemss-node evaluate`` (synthetic nodules and opacities, 5-30 mm, in the shared chest
+films): with the blob columns the lesion's best patch is in the image's top 5 % for about a third of
+the lesions, against a fifth for the intensity z-score baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import logging
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from skimage.feature import hog
+from scipy import ndimage
+from skimage.feature import hessian_matrix, hessian_matrix_eigvals, hog
 from skimage.transform import resize
 
 from miemss_node.pipeline.base import EnhancedImage, PatchFeatures, PipelineSettings
@@ -33,7 +40,21 @@ logger = logging.getLogger(__name__)
 HOG_ORIENTATIONS = 9
 
 #: The columns of :attr:`PatchFeatures.vectors`, in order.
-FEATURE_NAMES = ("hog_novelty", "contrast_3", "contrast_5", "std_residual", "gradient_residual")
+FEATURE_NAMES = (
+    "hog_novelty",
+    "contrast_3",
+    "contrast_5",
+    "std_residual",
+    "gradient_residual",
+    "blob_dog",
+    "blob_hessian",
+)
+
+#: Scales of the blob columns, in patches (Gaussian sigma).
+BLOB_SCALES = (0.25, 0.5, 1.0, 2.0)
+
+#: Larger sigmas (working pixels) run on a block-averaged copy of the working image.
+_BLOB_MAX_SIGMA = 4.0
 
 #: Side, in patches, of the neighbourhood a patch is compared with.
 NEIGHBOURHOOD = 5
@@ -87,7 +108,10 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
         cells_per_block=(1, 1),
         feature_vector=False,
     ).reshape(grid[0], grid[1], HOG_ORIENTATIONS)
-    vectors = _context_features(histograms, _statistics(work, patch, grid), valid)
+    vectors = np.concatenate(
+        [_context_features(histograms, _statistics(work, patch, grid), valid), _blob_features(work, patch, grid)],
+        axis=-1,
+    )
     logger.debug(
         "features on a %dx%d grid, %d valid patches",
         grid[0],
@@ -139,12 +163,54 @@ def _context_features(histograms: np.ndarray, stats: np.ndarray, valid: np.ndarr
     return np.concatenate(
         [
             np.abs(histograms - hog_median).sum(axis=-1, keepdims=True),
-            stats[..., :1] - mean_median_3,
-            residual[..., :1],
+            np.maximum(stats[..., :1] - mean_median_3, 0.0),
+            np.maximum(residual[..., :1], 0.0),
             residual[..., 1:],
         ],
         axis=-1,
     )
+
+
+def _blob_features(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.ndarray:
+    """(rows, cols, 2): the strongest bright-blob responses (LoG and Hessian) inside each patch.
+
+    Large scales run on a block-averaged copy (a Gaussian pyramid in spirit), so each scale costs
+    about the same; the Laplacian is the Hessian's trace, so one Hessian per scale gives both.
+    """
+    rows, cols = grid
+    dog = np.zeros(work.shape, dtype=np.float32)
+    blob = np.zeros(work.shape, dtype=np.float32)
+    for scale in BLOB_SCALES:
+        sigma = max(0.7, scale * patch)
+        factor = max(1, int(sigma // _BLOB_MAX_SIGMA))
+        small = _block_mean(work, factor)
+        if min(small.shape) < 3:
+            continue
+        local_sigma = sigma / factor
+        h_rr, h_rc, h_cc = hessian_matrix(small, sigma=local_sigma, order="rc", use_gaussian_derivatives=False)
+        high, low = hessian_matrix_eigvals([h_rr, h_rc, h_cc])
+        bright = (high < 0) & (low < 0)
+        # local_sigma^2 normalises the responses so that scales compare (Lindeberg 1998); the
+        # derivatives of the block-averaged copy are already per working pixel times ``factor``.
+        norm = np.float32(local_sigma**2)
+        responses = (-(h_rr + h_cc) * norm, np.where(bright, np.sqrt(np.abs(high * low)), 0.0) * norm)
+        for target, response in zip((dog, blob), responses, strict=True):
+            full = np.repeat(np.repeat(response, factor, axis=0), factor, axis=1)
+            height, width = min(full.shape[0], work.shape[0]), min(full.shape[1], work.shape[1])
+            np.maximum(target[:height, :width], full[:height, :width], out=target[:height, :width])
+
+    def per_patch(image: np.ndarray) -> np.ndarray:
+        return image[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch).max(axis=(1, 3))
+
+    return np.stack([per_patch(dog), per_patch(blob)], axis=-1)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks (the ragged edge is dropped)."""
+    if factor == 1:
+        return image
+    rows, cols = image.shape[0] // factor, image.shape[1] // factor
+    return image[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
 
 
 def _neighbourhood_median(values: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from tests.acceptance.test_cli import CLI, free_port, wait_for_port
+from tests.support.net import free_port, wait_for_port
 from tests.support.paths import shared_file
 from tests.support.peers import store_files
+
+CLI = [sys.executable, "-m", "miemss_node"]
 
 
 @pytest.mark.slow
@@ -30,7 +33,7 @@ def test_serve_and_its_workers_log_json_lines(tmp_path: Path) -> None:
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=log, text=True)
         try:
-            wait_for_port(port, process)
+            wait_for_port(port, process=process)
             assert store_files(paths, port) == [0x0000] * 3
             deadline = time.monotonic() + 60
             # job.encoded is logged by the worker child process, receive.stored by the main one.

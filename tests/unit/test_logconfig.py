@@ -20,6 +20,9 @@ from miemss_node.logconfig import FORMATTERS, configure_logging
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # An earlier test may have run cli.main() in-process, leaving warnings captured with pytest's
+    # previous showwarning saved; start from a clean state so that configure_logging captures them.
+    logging.captureWarnings(False)
     yield None
     root.handlers[:] = handlers
     root.setLevel(level)
