@@ -64,13 +64,13 @@ class SoakReport:
 
 
 def start_node(config: Path, port: int) -> subprocess.Popen[bytes]:
-    log = (config.parent / "node.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "miemss_node", "serve", "--config", str(config)],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # its own process group: SIGKILL takes the worker child down too
-    )
+    with (config.parent / "node.log").open("ab") as log:  # the child keeps its own copy open
+        process = subprocess.Popen(
+            [sys.executable, "-m", "miemss_node", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group: SIGKILL takes the worker child down too
+        )
     wait_for_port(port, process=process)
     return process
 

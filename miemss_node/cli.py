@@ -129,6 +129,20 @@ def _build_parser() -> argparse.ArgumentParser:
     models_fetch.add_argument("name", help="vit, blip, or a Hub repository id such as owner/name")
     models_fetch.add_argument("folder", type=Path, help="where to put it; then set [models] NAME to it")
     models_fetch.add_argument("--revision", help="branch, tag or commit (default: the default branch)")
+
+    from miemss_node.evaluate.command import add_evaluate_arguments, add_reference_arguments
+
+    evaluate = command(
+        "evaluate", _evaluate, "measure the pipeline: synthetic lesions in real films, image + mask pairs"
+    )
+    with_config(evaluate)
+    add_evaluate_arguments(evaluate)
+    reference = command("reference", _reference_fit, "reference models of normal films")
+    reference_commands = reference.add_subparsers(title="reference commands", required=True, metavar="REF_COMMAND")
+    reference_fit = reference_commands.add_parser("fit", help="fit a reference model on a folder of normal films")
+    reference_fit.set_defaults(func=_reference_fit)
+    with_config(reference_fit)
+    add_reference_arguments(reference_fit)
     return parser
 
 
@@ -184,6 +198,18 @@ def _process(args: argparse.Namespace) -> int:
         status = f"refused: {item.error}" if item.error else f"{item.regions} region(s)"
         print(f"{item.source}: {status} -> {item.output_dir}")
     return EXIT_FAILURE if all(item.error for item in done) else EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from miemss_node.evaluate.command import run_evaluate
+
+    return run_evaluate(args, _load(args).pipeline)
+
+
+def _reference_fit(args: argparse.Namespace) -> int:
+    from miemss_node.evaluate.command import run_reference_fit
+
+    return run_reference_fit(args, _load(args).pipeline)
 
 
 def _models_check(args: argparse.Namespace) -> int:
