@@ -88,21 +88,24 @@ def rss_mb(field: str = "VmRSS") -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
-    """(minimum, median) seconds of each run, alternating the runs, after one warm-up each.
+def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float, float]]:
+    """(minimum, median) wall seconds and minimum CPU seconds of each run, alternating the runs.
 
-    The minimum is the run least disturbed by other processes; on a shared machine it is the
-    better estimate of the cost, the median shows the spread.
+    Each run is warmed up once. The minimum is the run least disturbed by other processes; on a
+    shared machine it, and the CPU time (all threads of this process), estimate the cost better
+    than the median, which shows the spread.
     """
     for run in runs.values():
         run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             run()
-            seconds[name].append(time.perf_counter() - started)
-    return {name: (min(values), statistics.median(values)) for name, values in seconds.items()}
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
+    return {name: (min(wall[name]), statistics.median(wall[name]), min(cpu[name])) for name in runs}
 
 
 def peak_in_fresh_process(kind: str, variant: str, folder: Path, tokens: int, threads: int) -> float:
@@ -247,16 +250,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{args.threads} threads, torch {torch.__version__}, {args.repeats} alternating runs each, "
               f"load average {load}; peak RSS: a fresh process loading that variant and running it "
               f"(imports alone: {peaks[('vit', 'imports only')]:.0f} MB)\n")
-        print("| step | variant | min s | median s | x plain (min) | peak RSS MB |")
-        print("|---|---|---|---|---|---|")
+        print("| step | variant | min s | median s | x plain (min) | CPU s | x plain (CPU) | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|")
         for kind, label, seconds in (
             ("vit", "ViT-base 224x224 + attentions", vit_s),
             ("blip", f"BLIP-base 384x384, {args.tokens} tokens", blip_s),
         ):
-            for variant, (low, median) in seconds.items():
-                ratio = low / seconds["plain fp32"][0]
+            for variant, (low, median, cpu) in seconds.items():
+                ratio, cpu_ratio = low / seconds["plain fp32"][0], cpu / seconds["plain fp32"][2]
                 peak = peaks[(kind, variant)]
-                print(f"| {label} | {variant} | {low:.3f} | {median:.3f} | {ratio:.2f} | {peak:.0f} |")
+                print(
+                    f"| {label} | {variant} | {low:.3f} | {median:.3f} | {ratio:.2f} | {cpu:.3f} | {cpu_ratio:.2f} "
+                    f"| {peak:.0f} |"
+                )
 
         # Fidelity of int8: ViT features and rollout; captions of the test images.
         a, b = node_vit32.patches([vit_image])[0], node_vit8.patches([vit_image])[0]

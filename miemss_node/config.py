@@ -576,6 +576,18 @@ def _validate_http(http: HttpSettings, problems: list[str]) -> None:
 
 
 def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: str = "[pipeline]") -> None:
+    own: list[str] = []
+    _validate_pipeline_values(pipeline, own, label)
+    problems += own
+    for name, override in pipeline.modality_overrides:
+        found: list[str] = []
+        override_label = f"[pipeline.modality.{name}]"
+        _validate_pipeline_values(override, found, override_label)
+        # A value inherited from [pipeline] is reported once, there.
+        problems += [p for p in found if p.replace(override_label, label, 1) not in own]
+
+
+def _validate_pipeline_values(pipeline: PipelineSettings, problems: list[str], label: str) -> None:
     if pipeline.denoise_method not in DENOISE_METHODS:
         problems.append(f"{label} denoise_method {pipeline.denoise_method!r} is not one of {DENOISE_METHODS}")
     if not 0.0 < pipeline.threshold < 1.0:
@@ -595,8 +607,6 @@ def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: s
             f"{label} reference_model {pipeline.reference_model} does not exist: make one with "
             "`miemss-node reference fit DIR --output FILE`, or set reference_model = \"\""
         )
-    for name, override in pipeline.modality_overrides:
-        _validate_pipeline(override, problems, f"[pipeline.modality.{name}]")
 
 
 def _pop_modality_tables(pipeline_table: Any, problems: list[str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ class PipelineSettings:
     #: Isolation Forest trees.
     n_estimators: int = 100
     #: Heatmap value (0..1) above which a pixel belongs to the mask.
-    threshold: float = 0.6
+    threshold: float = 0.5
     #: Regions smaller than this many mm² (or pixels, when the spacing is unknown) are dropped.
     min_region_area_mm2: float = 25.0
     #: Seed for the Isolation Forest, so a retry gives the same result.

@@ -35,7 +35,7 @@ def test_minimal_file_runs_on_defaults(tmp_path: Path) -> None:
     assert config.node.storage_dir == tmp_path / "s"
     assert config.study.settle_seconds == 3.0
     assert config.destinations[0].name == "PACS"
-    assert config.pipeline.denoise_method == "wavelet"
+    assert config.pipeline.denoise_method == "vst_wavelet"
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from miemss_node.pipeline.base import DecodedImage
 from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
-from miemss_node.pipeline.enhance import METHODS, enhance
+from miemss_node.pipeline.enhance import METHODS, calibrated_scale, enhance, noise_level_function
 from tests.support.paths import wg04_chest_cr
 
 STEP_COLUMN = 131
@@ -42,7 +42,7 @@ def test_every_method_keeps_shape_dtype_and_range(chest: DecodedImage, method: s
     assert 0.0 <= float(enhanced.pixels.min()) and float(enhanced.pixels.max()) <= 1.0
 
 
-@pytest.mark.parametrize("method", ["wavelet", "bilateral", "tv", "nlmeans"])
+@pytest.mark.parametrize("method", ["wavelet", "vst_wavelet", "bilateral", "tv", "nlmeans"])
 def test_denoising_removes_most_noise_and_keeps_a_step_edge(
     chest: DecodedImage, edge_scene: tuple[np.ndarray, np.ndarray], method: str
 ) -> None:
@@ -54,6 +54,37 @@ def test_denoising_removes_most_noise_and_keeps_a_step_edge(
     # A Gaussian blur with the same noise reduction keeps only ~70% of the step over 4 pixels.
     step = float(out[:, STEP_COLUMN + 1 : STEP_COLUMN + 3].mean() - out[:, STEP_COLUMN - 3 : STEP_COLUMN - 1].mean())
     assert step > 0.9 * STEP_HEIGHT
+
+
+def test_self_supervised_calibration_removes_most_noise(
+    chest: DecodedImage, edge_scene: tuple[np.ndarray, np.ndarray]
+) -> None:
+    clean, noisy = edge_scene
+    out = enhance(replace(chest, pixels=noisy), "jinv_wavelet").pixels
+    # It picks its own threshold with no clean image; it may smooth the step more than vst_wavelet.
+    assert float(np.mean((out - clean) ** 2)) < float(np.mean((noisy - clean) ** 2)) / 4
+    assert 0.7 <= calibrated_scale(noisy, NOISE_SIGMA) <= 1.45
+
+
+def test_the_noise_level_function_is_recovered_from_the_image() -> None:
+    rng = np.random.default_rng(1)
+    ramp = np.tile(np.linspace(0.05, 0.95, 512, dtype=np.float32), (512, 1))
+    gain, sigma = 500.0, 0.01
+    noisy = (rng.poisson(ramp * gain) / gain + rng.normal(0.0, sigma, ramp.shape)).astype(np.float32)
+    alpha, beta = noise_level_function(noisy)
+    assert alpha == pytest.approx(1 / gain, rel=0.15)
+    assert beta == pytest.approx(sigma**2, abs=5e-5)
+
+
+def test_vst_wavelet_beats_the_haar_default_on_poisson_gaussian_noise(chest: DecodedImage) -> None:
+    clean = chest.pixels[400:912, 300:812]
+    rng = np.random.default_rng(2)
+    noisy = np.clip(rng.poisson(clean * 500.0) / 500.0 + rng.normal(0.0, 0.01, clean.shape), 0, 1).astype(np.float32)
+    errors = {
+        method: float(np.mean((enhance(replace(chest, pixels=noisy), method).pixels - clean) ** 2))
+        for method in ("wavelet", "vst_wavelet")
+    }
+    assert errors["vst_wavelet"] < 0.8 * errors["wavelet"]
 
 
 def test_none_returns_a_copy(chest: DecodedImage) -> None:
@@ -68,9 +99,9 @@ def test_the_input_is_not_modified(chest: DecodedImage) -> None:
     np.testing.assert_array_equal(chest.pixels, before)
 
 
-def test_the_default_is_wavelet(chest: DecodedImage) -> None:
+def test_the_default_is_vst_wavelet(chest: DecodedImage) -> None:
     crop = replace(chest, pixels=chest.pixels[:64, :64].copy())
-    assert enhance(crop).method == "wavelet"
+    assert enhance(crop).method == "vst_wavelet"
 
 
 def test_unknown_method_names_the_valid_ones(chest: DecodedImage) -> None:

@@ -22,7 +22,9 @@ from miemss_node.pipeline.features import (
 from miemss_node.pipeline.field_of_view import field_mask, patch_validity
 from tests.support.paths import shared_file, wg04_chest_cr
 
-SETTINGS = PipelineSettings()
+SETTINGS = PipelineSettings(lung_field=False)
+#: The first scaling: the top patch of every image scores 1.
+MINMAX = replace(SETTINGS, score_scale="minmax")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,7 @@ def _gaussian_features(n: int, seed: int = 0) -> PatchFeatures:
 
 
 def test_scores_are_in_unit_range_with_the_grid_shape(chest_features: PatchFeatures) -> None:
-    scores = score_patches(chest_features, SETTINGS)
+    scores = score_patches(chest_features, MINMAX)
     assert scores.method == METHOD
     assert scores.scores.shape == chest_features.grid_shape
     assert scores.scores.dtype == np.float32
@@ -196,7 +198,7 @@ def test_an_explicit_valid_mask_overrides_the_features_own() -> None:
     features = _gaussian_features(10)
     valid = np.zeros((10, 10), dtype=bool)
     valid[:5] = True
-    scores = score_patches(features, SETTINGS, valid=valid).scores
+    scores = score_patches(features, MINMAX, valid=valid).scores
     assert not scores[5:].any()
     assert float(scores[:5].max()) == 1.0
 

@@ -70,7 +70,8 @@ def test_analysis_is_complete_and_timed(nodule_analysis: ImageAnalysis, chest_wi
     assert nodule_analysis.enhanced.pixels.shape == chest_with_nodule.pixels.shape
     assert nodule_analysis.region_map.heatmap.shape == chest_with_nodule.pixels.shape
     n_regions = len(nodule_analysis.region_map.regions)
-    assert nodule_analysis.findings[0] == f"{n_regions} anomalous regions were found."
+    plural = "1 anomalous region was found." if n_regions == 1 else f"{n_regions} anomalous regions were found."
+    assert nodule_analysis.findings[0] == plural
     assert len(nodule_analysis.findings) == n_regions + 1
 
 
