@@ -86,7 +86,7 @@ def process_file(
     (output_dir / "report.txt").write_text(report.text + "\n", encoding="utf-8")
     (output_dir / "findings.json").write_text(json.dumps(_findings(analyses), indent=2) + "\n", encoding="utf-8")
     if source is not None:
-        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}", models=models.runs)
+        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}", models=report.models)
         for item in encode_study([source], analyses, report, context):
             item.dataset.save_as(output_dir / f"{item.kind}_{item.dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
     regions = sum(len(a.region_map.regions) for a in analyses)

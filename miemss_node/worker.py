@@ -120,7 +120,8 @@ class Worker:
             ko_series_number=self.config.results.ko_series_number,
             kinds=self.result_kinds(),
             institution_name=self.config.results.institution_name or None,
-            models=runs,
+            # The report's models: these and the reference model that scored the patches, if any.
+            models=report.models,
         )
         timings.extend((stage, seconds) for a in work.analyses for stage, seconds in a.stage_seconds.items())
         encoding = time.perf_counter()

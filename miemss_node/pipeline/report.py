@@ -56,7 +56,8 @@ def build_report(
     caption
         A BLIP caption of the study, when a BLIP model ran.
     models
-        The models that contributed, named in the text.
+        The models that contributed, named in the text. A reference model that scored a frame
+        (``scores.model``) is added to them.
 
     Returns
     -------
@@ -64,6 +65,8 @@ def build_report(
         ``text`` holds the caption sentence (if any), the findings of each image prefixed with
         "Image k", the models, and the disclaimer; ``findings`` holds the prefixed findings.
     """
+    scored_with = (a.scores.model for a in analyses if a.scores.model is not None)
+    models = tuple(dict.fromkeys((*models, *scored_with)))
     findings = tuple(
         f"{_image_name(number, analysis)}: {sentence}"
         for number, analysis in enumerate(analyses, start=1)

@@ -193,3 +193,24 @@ def test_fitting_on_real_films(chest: DecodedImage) -> None:
     assert model.n_images == 2
     assert model.n_patches >= 100
     assert model.spread > 0
+
+
+# The WG04 film's Patient's Name has one component; highdicom warns when it copies it into the SR.
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name:UserWarning")
+def test_the_report_and_the_sr_name_the_reference_model(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from miemss_node.process import process_file
+
+    model = fit_on_vectors(_features(20).vectors, PipelineSettings(), name="chest-normals", n_images=4)
+    path = tmp_path / "ref.joblib"
+    revision = save_reference_model(model, path)
+    source = wg04_chest_cr()
+    settings = PipelineSettings(reference_model=str(path), analysis_max_side=128, patch_size=8)
+    process_file(source, tmp_path / "out", settings)
+    report = (tmp_path / "out" / "report.txt").read_text(encoding="utf-8")
+    assert f"reference chest-normals ({revision}" in report
+    (sr_path,) = (tmp_path / "out").glob("SR_*.dcm")
+    texts: list[str] = []
+    dcmread(sr_path).walk(lambda _ds, elem: texts.append(str(elem.value)) if elem.keyword == "TextValue" else None)
+    assert any("chest-normals" in text for text in texts)
