@@ -165,7 +165,7 @@ def _parse_header(encoded: bytes | Path, sop_class_uid: str, sop_instance_uid: s
 
 def handle_echo(event: Event) -> int:
     """Answer C-ECHO with Success."""
-    logger.info(
+    logger.debug(  # health probes echo often: keep them out of INFO
         "C-ECHO from %s", _calling_aet(event), extra={"action": "receive.echo", "calling_aet": _calling_aet(event)}
     )
     return STATUS_SUCCESS
