@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from miemss_node.evaluate.synthetic import DETECTORS, SyntheticResult, summarise
+from miemss_node.evaluate.synthetic import DETECTORS, SyntheticResult, group_key, summarise
 
 #: Bar colours of the detectors in the plot.
 COLOURS = {"per_image": (31, 119, 180), "reference": (44, 160, 44), "zscore": (214, 39, 40)}
@@ -20,31 +20,41 @@ def _number(value: object, digits: int = 2) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"  # type: ignore[arg-type]
 
 
+def _groups(rows: list[dict[str, object]]) -> list[tuple[str, float]]:
+    """The (kind, contrast) groups of the summary rows, films without lesions first."""
+    keys = {group_key(row)[1:] for row in rows}
+    return sorted(keys, key=lambda key: (key[0] != "none", key[0], key[1]))
+
+
 def synthetic_table(result: SyntheticResult) -> str:
     """Dice, IoU, per-lesion sensitivity and FP regions per image, by kind and contrast, per detector."""
     rows = summarise(result.runs)
     detectors = [d for d in DETECTORS if any(r["detector"] == d for r in rows)]
-    header = f"{'lesion':<8} {'contrast':>8} " + " | ".join(f"{d + ': Dice  IoU  Sens FP/im':<30}" for d in detectors)
+    header = f"{'lesion':<8} {'contrast':>8} " + " | ".join(f"{d + ': Dice  IoU  Sens FP/im Top5':<35}" for d in detectors)
     lines = [
         f"Synthetic lesions in {len(result.images)} image(s); reference model: {result.reference}",
         header,
         "-" * len(header),
     ]
-    keys = sorted({(str(r["kind"]), float(r["contrast"])) for r in rows}, key=lambda k: (k[0] != "none", k[0], k[1]))  # type: ignore[arg-type]
+    keys = _groups(rows)
     for kind, contrast in keys:
         cells = []
         for detector in detectors:
             match = [r for r in rows if (r["detector"], r["kind"], r["contrast"]) == (detector, kind, contrast)]
             if not match:
-                cells.append(f"{'':<30}")
+                cells.append(f"{'':<35}")
                 continue
             row = match[0]
             cells.append(
                 f"{' ' * (len(detector) + 1)} {_number(row['dice']):>5} {_number(row['iou']):>4} "
-                f"{_number(row['sensitivity']):>4} {_number(row['fp_per_image'], 1):>5}".ljust(30)
+                f"{_number(row['sensitivity']):>4} {_number(row['fp_per_image'], 1):>5} {_number(row['top5_rate']):>4}".ljust(35)
             )
         lines.append(f"{kind:<8} {contrast:>8.2f} " + " | ".join(cells))
     lines.append("(lesion 'none': the films without lesions; FP/im there is false-positive regions per normal film)")
+    lines.append(
+        "(Sens: lesions overlapped by a flagged region at the configured threshold; Top5: lesions whose best patch"
+        " is in the image's top 5 % of scores, a threshold-free ranking measure)"
+    )
     return "\n".join(lines)
 
 
@@ -92,8 +102,12 @@ def plot_png(path: Path, result: SyntheticResult) -> None:
     """Three bar panels (sensitivity, Dice, FP regions per image) by lesion kind and contrast, per detector."""
     rows = summarise(result.runs)
     detectors = [d for d in DETECTORS if any(r["detector"] == d for r in rows)]
-    groups = sorted({(str(r["kind"]), float(r["contrast"])) for r in rows}, key=lambda k: (k[0] != "none", k[0], k[1]))  # type: ignore[arg-type]
-    panels = (("per-lesion sensitivity", "sensitivity", 1.0), ("Dice", "dice", 1.0), ("FP regions / image", "fp_per_image", None))
+    groups = _groups(rows)
+    panels = (
+        ("per-lesion sensitivity", "sensitivity", 1.0),
+        ("Dice", "dice", 1.0),
+        ("FP regions / image", "fp_per_image", None),
+    )
     width, panel_height, margin = 110 + 70 * len(groups), 220, 40
     image = Image.new("RGB", (width, margin + len(panels) * (panel_height + margin) + 30), "white")
     draw = ImageDraw.Draw(image)

@@ -49,6 +49,9 @@ ENHANCE_NOISE = (500.0, 0.01)
 #: Lesion size bins (mm) for the sensitivity by size.
 SIZE_BINS = ((5.0, 10.0), (10.0, 20.0), (20.0, 30.0))
 
+#: The fraction of an image's patches that counts as "top" for the threshold-free ranking measure.
+TOP_FRACTION = 0.05
+
 #: Picture files (no DICOM header) among the inputs.
 PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
@@ -93,6 +96,9 @@ class RunRecord:
     false_positives: int
     #: (diameter mm, hit) per lesion.
     lesion_hits: tuple[tuple[float, bool], ...] = ()
+    #: Per lesion: whether its highest-scoring patch is among the image's top :data:`TOP_FRACTION` of
+    #: valid patches; a threshold-free measure of how well the scores rank lesions.
+    lesion_top: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,6 +270,7 @@ def _run_detectors(
             continue
         region_map = find_regions(scores, features, image, settings)
         detection = match(region_map.labels, lesion_labels)
+        top = _lesions_in_top(scores.scores, features, lesion_labels)
         records.append(
             RunRecord(
                 image=item.name,
@@ -279,9 +286,36 @@ def _run_detectors(
                 lesion_hits=tuple(
                     (sizes[label - 1], hit) for label, hit in detection.hit_by_label.items() if label <= len(sizes)
                 ),
+                lesion_top=top,
             )
         )
     return records
+
+
+def _lesions_in_top(grid_scores: np.ndarray, features: PatchFeatures, lesion_labels: np.ndarray) -> tuple[bool, ...]:
+    """Per lesion: is the best patch covering it within the top TOP_FRACTION of the valid patches?"""
+    valid = np.ones(features.grid_shape, dtype=bool) if features.valid is None else features.valid
+    if not lesion_labels.any() or not valid.any():
+        return ()
+    rows = np.minimum((np.arange(features.grid_shape[0]) + 0.5) * features.patch_size_px[0], lesion_labels.shape[0] - 1)
+    cols = np.minimum((np.arange(features.grid_shape[1]) + 0.5) * features.patch_size_px[1], lesion_labels.shape[1] - 1)
+    centre_labels = lesion_labels[np.ix_(rows.astype(np.intp), cols.astype(np.intp))]
+    cutoff = float(np.quantile(grid_scores[valid], 1.0 - TOP_FRACTION))
+    result = []
+    for label in sorted(set(np.unique(lesion_labels).tolist()) - {0}):
+        covering = (centre_labels == label) & valid
+        # A lesion smaller than a patch may cover no patch centre: use the patch of its centroid.
+        if not covering.any():
+            where = np.argwhere(lesion_labels == label).mean(axis=0)
+            index = (
+                min(int(where[0] // features.patch_size_px[0]), features.grid_shape[0] - 1),
+                min(int(where[1] // features.patch_size_px[1]), features.grid_shape[1] - 1),
+            )
+            covering = np.zeros(features.grid_shape, dtype=bool)
+            covering[index] = bool(valid[index])
+        best = float(grid_scores[covering].max()) if covering.any() else 0.0
+        result.append(best > 0.0 and best >= cutoff)
+    return tuple(result)
 
 
 def _scores(
@@ -336,7 +370,8 @@ def summarise(runs: Sequence[RunRecord]) -> list[dict[str, object]]:
         lesions = sum(r.lesions for r in members)
         by_size = {}
         for low, high in SIZE_BINS:
-            hits = [hit for r in members for size, hit in r.lesion_hits if low <= size < high or (size == high == SIZE_BINS[-1][1])]
+            last = high == SIZE_BINS[-1][1]
+            hits = [hit for r in members for size, hit in r.lesion_hits if low <= size < high or (last and size == high)]
             by_size[f"{low:.0f}-{high:.0f}mm"] = None if not hits else sum(hits) / len(hits)
         rows.append(
             {
@@ -349,9 +384,20 @@ def summarise(runs: Sequence[RunRecord]) -> list[dict[str, object]]:
                 "iou": float(np.mean(iou)) if iou else None,
                 "sensitivity": sum(r.hits for r in members) / lesions if lesions else None,
                 "fp_per_image": float(np.mean([r.false_positives for r in members])),
+                "top5_rate": _rate([top for r in members for top in r.lesion_top]),
                 "sensitivity_by_size": by_size,
             }
         )
     order = {name: i for i, name in enumerate(DETECTORS)}
-    rows.sort(key=lambda row: (str(row["kind"]) != "none", str(row["kind"]), float(row["contrast"]), order.get(str(row["detector"]), 99)))  # type: ignore[arg-type]
+    rows.sort(key=lambda row: (*group_key(row), order.get(str(row["detector"]), 99)))
     return rows
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return None if not flags else sum(flags) / len(flags)
+
+
+def group_key(row: dict[str, object]) -> tuple[bool, str, float]:
+    """Sort key of a summary row's (kind, contrast): films without lesions first."""
+    kind, contrast = str(row["kind"]), row["contrast"]
+    return kind != "none", kind, float(contrast)  # type: ignore[arg-type]
