@@ -111,9 +111,10 @@ def timed(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[f
 def peak_in_fresh_process(kind: str, variant: str, folder: Path, tokens: int, threads: int) -> float:
     """Peak RSS (MB) of a new process that loads one model variant and runs its step twice."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return float(pool.apply(_peak_child, (kind, variant, str(folder), tokens, threads)))
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return float(pool.submit(_peak_child, kind, variant, str(folder), tokens, threads).result())
 
 
 def _peak_child(kind: str, variant: str, folder: str, tokens: int, threads: int) -> float:

@@ -74,6 +74,9 @@ def _nlmeans(pixels: np.ndarray, sigma: float) -> np.ndarray:
 
 def _vst_wavelet(pixels: np.ndarray, sigma: float, scale: float = 1.0) -> np.ndarray:
     """Generalised Anscombe transform, sym8 BayesShrink at unit noise, then the inverse."""
+    if pywt.dwtn_max_level(pixels.shape, _VST_WAVELET) < 1:
+        # Smaller than the sym8 filter (16 px): no decomposition level fits, nothing to threshold.
+        return pixels.copy()
     alpha, beta = noise_level_function(pixels, fallback_sigma=sigma)
     stabilised, inverse = _anscombe(pixels, alpha, beta)
     levels = _levels(pixels.shape)

@@ -370,6 +370,7 @@ def _import_torch() -> Any:
 
 def _from_pretrained(role: str, folder: Path, cls: Any, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` offline; missing weights are an error, never a silent random init."""
+    _import_torch()
     try:
         model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:

@@ -87,6 +87,14 @@ def test_vst_wavelet_beats_the_haar_default_on_poisson_gaussian_noise(chest: Dec
     assert errors["vst_wavelet"] < 0.8 * errors["wavelet"]
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_noisy_16_pixel_frame_is_handled_without_warnings(method: str) -> None:
+    # Smaller than the sym8 filter: vst_wavelet has no decomposition level and passes it through.
+    noisy = np.random.default_rng(0).uniform(0.2, 0.8, (16, 16)).astype(np.float32)
+    out = enhance(DecodedImage(pixels=noisy, pixel_spacing_mm=None), method).pixels
+    assert out.shape == (16, 16)
+
+
 def test_none_returns_a_copy(chest: DecodedImage) -> None:
     enhanced = enhance(chest, "none")
     np.testing.assert_array_equal(enhanced.pixels, chest.pixels)
@@ -110,7 +118,7 @@ def test_unknown_method_names_the_valid_ones(chest: DecodedImage) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("shape", [(64, 64), (7, 9), (1, 1)])
+@pytest.mark.parametrize("shape", [(64, 64), (16, 16), (7, 9), (1, 1)])
 def test_flat_and_tiny_frames_pass_through_without_warnings(method: str, shape: tuple[int, int]) -> None:
     flat = DecodedImage(pixels=np.full(shape, 0.5, dtype=np.float32), pixel_spacing_mm=None)
     np.testing.assert_allclose(enhance(flat, method).pixels, flat.pixels, atol=1e-6)
