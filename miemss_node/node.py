@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+WORKER_RESTART_SECONDS = 5.0
+"""How often ``serve`` checks its worker processes, and so the pause before restarting a dead one."""
+
 
 class Node:
     """One MIEMSS node process. ``start()`` returns at once; ``stop()`` shuts every part down."""
@@ -95,16 +98,36 @@ class Node:
         if self.worker_processes and self.worker_count:
             # The pipeline is CPU-bound Python: in processes of their own, workers use every core and
             # never slow C-STORE handling.
-            for index in range(self.worker_count):
-                child = multiprocessing.get_context("spawn").Process(
-                    target=run_worker_process, args=(self.config, 1, os.getpid()), name=f"miemss-worker-{index}"
-                )
-                child.start()
-                self._children.append(child)
+            self._children = [self._start_child(index) for index in range(self.worker_count)]
+            self._spawn("supervisor", self._restart_dead_children, WORKER_RESTART_SECONDS)
             return
         for index in range(self.worker_count):
             worker = Worker(self.sessions, self.config, models)
             self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
+
+    def _start_child(self, index: int) -> BaseProcess:
+        child = multiprocessing.get_context("spawn").Process(
+            target=run_worker_process, args=(self.config, 1, os.getpid()), name=f"miemss-worker-{index}"
+        )
+        child.start()
+        return child
+
+    def _restart_dead_children(self) -> int:
+        """Start a new worker process for each one that died (e.g. a model folder failed to load).
+
+        Its job, if it held one, is re-run once the lease expires. Returns 0 so the loop waits
+        ``WORKER_RESTART_SECONDS`` between checks, which also paces a worker that dies at once.
+        """
+        for index, child in enumerate(self._children):
+            if not child.is_alive() and not self._stop.is_set():
+                logger.error(
+                    "worker process %s exited with %s; starting a new one",
+                    child.name,
+                    child.exitcode,
+                    extra={"action": "node.worker_died", "exitcode": child.exitcode},
+                )
+                self._children[index] = self._start_child(index)
+        return 0
 
     def _start_http(self) -> None:
         """Serve /metrics, /healthz and the dashboard (``[http] port``; only the receiving process)."""
@@ -161,6 +184,9 @@ class Node:
         if self.server is not None:
             stop_receiver(self.server)
             self.server = None
+        for thread in self._threads:  # the supervisor first, so it restarts nothing from here on
+            thread.join()
+        self._threads.clear()
         for child in self._children:
             child.terminate()  # SIGTERM: the child finishes its current job step and exits
         for child in self._children:
@@ -169,9 +195,6 @@ class Node:
                 child.kill()  # its job's lease expires and another worker runs it again
                 child.join()
         self._children.clear()
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
         self.engine.dispose()
         logger.info("node stopped", extra={"action": "node.stopped"})
 

@@ -93,3 +93,28 @@ def test_one_receiver_and_three_worker_processes_on_postgresql(
         check_each_study_once(jobs, studies, pacs)
         owners = {detail.split(" ")[2] for detail in claims}
         assert len(owners) >= 2  # the work was shared between worker processes
+
+
+def test_a_worker_process_that_dies_is_replaced(
+    monkeypatch: pytest.MonkeyPatch, config_factory: Callable[..., Config], pacs: PacsScp
+) -> None:
+    import os
+    import signal
+
+    from miemss_node import node as node_module
+
+    monkeypatch.setattr(node_module, "WORKER_RESTART_SECONDS", 0.2)
+    node = Node(config_factory(destinations=(pacs_destination(pacs),)), worker_processes=True)
+    node.start()
+    try:
+        first = node._children[0]
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and node._children[0] is first:
+            time.sleep(0.1)
+        assert node._children[0] is not first and node._children[0].is_alive()
+        study = small_studies(1, images=1)[0]
+        assert store_datasets(study, node.port) == [0]
+        check_each_study_once(wait_until_all_delivered(node, 1, pacs, timeout=120), [study], pacs)
+    finally:
+        node.stop()
