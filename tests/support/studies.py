@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -14,8 +15,7 @@ def copies_as_new_study(source: Path | Dataset, count: int) -> list[Dataset]:
     study_uid, series_uid = generate_uid(), generate_uid()
     study = []
     for index in range(count):
-        ds = original.copy()
-        ds.file_meta = original.file_meta.copy()
+        ds = copy.deepcopy(original)  # Dataset.copy() is shallow: the copies would share one UID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = index + 1
