@@ -133,7 +133,7 @@ class StoreScp(Peer):
             ["storescp", "-aet", self.called, "-od", str(folder / "in"), str(port)],
             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for_port(port)
+        wait_for_port(port, process=self.process)
         return port
 
 
@@ -162,12 +162,12 @@ class Miemss(Peer):
     def start(self, folder: Path) -> int:
         port = free_port()
         config = folder / "config.toml"
-        config.write_text(f"[node]\nport={port}\nstorage_dir='store'\nmax_associations=20\nmax_pdu=MAXPDU\n[worker]\ncount=0\n[logging]\nlevel='WARNING'\n")
+        config.write_text(f"[node]\nport={port}\nstorage_dir='store'\nmax_associations=20\n[worker]\ncount=0\n[logging]\nlevel='WARNING'\n")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "miemss_node", "serve", "--config", str(config)],
             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for_port(port)
+        wait_for_port(port, process=self.process)
         return port
 
 

@@ -107,7 +107,9 @@ class Node:
 
     def _start_child(self, index: int) -> BaseProcess:
         child = multiprocessing.get_context("spawn").Process(
-            target=run_worker_process, args=(self.config, 1, os.getpid()), name=f"miemss-worker-{index}"
+            target=run_worker_process,
+            args=(self.config, 1, os.getpid(), self.worker_count),
+            name=f"miemss-worker-{index}",
         )
         child.start()
         return child
@@ -199,14 +201,19 @@ class Node:
         logger.info("node stopped", extra={"action": "node.stopped"})
 
 
-def run_worker_process(config: Config, worker_count: int, parent_pid: int) -> None:
+def run_worker_process(config: Config, worker_count: int, parent_pid: int, siblings: int = 1) -> None:
     """Entry point of a worker child process: run ``worker_count`` workers until SIGTERM.
 
     The child also stops when its parent dies (even by SIGKILL), so no orphan keeps claiming jobs.
+    ``siblings`` worker processes share the machine: each limits its BLAS/OpenMP threads to its
+    share of the cores, since oversubscribed cores made two workers slower than one.
     """
+    from threadpoolctl import threadpool_limits
+
     from miemss_node.logconfig import configure_logging
 
     configure_logging(config.logging.level, log_format=config.logging.format)
+    threadpool_limits(limits=max(1, (os.cpu_count() or 1) // max(1, siblings)))
     node = Node(config, with_receiver=False, worker_count=worker_count, worker_processes=False)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: node.request_stop())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
