@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
     args = parser.parse_args()
 
     study = copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images)
@@ -89,7 +90,7 @@ def main() -> None:
         node = subprocess.Popen([sys.executable, "-m", "miemss_node", "serve", "--config", str(config)], env=env)
         try:
             wait_for_port(port)
-            time.sleep(3.0)  # let the worker process finish importing, as a running node would have
+            time.sleep(args.warmup)  # let the worker process import and load its models, as a running node has
             sent_at = time.perf_counter()
             statuses = store_datasets(study, port, called_aet="MIEMSS")
             last_received = time.perf_counter()
