@@ -7,6 +7,7 @@ processed the source images; highdicom adds the source's acquisition equipment n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from highdicom import ContributingEquipment
 from pydicom.sr.codedict import codes
@@ -66,6 +67,16 @@ def software_versions_value(equipment: Equipment) -> str | tuple[str]:
     if len(equipment.software_versions) == 1:
         return equipment.software_versions[0]
     return equipment.software_versions  # type: ignore[return-value]
+
+
+def enhanced_equipment_arguments(equipment: Equipment) -> dict[str, Any]:
+    """The Enhanced General Equipment attributes (PS3.3 C.7.5.2) as highdicom's SEG and PM take them."""
+    return {
+        "manufacturer": equipment.manufacturer,
+        "manufacturer_model_name": equipment.model_name,
+        "software_versions": software_versions_value(equipment),
+        "device_serial_number": equipment.device_serial_number,
+    }
 
 
 def processing_equipment(equipment: Equipment) -> ContributingEquipment:

@@ -28,7 +28,7 @@ from highdicom.pm import ParametricMap, RealWorldValueMapping
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, processing_equipment, software_versions_value
+from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
 from miemss_node.encode.templates import ParametricMapTemplate
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
@@ -224,10 +224,7 @@ def build_parametric_map(request: PmRequest) -> ParametricMap:
             series_number=request.series_number,
             sop_instance_uid=request.sop_instance_uid,
             instance_number=request.instance_number,
-            manufacturer=equipment.manufacturer,
-            manufacturer_model_name=equipment.model_name,
-            software_versions=software_versions_value(equipment),
-            device_serial_number=equipment.device_serial_number,
+            **enhanced_equipment_arguments(equipment),
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
             voi_lut_transformations=[

@@ -17,7 +17,7 @@ from highdicom.seg import Segmentation, SegmentationTypeValues
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, processing_equipment, software_versions_value
+from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
 from miemss_node.encode.templates import SegmentTemplate, algorithm_identification, segment_description
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
@@ -209,10 +209,7 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
             series_number=request.series_number,
             sop_instance_uid=request.sop_instance_uid,
             instance_number=request.instance_number,
-            manufacturer=equipment.manufacturer,
-            manufacturer_model_name=equipment.model_name,
-            software_versions=software_versions_value(equipment),
-            device_serial_number=equipment.device_serial_number,
+            **enhanced_equipment_arguments(equipment),
             content_label=request.template.content_label,
             content_description=request.template.content_description,
             series_description=request.template.series_description,
