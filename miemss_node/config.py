@@ -103,6 +103,8 @@ class WorkerSettings:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     retry_backoff_seconds: float = 30.0
+    #: Frames analysed per multi-frame image (each gets its own SEG and SC); 0 means every frame.
+    max_frames: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,6 +472,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         _check_positive(f"[worker] {name}", getattr(worker, name), problems)
     if worker.retry_backoff_seconds < 0:
         problems.append("[worker] retry_backoff_seconds must be >= 0")
+    if worker.max_frames < 0:
+        problems.append("[worker] max_frames must be >= 0 (0 = every frame)")
 
     _validate_pipeline(sections["pipeline"], problems)
 

@@ -153,7 +153,8 @@ class Worker:
                 if not is_image_dataset(ds):
                     work.skipped.append((sop_uid, "not an image (stored, not processed)"))
                     continue
-                analyses = analyse_dataset(ds, self.config.pipeline, self.models)
+                max_frames = self.config.worker.max_frames or None
+                analyses = analyse_dataset(ds, self.config.pipeline, self.models, max_frames=max_frames)
             except (DecodeError, StageError) as exc:
                 # One bad image must not cost the study its other images' results.
                 logger.warning(

@@ -123,3 +123,14 @@ def test_study_without_images_is_stored_and_nothing_is_sent(
         node.wait(0.1)
     assert job is not None and job.state is JobState.DELIVERED and results == []
     assert pacs.attempts == 0
+
+
+def test_multiframe_image_is_analysed_up_to_max_frames(
+    config_factory: Callable[..., Config], node_factory: Callable[[Config], Node], pacs: PacsScp
+) -> None:
+    source = shared_file("dicom/xray/xa_multiframe_96f_jpegbaseline.dcm")
+    node = node_factory(config_factory(destinations=(pacs_destination(pacs),), worker={"max_frames": 2}))
+    assert store_files([source], node.port) == [0x0000]
+    received = pacs.wait_for(lambda got: any(kinds(got)["SR"]), timeout=120)
+    frames = sorted(int(sc.SourceImageSequence[0].ReferencedFrameNumber) for sc in kinds(received)["SC"])
+    assert frames == [1, 2]
