@@ -140,7 +140,7 @@ def build_key_object_selection(request: KoRequest) -> KeyObjectSelectionDocument
         "KO encoded: key image %s",
         key.source.SOPInstanceUID,
         extra={
-            "action": "ko_encoded",
+            "action": "encode.ko",
             "sop_instance_uid": str(ko.SOPInstanceUID),
             "source_sop_instance_uid": str(key.source.SOPInstanceUID),
             "frame_number": frame,

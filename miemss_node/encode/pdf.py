@@ -248,7 +248,7 @@ def build_encapsulated_pdf(request: PdfRequest) -> SOPClass:
     logger.info(
         "Encapsulated PDF encoded (%d bytes)",
         len(document),
-        extra={"action": "pdf_encoded", "sop_instance_uid": str(pdf.SOPInstanceUID)},
+        extra={"action": "encode.pdf", "sop_instance_uid": str(pdf.SOPInstanceUID)},
     )
     return pdf
 

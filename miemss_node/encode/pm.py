@@ -247,7 +247,7 @@ def build_parametric_map(request: PmRequest) -> ParametricMap:
         "PM encoded for %s",
         uid,
         extra={
-            "action": "pm_encoded",
+            "action": "encode.pm",
             "sop_instance_uid": str(pm.SOPInstanceUID),
             "source_sop_instance_uid": uid,
             "frame_number": frame,

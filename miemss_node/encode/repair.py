@@ -358,7 +358,7 @@ def repair_source(source: Dataset) -> tuple[Dataset, tuple[Repair, ...]]:
             repair.sop_instance_uid,
             repair.reason,
             extra={
-                "action": "source_repaired",
+                "action": "encode.source_repaired",
                 "sop_instance_uid": repair.sop_instance_uid,
                 "repair": repair.name,
             },

@@ -144,7 +144,7 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
         "SC encoded for %s",
         source_uid,
         extra={
-            "action": "sc_encoded",
+            "action": "encode.sc",
             "sop_instance_uid": str(sc.SOPInstanceUID),
             "source_sop_instance_uid": source_uid,
             "frame_number": analysis.decoded.frame_number,

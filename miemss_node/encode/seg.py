@@ -231,7 +231,7 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         source_uid,
         len(regions),
         extra={
-            "action": "seg_encoded",
+            "action": "encode.seg",
             "sop_instance_uid": str(seg.SOPInstanceUID),
             "source_sop_instance_uid": source_uid,
             "frame_number": frame_number,

@@ -297,7 +297,7 @@ def _character_set(request: SrRequest) -> str | None:
     """None keeps the source's character set; our own non-ASCII text needs UTF-8 (ISO_IR 192)."""
     if all(text.isascii() for _, text in _texts(request)):
         return None
-    logger.debug("SR text is not ASCII: UTF-8 declared", extra={"action": "sr_charset_utf8"})
+    logger.debug("SR text is not ASCII: UTF-8 declared", extra={"action": "encode.sr_charset_utf8"})
     return "ISO_IR 192"
 
 
@@ -368,6 +368,6 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
     logger.info(
         "SR encoded with %d measurement group(s)",
         len(groups),
-        extra={"action": "sr_encoded", "sop_instance_uid": str(sr.SOPInstanceUID)},
+        extra={"action": "encode.sr", "sop_instance_uid": str(sr.SOPInstanceUID)},
     )
     return sr

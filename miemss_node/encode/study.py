@@ -181,7 +181,7 @@ def encode_study(
         len(results),
         time.perf_counter() - started,
         extra={
-            "action": "study_encoded",
+            "action": "encode.study",
             "job_key": context.job_key,
             "study_instance_uid": str(images[0].source.StudyInstanceUID),
             "kinds": sorted(kinds),

@@ -228,7 +228,7 @@ def load_template(templates_dir: Path, name: str) -> dict[str, Any]:
             for error in errors
         )
         raise TemplateError(f"{path}: does not match {schema_path.name}: {problems}")
-    logger.debug("template loaded", extra={"action": "template_loaded", "template": str(path)})
+    logger.debug("template loaded", extra={"action": "encode.template_loaded", "template": str(path)})
     return dict(document)
 
 
