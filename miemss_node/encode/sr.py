@@ -253,7 +253,8 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
     texts.extend((template.finding, finding) for finding in report.findings if finding.strip())
     without = [entry for entry in request.entries if entry.segments is None]
     if len(without) == len(request.entries):
-        texts.append((template.finding, template.no_region_in_study))
+        if template.no_region_in_study not in report.findings:  # the pipeline may have said it already
+            texts.append((template.finding, template.no_region_in_study))
     else:
         texts.extend(
             (template.finding, template.no_region_in_image.format(image=image_name(entry)))
