@@ -171,15 +171,21 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _run_until_signal(node: Node) -> int:
+    received: list[int] = []
+
     def stop(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping", signum, extra={"action": "node.stopping"})
-        node.request_stop()
+        # Only note the signal: taking locks here (Event.set, logging) can deadlock if the signal
+        # lands while the main thread holds the same lock; the loop below acts on it.
+        received.append(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     node.start()
-    node.wait()
+    while not received and not node.wait(0.5):
+        pass
+    if received:
+        logger.info("signal %d: stopping", received[0], extra={"action": "node.stopping"})
     node.stop()
     return EXIT_OK
 

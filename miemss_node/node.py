@@ -215,10 +215,12 @@ def run_worker_process(config: Config, worker_count: int, parent_pid: int, sibli
     configure_logging(config.logging.level, log_format=config.logging.format)
     threadpool_limits(limits=max(1, (os.cpu_count() or 1) // max(1, siblings)))
     node = Node(config, with_receiver=False, worker_count=worker_count, worker_processes=False)
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: node.request_stop())
+    received: list[int] = []
+    # Only note the signal (no locks in a handler); the loop below stops the node.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     node.start()
-    while not node.wait(1.0):
+    while not received and not node.wait(1.0):
         if os.getppid() != parent_pid:
             logger.warning("parent process is gone; stopping", extra={"action": "node.orphaned"})
             node.request_stop()
