@@ -378,14 +378,6 @@ def reset_deliveries(session: Session, *, study_instance_uid: str, destination: 
     return len(deliveries)
 
 
-def add_delivery(session: Session, *, job_id: int, destination: str, now: datetime) -> Delivery:
-    """Queue a delivery of a job's results to a destination it was not sent to before."""
-    delivery = Delivery(
-        job_id=job_id, destination=destination, state=DeliveryState.PENDING, next_attempt_at=now, created_at=now
-    )
-    session.add(delivery)
-    return delivery
-
 
 def list_jobs(session: Session, *, limit: int = 50) -> list[tuple[Job, str]]:
     """The most recent jobs with their study's UID."""

@@ -28,7 +28,8 @@ from miemss_node.config import RESULT_TYPES, Config, Destination
 from miemss_node.node import Node
 from miemss_node.queue.models import Delivery, DeliveryState, Instance, Job, JobState, Study
 from tests.support.dciodvfy import dciodvfy_errors
-from tests.support.orthanc import Modality, Orthanc, free_port, orthanc_binary
+from tests.support.net import free_port
+from tests.support.orthanc import Modality, Orthanc, orthanc_binary
 from tests.support.paths import shared_file
 
 

@@ -7,11 +7,18 @@ import subprocess
 import time
 
 
+#: Tests and benchmarks use loopback ports above 10000 only.
+MIN_PORT = 10001
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port above :data:`MIN_PORT` on 127.0.0.1 that was free a moment ago."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port >= MIN_PORT:
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,30 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.net import free_port
+
 #: Folders searched besides PATH: Debian installs the server as /usr/sbin/Orthanc.
 EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
 
 #: How long Orthanc may take to answer its REST API after starting, in seconds.
 START_TIMEOUT_S = 30.0
 
-#: Lowest port we let the tests use (ports below are often taken by real services).
-MIN_PORT = 10001
-
-
 def orthanc_binary() -> str | None:
     """Return the ``Orthanc`` executable, or None when Debian's ``orthanc`` is not installed."""
     search = os.pathsep.join([os.environ.get("PATH", ""), *EXTRA_BIN_DIRS])
     return shutil.which("Orthanc", path=search)
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 above :data:`MIN_PORT` (the kernel's ephemeral range)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port >= MIN_PORT:
-            return port
 
 
 @dataclass(frozen=True, kw_only=True)
