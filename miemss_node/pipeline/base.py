@@ -120,8 +120,52 @@ class Region:
     bbox: tuple[int, int, int, int]
     mean_score: float
     max_score: float
-    #: Where in the image, in words, e.g. "upper left".
+    #: Where it is, in words: in the patient's terms when the orientation is known (e.g. "right
+    #: lower zone"), else in the image's, saying so (e.g. "image left, lower zone").
     location: str
+    #: The patient's side, "right" or "left"; None when unknown or not on one side.
+    side: str | None = None
+    #: Lung zone on a frontal chest film: "upper", "middle" or "lower"; None elsewhere.
+    zone: str | None = None
+    #: "zone" (an abnormal lung zone, e.g. an opacity or an opaque hemithorax) or "focal" (a
+    #: nodule- or mass-like blob); "patch" for the generic, non-chest analysis.
+    kind: str = "patch"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Anatomy:
+    """What one frame shows: the patient's anatomy, and what is not anatomy.
+
+    Masks are boolean at the *working* resolution (``shape``); :meth:`to_source` scales a point.
+    """
+
+    #: Working-image shape the masks have.
+    shape: tuple[int, int]
+    #: Source-image shape the masks map to.
+    source_shape: tuple[int, int]
+    #: "PA", "AP", "LATERAL" or "" when unknown (from View Position, else the image).
+    view: str
+    #: True when the frame was analysed as a frontal (PA/AP) chest film.
+    chest_frontal: bool
+    #: The patient's body (inside the skin line, inside the collimation).
+    body: np.ndarray
+    #: The two hemithoraces, including lung that is opaque: 1 = the one on the image's left,
+    #: 2 = the one on the image's right, 0 elsewhere (uint8). All 0 for a non-chest frame.
+    hemithoraces: np.ndarray
+    #: Heart and mediastinum.
+    mediastinum: np.ndarray
+    #: Column of the midline (working pixels); None when not found.
+    midline_col: float | None
+    #: What is not anatomy and is never outlined: markers and text, lines and wires, metal,
+    #: collimation and everything outside the body.
+    not_anatomy: np.ndarray
+    #: Devices and objects seen, in words, e.g. ("external lead or line", "burned-in text or marker").
+    devices: tuple[str, ...] = ()
+    #: True when the patient's right is displayed on the image's left (PA/AP standard display);
+    #: None when Patient Orientation does not say.
+    patient_right_on_image_left: bool | None = None
+    #: "classical" or the name of the anatomy model that made the masks.
+    method: str = "classical"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +224,10 @@ class ImageAnalysis:
     attention: AttentionMap | None = None
     #: BLIP caption of the enhanced frame, when a BLIP model captioned it.
     caption: str | None = None
+    #: How abnormal the frame looks, 0 (like a normal film) to 1; see ``pipeline/score.py``.
+    abnormality_score: float = 0.0
+    #: The anatomy found in the frame; None when the pipeline did not estimate it.
+    anatomy: Anatomy | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
