@@ -52,8 +52,10 @@ MIDLINE_ROWS = (0.15, 0.45)
 #: A core's threshold is this fraction of the way from its side's darkest pixels to the mediastinum;
 #: the fractions are tried in turn until a lung-like core is found.
 CORE_FRACTIONS = (0.3, 0.45, 0.6, 0.75)
-#: A core grows back into pixels up to this much brighter than its threshold (same units).
-CORE_GROWTH = 0.15
+#: A core grows into connected pixels up to this much brighter than its threshold (same units) ...
+CORE_GROWTH = 0.25
+#: ... at most this fraction of the image's long side away from where it started.
+CORE_REACH = 0.06
 #: A lung core covers at least this fraction of the image ...
 CORE_MIN_AREA = 0.01
 #: ... has its centroid in this band of the rows ...
@@ -68,8 +70,10 @@ CORE_MAX_BORDER = 0.03
 
 #: A side whose core is smaller than this fraction of the other's is completed by the mirror image.
 MIRROR_BELOW = 0.6
-#: A hemithorax reaches at most this many thorax widths below the apex.
+#: A hemithorax reaches at most this many thorax widths below the apex ...
 MAX_HEIGHT_PER_WIDTH = 0.85
+#: ... and at most this fraction of the aerated lungs' height below the lowest of them.
+MAX_BASE_REACH = 0.25
 
 #: Whether the patient's right is on the image's left, by Patient Orientation's first value (the
 #: patient direction of increasing column).
@@ -178,7 +182,10 @@ def find_chest_frame(work: np.ndarray, body: np.ndarray) -> ChestFrame | None:
     apex = min(box[0] for box in boxes.values())
     width = boxes["image-right"][3] - boxes["image-left"][1]
     lowest = max(box[2] for box in boxes.values())
-    limit = min(rows - 1, max(lowest, int(apex + MAX_HEIGHT_PER_WIDTH * width)))
+    # Below the lowest aerated lung the diaphragm is not seen through an opacity: reach at most a
+    # fraction of the aerated height further, and at most a fixed share of the thorax's width.
+    reach = min(int(apex + MAX_HEIGHT_PER_WIDTH * width), int(lowest + MAX_BASE_REACH * (lowest - apex)))
+    limit = min(rows - 1, max(lowest, reach))
     abdomen = _abdomen_level(smooth, body, limit)
     hemithoraces = {}
     bases = []
@@ -223,7 +230,11 @@ def _lung_core(smooth: np.ndarray, body: np.ndarray, midline: int, side: str, me
             continue
         core = labels == max(candidates, key=lambda p: p.area).label
         grow = (smooth < darkest + min(1.0, fraction + CORE_GROWTH) * (mediastinum - darkest)) & region
-        core = ndimage.binary_dilation(core, structure=disk(4)) & grow
+        reach = max(1, round(CORE_REACH * max(rows, cols)))
+        # Geodesic growth: into less dark lung (the periphery, the apex) connected to the core, but
+        # never further than ``reach`` from it, so a leak into the axilla stays short.
+        limit = ndimage.binary_dilation(core, structure=disk(reach))
+        core = ndimage.binary_propagation(core, mask=grow & limit)
         return ndimage.binary_fill_holes(_largest(core))
     return np.zeros(smooth.shape, dtype=bool)
 

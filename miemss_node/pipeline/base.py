@@ -42,6 +42,8 @@ class PipelineSettings:
     #: Frontal (PA/AP) chest films get the anatomy-aware analysis (lung zones against normal films,
     #: round densities); other films, and all films when False, the generic patch analysis.
     chest_analysis: bool = True
+    #: At most this many round densities become regions on a chest film (the strongest).
+    max_focal_regions: int = 2
     #: The normal reference of the chest analysis (``miemss-node reference chest``); "" = the one
     #: shipped with the package.
     chest_reference: str = ""

@@ -31,10 +31,10 @@ from miemss_node.pipeline.chest_reference import (
     ChestReference,
     ZoneEvidence,
     abnormality,
+    evidence_at,
     focal_evidence,
     zone_evidence,
 )
-from miemss_node.pipeline.chest_reference import FLAG_EVIDENCE as FLAG
 from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
@@ -48,8 +48,6 @@ DETAIL_SIDE = 512
 #: When the pixel spacing is unknown, the image is taken to span this many mm on its long side
 #: (a 35 x 43 cm detector), so that sizes in mm stay meaningful.
 ASSUMED_FIELD_MM = 400.0
-#: At most this many round densities become regions.
-MAX_FOCAL_REGIONS = 2
 #: View Position values analysed as a frontal chest film ("" = unknown: the image decides).
 FRONTAL_VIEWS = frozenset({"", "PA", "AP"})
 
@@ -148,16 +146,39 @@ class _Part:
     evidence: float
 
 
-def judge_chest(measured: ChestMeasurements, image: DecodedImage, reference: ChestReference) -> ChestFindings:
-    """Turn the measurements of a frame into regions, a heatmap and an abnormality score."""
+def judge_chest(
+    measured: ChestMeasurements,
+    image: DecodedImage,
+    reference: ChestReference,
+    *,
+    threshold: float = 0.5,
+    max_focal_regions: int = 2,
+) -> ChestFindings:
+    """Turn the measurements of a frame into regions, a heatmap and an abnormality score.
+
+    Parameters
+    ----------
+    measured
+        From :func:`measure_chest`.
+    image
+        The decoded frame (its pixel spacing, for areas).
+    reference
+        The normal reference.
+    threshold
+        Abnormality score from which a zone or a round density becomes a region; 0.5 is the
+        reference's flagging evidence (``[pipeline] threshold``).
+    max_focal_regions
+        At most this many round densities become regions (``[pipeline] max_focal_regions``).
+    """
     anatomy = measured.anatomy
+    flag = evidence_at(threshold)
     evidence = zone_evidence(measured.features, reference)
     focal = tuple(focal_evidence(c.strength, reference) for c in measured.candidates)
-    parts = _zone_parts(measured, evidence)
+    parts = _zone_parts(measured, evidence, flag)
     covered = np.zeros(anatomy.shape, dtype=bool)
     for part in parts:
         covered |= part.mask
-    parts += _focal_parts(measured, focal, covered)
+    parts += _focal_parts(measured, focal, covered, flag, max_focal_regions)
     heat = np.zeros(anatomy.shape, dtype=np.float32)
     for key, mask in measured.zones.items():
         heat[mask] = abnormality(evidence[key].evidence)
@@ -177,7 +198,7 @@ def judge_chest(measured: ChestMeasurements, image: DecodedImage, reference: Che
         relabel[old_label] = new_label
         regions.append(replace(region, label=new_label))
     # A round-density candidate below the flag says nothing: every film has its strongest blob.
-    strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= FLAG], default=-math.inf)
+    strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= flag], default=-math.inf)
     return ChestFindings(
         region_map=RegionMap(heatmap=source_heat, labels=relabel[source_labels], regions=tuple(regions)),
         abnormality_score=abnormality(strongest),
@@ -186,11 +207,11 @@ def judge_chest(measured: ChestMeasurements, image: DecodedImage, reference: Che
     )
 
 
-def _zone_parts(measured: ChestMeasurements, evidence: dict[ZoneKey, ZoneEvidence]) -> list[_Part]:
+def _zone_parts(measured: ChestMeasurements, evidence: dict[ZoneKey, ZoneEvidence], flag: float) -> list[_Part]:
     """One part per run of touching flagged zones of one side, objects cut out."""
     parts = []
     for side in SIDES:
-        flagged = [zone for zone in ZONE_NAMES if evidence[ZoneKey(side=side, zone=zone)].evidence >= FLAG]
+        flagged = [zone for zone in ZONE_NAMES if evidence[ZoneKey(side=side, zone=zone)].evidence >= flag]
         for run in _touching_runs(flagged):
             mask = np.zeros(measured.anatomy.shape, dtype=bool)
             for zone in run:
@@ -202,14 +223,16 @@ def _zone_parts(measured: ChestMeasurements, evidence: dict[ZoneKey, ZoneEvidenc
     return parts
 
 
-def _focal_parts(measured: ChestMeasurements, focal: tuple[float, ...], covered: np.ndarray) -> list[_Part]:
-    """A disc per flagged round density outside the flagged zones (at most MAX_FOCAL_REGIONS)."""
+def _focal_parts(
+    measured: ChestMeasurements, focal: tuple[float, ...], covered: np.ndarray, flag: float, limit: int
+) -> list[_Part]:
+    """A disc per flagged round density outside the flagged zones (at most ``limit``)."""
     anatomy = measured.anatomy
     scale = (anatomy.shape[0] / measured.detail_shape[0], anatomy.shape[1] / measured.detail_shape[1])
     midline = anatomy.midline_col if anatomy.midline_col is not None else anatomy.shape[1] / 2
     parts: list[_Part] = []
     for candidate, candidate_evidence in zip(measured.candidates, focal, strict=True):
-        if candidate_evidence < FLAG or len(parts) >= MAX_FOCAL_REGIONS:
+        if candidate_evidence < flag or len(parts) >= limit:
             continue
         centre = (candidate.row * scale[0], candidate.col * scale[1])
         disc = _disc(anatomy.shape, centre, max(1.5, candidate.radius_px * scale[0]))

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from miemss_node.errors import ModelError
-from miemss_node.pipeline.base import ModelRun
+from miemss_node.pipeline.base import DecodedImage, ModelRun, PipelineSettings
 from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, ZoneKey, feature_names
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ ASYMMETRY_SPREAD_FLOOR = 0.06
 #: Round-density candidates stronger than the reference's threshold are flagged; the threshold is set
 #: so that the normal films it was built from had this many such candidates per film.
 FOCAL_FLAGS_PER_NORMAL_FILM = 0.15
+#: The threshold is raised by this factor: a reference of a few films has seen only the strongest blobs
+#: of those films, and normal films have stronger ones now and then.
+FOCAL_MARGIN = 1.15
 #: The file layout; another is refused.
 FORMAT = "miemss-chest-reference"
 VERSION = 1
@@ -100,6 +103,12 @@ def abnormality(evidence: float) -> float:
     if not math.isfinite(evidence):
         return 0.0
     return float(1.0 / (1.0 + math.exp(-(evidence - FLAG_EVIDENCE) / SCORE_SLOPE)))
+
+
+def evidence_at(score: float) -> float:
+    """The evidence whose abnormality score is ``score`` (the inverse of :func:`abnormality`)."""
+    score = min(max(score, 1e-6), 1.0 - 1e-6)
+    return FLAG_EVIDENCE + SCORE_SLOPE * math.log(score / (1.0 - score))
 
 
 def zone_evidence(features: dict[str, float], reference: ChestReference) -> dict[ZoneKey, ZoneEvidence]:
@@ -159,7 +168,7 @@ def fit_chest_reference(
         spreads[name_] = float(values.std(ddof=1)) if values.size >= 2 else 0.0
     strengths = np.sort(np.concatenate([np.asarray(s, dtype=np.float64) for s in focal_strengths] or [np.zeros(0)]))[::-1]
     allowed = int(FOCAL_FLAGS_PER_NORMAL_FILM * len(feature_rows))
-    threshold = float(strengths[allowed]) if strengths.size > allowed else float(strengths.min(initial=1.0))
+    threshold = FOCAL_MARGIN * (float(strengths[allowed]) if strengths.size > allowed else float(strengths.min(initial=1.0)))
     logger.info(
         "chest reference fitted on %d film(s)", len(feature_rows), extra={"action": "reference.chest_fitted"}
     )
@@ -173,6 +182,48 @@ def fit_chest_reference(
         films=tuple(dict(film) for film in films),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def fit_from_films(
+    images: Iterable[tuple[str, DecodedImage]],
+    settings: PipelineSettings,
+    *,
+    name: str,
+    provenance: dict[str, dict[str, str]] | None = None,
+) -> ChestReference:
+    """Measure normal films and build a reference from those that are frontal chest films.
+
+    Parameters
+    ----------
+    images
+        (file name, decoded frame) pairs of normal films.
+    settings
+        The pipeline settings (the denoise method of each film's Modality is used).
+    name
+        The reference's name.
+    provenance
+        Per file name, what to record about it (e.g. source, licence).
+
+    Raises
+    ------
+    ModelError
+        If none of the films is a frontal chest film.
+    """
+    from miemss_node.pipeline.chest import measure_chest
+    from miemss_node.pipeline.enhance import enhance
+    from miemss_node.pipeline.modality import settings_for_image
+
+    rows, strengths, films = [], [], []
+    for file_name, image in images:
+        chosen = settings_for_image(settings, image)
+        measured = measure_chest(image, enhance(image, chosen.denoise_method).pixels)
+        if measured is None:
+            logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
+            continue
+        rows.append(measured.features)
+        strengths.append([candidate.strength for candidate in measured.candidates])
+        films.append({"file": file_name, **(provenance or {}).get(file_name, {})})
+    return fit_chest_reference(rows, strengths, name=name, films=films)
 
 
 def save_chest_reference(reference: ChestReference, path: Path) -> str:

@@ -20,12 +20,22 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-#: Nodule radii (mm) looked for: 5 to 30 mm across.
-RADII_MM = (2.5, 3.5, 5.0, 7.0, 10.0, 14.0)
+#: Nodule and mass radii (mm) looked for: about 10 to 40 mm across (smaller ones are lost among vessels seen
+#: end-on at the working resolution).
+RADII_MM = (5.0, 7.0, 10.0, 14.0, 20.0)
 #: The local spread is measured over a window this many sigmas wide.
 LOCAL_WINDOW_SIGMAS = 6.0
+#: The local spread is measured on responses clipped to these percentiles of the lungs' responses.
+CLIP_PERCENTILES = (2.0, 98.0)
 #: Candidates are at least this far (mm) inside the lungs' edges.
 EDGE_MARGIN_MM = 4.0
+#: A candidate whose rim is this many times sharper than the body's 99th-percentile gradient has the
+#: crisp outline of metal (a device, a clip), not the soft edge of tissue: it is dropped.
+METAL_RIM_SHARPNESS = 1.5
+#: A candidate this small (radius, mm) and this contrasted (fraction of the body's display range) is
+#: an electrode or a snap, not a nodule: it is dropped.
+ELECTRODE_MAX_RADIUS_MM = 7.0
+ELECTRODE_MIN_CONTRAST = 0.3
 #: At most this many candidates are returned per frame (the strongest).
 MAX_CANDIDATES = 40
 #: Two candidates are at least this far apart (mm).
@@ -90,16 +100,53 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
         for r, c in peaks
         if allowed[r, c]
     ]
-    return sorted(candidates, key=lambda candidate: -candidate.strength)
+    tissue = _TissueCheck(image, lungs | ~excluded, mm_per_px)
+    return sorted((c for c in candidates if tissue.looks_like_tissue(c)), key=lambda candidate: -candidate.strength)
+
+
+class _TissueCheck:
+    """Tells a tissue density from metal by its rim's sharpness and its contrast for its size."""
+
+    def __init__(self, image: np.ndarray, inside: np.ndarray, mm_per_px: float) -> None:
+        self.image = image
+        self.mm_per_px = mm_per_px
+        low, high = np.percentile(image[inside], [2, 98]) if inside.any() else (0.0, 1.0)
+        self.scale = max(float(high - low), 1e-3)
+        self.gradient = ndimage.gaussian_gradient_magnitude(image, sigma=1.0)
+        self.reference = max(float(np.percentile(self.gradient[inside], 99)) if inside.any() else 1.0, 1e-6)
+
+    def looks_like_tissue(self, candidate: FocalCandidate) -> bool:
+        rows, cols = self.image.shape
+        r, c, radius = candidate.row, candidate.col, max(candidate.radius_px, 1.0)
+        reach = int(np.ceil(2.5 * radius)) + 1
+        r0, r1 = max(0, int(r) - reach), min(rows, int(r) + reach + 1)
+        c0, c1 = max(0, int(c) - reach), min(cols, int(c) + reach + 1)
+        rr, cc = np.ogrid[r0:r1, c0:c1]
+        distance = np.hypot(rr - r, cc - c)
+        window = self.image[r0:r1, c0:c1]
+        inner = distance <= max(1.5, 0.5 * radius)
+        ring = (distance > 1.5 * radius) & (distance <= 2.5 * radius)
+        rim = (distance > 0.5 * radius) & (distance <= 1.5 * radius)
+        if not (inner.any() and ring.any() and rim.any()):
+            return True
+        sharpness = float(np.percentile(self.gradient[r0:r1, c0:c1][rim], 95)) / self.reference
+        contrast = (float(np.median(window[inner])) - float(np.median(window[ring]))) / self.scale
+        small = radius * self.mm_per_px <= ELECTRODE_MAX_RADIUS_MM
+        return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
 
 
 def _locally_normalised(response: np.ndarray, allowed: np.ndarray, sigma: float) -> np.ndarray:
-    """Response minus the lungs' median, over its local spread (floored at the lungs' median spread)."""
+    """Response minus the lungs' median, over its local spread (floored at the lungs' median spread).
+
+    The spread is measured on the response clipped to the lungs' typical range, so that a strong
+    blob does not inflate the spread around itself and hide.
+    """
+    inside = response[allowed] if allowed.any() else response.ravel()
+    low, centre, high = (float(v) for v in np.percentile(inside, [CLIP_PERCENTILES[0], 50, CLIP_PERCENTILES[1]]))
+    clipped = np.clip(response, low, high)
     window = max(3, int(LOCAL_WINDOW_SIGMAS * sigma))
-    mean = ndimage.uniform_filter(response, window)
-    mean_sq = ndimage.uniform_filter(response * response, window)
+    mean = ndimage.uniform_filter(clipped, window)
+    mean_sq = ndimage.uniform_filter(clipped * clipped, window)
     spread = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
-    inside = spread[allowed]
-    floor = float(np.median(inside)) if inside.size else 1e-6
-    centre = float(np.median(response[allowed])) if allowed.any() else 0.0
+    floor = float(np.median(spread[allowed])) if allowed.any() else 1e-6
     return (response - centre) / np.maximum(spread, max(floor, 1e-6))

@@ -84,7 +84,13 @@ def analyse_image(
     if measured is not None:
         chest = measured
         reference = _timed("reference", seconds, lambda: load_chest_reference(settings.chest_reference))
-        judged = _timed("regions", seconds, lambda: judge_chest(chest, image, reference))
+        judged = _timed(
+            "regions",
+            seconds,
+            lambda: judge_chest(
+                chest, image, reference, threshold=settings.threshold, max_focal_regions=settings.max_focal_regions
+            ),
+        )
         analysis = ImageAnalysis(
             decoded=image,
             enhanced=enhanced,
