@@ -123,7 +123,7 @@ def chest_anatomy(
         None when the frame does not show two lungs side by side.
     """
     body = field_mask(work)
-    frame = find_chest_frame(work, body)
+    frame = find_chest_frame(work, body, frontal=view in ("PA", "AP"))
     if frame is None:
         return None
     hemithoraces = np.zeros(work.shape, dtype=np.uint8)
@@ -164,8 +164,12 @@ def right_on_image_left(patient_orientation: tuple[str, ...] | None) -> bool | N
     return _RIGHT_ON_IMAGE_LEFT.get(first)
 
 
-def find_chest_frame(work: np.ndarray, body: np.ndarray) -> ChestFrame | None:
-    """Midline, lung cores and hemithoraces of a working image; None without two lung cores."""
+def find_chest_frame(work: np.ndarray, body: np.ndarray, *, frontal: bool = False) -> ChestFrame | None:
+    """Midline, lung cores and hemithoraces of a working image; None without two lung cores.
+
+    With ``frontal`` (View Position says PA or AP), one lung core is enough: the other side may be
+    opaque throughout (a white-out), and gets the found core's mirror image.
+    """
     rows, cols = work.shape
     if min(rows, cols) < 32 or not body.any():
         return None
@@ -174,10 +178,13 @@ def find_chest_frame(work: np.ndarray, body: np.ndarray) -> ChestFrame | None:
     band = smooth[int(0.2 * rows) : int(0.6 * rows), max(0, midline - int(0.03 * cols)) : midline + int(0.03 * cols) + 1]
     mediastinum_level = float(np.median(band))
     cores = {side: _lung_core(smooth, body, midline, side, mediastinum_level) for side in ("image-left", "image-right")}
-    if not all(core.any() for core in cores.values()):
+    found = [side for side, core in cores.items() if core.any()]
+    if len(found) < (1 if frontal else 2):
         logger.debug("no lung core on one side: not a frontal chest", extra={"action": "anatomy.not_chest"})
         return None
     completed = _complete_by_mirror(cores, midline, body)
+    if not all(mask.any() for mask in completed.values()):
+        return None
     boxes = {side: _bbox(mask) for side, mask in completed.items()}
     apex = min(box[0] for box in boxes.values())
     width = boxes["image-right"][3] - boxes["image-left"][1]
