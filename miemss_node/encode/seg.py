@@ -1,6 +1,7 @@
 """The Segmentation (SEG) of the anomalous regions of one analysed image or frame.
 
-One BINARY segment per :class:`~miemss_node.pipeline.base.Region` (PS3.3 A.51, C.8.20), each
+One segment per :class:`~miemss_node.pipeline.base.Region` (BINARY; FRACTIONAL 0/1 where 1-bit
+frames would not start on a byte, see :func:`segmentation_type`) (PS3.3 A.51, C.8.20), each
 referencing its source image (and frame). An image without any region gets no SEG: an empty
 Segmentation carries no information and some viewers reject a SEG without segments; the SR
 says for that image that no anomalous region was found.
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from highdicom import PlanePositionSequence
-from highdicom.seg import Segmentation, SegmentationTypeValues
+from highdicom.seg import Segmentation, SegmentationFractionalTypeValues, SegmentationTypeValues
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
@@ -160,6 +162,26 @@ def _reference_frame(seg: Segmentation, frame_number: int) -> None:
         item.ReferencedFrameNumber = frame_number
 
 
+def segmentation_type(shape: tuple[int, int], n_segments: int) -> dict[str, Any]:
+    """The segmentation type arguments: BINARY, or FRACTIONAL when 1-bit frames would not align.
+
+    BINARY frames are 1 bit per pixel, packed one after the other with no padding between frames
+    (PS3.5 8.1.1), so when Rows x Columns is not a multiple of 8 every frame after the first starts
+    inside a byte. OHIF's loader (``@cornerstonejs/adapters`` 5.14, ``getBitmapFramesFromDataset``)
+    then takes the even-padded Pixel Data for byte-aligned frames and shifts every segment after
+    the first by a few pixels. Such a SEG is written FRACTIONAL instead (8 bits per pixel, OCCUPANCY,
+    Maximum Fractional Value 1, so every pixel is 0 or 1): the same mask, byte-aligned.
+    """
+    rows, columns = shape
+    if n_segments > 1 and (rows * columns) % 8:
+        return {
+            "segmentation_type": SegmentationTypeValues.FRACTIONAL,
+            "fractional_type": SegmentationFractionalTypeValues.OCCUPANCY,
+            "max_fractional_value": 1,
+        }
+    return {"segmentation_type": SegmentationTypeValues.BINARY}
+
+
 def _add_projection_plane(seg: Segmentation, source: Dataset) -> None:
     """Add the Frame of Reference and Plane Orientation (Patient) of a projection image's plane.
 
@@ -234,14 +256,14 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         for region in regions
     ]
     labels = analysis.region_map.labels
-    stacked = np.stack([labels == region.label for region in regions], axis=-1)[np.newaxis].astype(np.uint8)
+    stacked = np.stack([labels == region.label for region in regions], axis=-1)[np.newaxis].astype(np.float32)
     header, plane_positions = _frame_source(source, frame_number)
     equipment = request.equipment
     try:
         seg = Segmentation(
             source_images=[header],
             pixel_array=stacked,
-            segmentation_type=SegmentationTypeValues.BINARY,
+            **segmentation_type(labels.shape, len(regions)),
             segment_descriptions=descriptions,
             series_instance_uid=request.series_uid,
             series_number=request.series_number,
