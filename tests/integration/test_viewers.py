@@ -59,15 +59,25 @@ class Film:
     srs: list[Path]
 
 
-def _node_and_modules() -> str:
-    node = shutil.which("node")
+#: Node.js versions that load an ES module shipped as a ".js" file of a CommonJS package
+#: (dcmjs, gl-matrix) by themselves; older ones (Debian 12 has 18) get tests/viewers/esm_loader.mjs.
+NODE_DETECTS_MODULES = (20, 19)
+
+
+def _node_command() -> list[str]:
+    """How to run Node.js: ``MIEMSS_NODE`` or ``node`` on the PATH, with the loader hook when old."""
+    node = os.environ.get("MIEMSS_NODE") or shutil.which("node")
     installed = (VIEWERS / "node_modules" / "@cornerstonejs" / "adapters").is_dir()
     if node is None or not installed:
         message = "Node.js and tests/viewers/node_modules are needed: apt-get install nodejs npm; make test runs npm ci"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    return node
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    major, minor = (int(part) for part in version.strip().lstrip("v").split(".")[:2])
+    if (major, minor) >= NODE_DETECTS_MODULES:
+        return [node]
+    return [node, "--no-warnings", "--experimental-loader", "./esm_loader.mjs"]
 
 
 def _films() -> list[Path]:
@@ -117,7 +127,7 @@ def _encode(path: Path, index: int, folder: Path) -> Film:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Film], dict[str, dict]]:
     """Encode every film, then load all results in one Node.js process."""
-    node = _node_and_modules()
+    node = _node_command()
     folder = tmp_path_factory.mktemp("viewers")
     films = [_encode(path, index, folder) for index, path in enumerate(_films())]
     manifest = {
@@ -135,7 +145,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Film], dict[s
     }
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     done = subprocess.run(
-        [node, str(VIEWERS / "load_results.mjs"), str(folder / "manifest.json"), str(folder / "out.json")],
+        [*node, str(VIEWERS / "load_results.mjs"), str(folder / "manifest.json"), str(folder / "out.json")],
         capture_output=True,
         text=True,
         timeout=600,

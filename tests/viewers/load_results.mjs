@@ -10,6 +10,7 @@
 //           labelmapDir as raw bytes (one value per pixel, row-major) and named in the output.
 // A failure to load is reported in the output ("error"), never thrown: the test asserts on it.
 
+import { webcrypto } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import dcmjs from "dcmjs";
@@ -17,6 +18,15 @@ import * as core from "@cornerstonejs/core";
 import { metaData, registerDefaultProviders, utilities as metadataUtilities } from "@cornerstonejs/metadata";
 import { adaptersSEG, adaptersSR } from "@cornerstonejs/adapters";
 
+// Browser globals Cornerstone uses that Node.js has only from version 19 (Debian 12 ships 18):
+// crypto.randomUUID() names derived images, CustomEvent carries its cache events.
+globalThis.crypto ??= webcrypto;
+globalThis.CustomEvent ??= class CustomEvent extends Event {
+  constructor(type, options = {}) {
+    super(type, options);
+    this.detail = options.detail ?? null;
+  }
+};
 registerDefaultProviders();
 // The adapters warn, with the whole content item, about each measurement group that has nothing
 // to draw (our score groups); the test reads what they found, not their logs.
