@@ -17,7 +17,11 @@ from miemss_node.encode.templates import CaptureTemplate, load_templates
 from miemss_node.errors import DecodeError
 from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.caption import study_caption
-from miemss_node.pipeline.decode import decode_image_file, is_image_dataset, read_dicom_file
+from miemss_node.pipeline.decode import (
+    decode_image_file,
+    is_image_dataset,
+    read_dicom_file,
+)
 from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset, analyse_image

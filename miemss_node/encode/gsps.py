@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from highdicom import (
     ModalityLUTTransformation,
     PresentationLUTShapeValues,
@@ -49,7 +48,11 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import pack_bits
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, processing_equipment, software_versions_value
+from miemss_node.encode.equipment import (
+    Equipment,
+    processing_equipment,
+    software_versions_value,
+)
 from miemss_node.encode.ko import KeyImage
 from miemss_node.encode.outline import region_outline
 from miemss_node.encode.overlay import outline_pixels

@@ -29,8 +29,15 @@ from highdicom.pm import ParametricMap, RealWorldValueMapping
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
-from miemss_node.encode.plane import PROJECTION_ORIENTATION, projection_frame_of_reference_uid
+from miemss_node.encode.equipment import (
+    Equipment,
+    enhanced_equipment_arguments,
+    processing_equipment,
+)
+from miemss_node.encode.plane import (
+    PROJECTION_ORIENTATION,
+    projection_frame_of_reference_uid,
+)
 from miemss_node.encode.series_attributes import copy_laterality
 from miemss_node.encode.templates import ParametricMapTemplate
 from miemss_node.errors import EncodeError

@@ -21,17 +21,29 @@ from typing import Any
 
 import numpy as np
 from highdicom import PlanePositionSequence
-from highdicom.seg import Segmentation, SegmentationFractionalTypeValues, SegmentationTypeValues
+from highdicom.seg import (
+    Segmentation,
+    SegmentationFractionalTypeValues,
+    SegmentationTypeValues,
+)
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
+from miemss_node.encode.equipment import (
+    Equipment,
+    enhanced_equipment_arguments,
+    processing_equipment,
+)
 from miemss_node.encode.plane import (
     has_frame_of_reference,
     projection_frame_of_reference_uid,
     projection_plane_orientation,
 )
-from miemss_node.encode.templates import SegmentTemplate, algorithm_identification, segment_description
+from miemss_node.encode.templates import (
+    SegmentTemplate,
+    algorithm_identification,
+    segment_description,
+)
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun
@@ -120,7 +132,9 @@ def _frame_source(
         for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
             if keyword in without_spacing:
                 del without_spacing[keyword]
-        without_spacing.file_meta = getattr(source, "file_meta", Dataset())
+        file_meta = getattr(source, "file_meta", None)
+        if file_meta is not None:
+            without_spacing.file_meta = file_meta
         source = without_spacing
     if frame_number is None:
         return source, None

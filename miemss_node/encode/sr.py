@@ -55,13 +55,13 @@ from highdicom.sr import (
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from miemss_node.encode.outline import region_outline
 from miemss_node.encode.equipment import (
     DEVICE_OBSERVER_UID,
     Equipment,
     processing_equipment,
     software_versions_value,
 )
+from miemss_node.encode.outline import region_outline
 from miemss_node.encode.seg import SegmentFrames
 from miemss_node.encode.templates import ReportTemplate
 from miemss_node.encode.uids import derive_uid

@@ -17,7 +17,12 @@ from pydicom import Dataset
 from miemss_node.encode.context import EncodeContext, EncodedResult
 from miemss_node.encode.equipment import Equipment, equipment_for
 from miemss_node.encode.gsps import GspsRequest, build_presentation_state
-from miemss_node.encode.ko import KeyImage, KoRequest, build_key_object_selection, key_image_index
+from miemss_node.encode.ko import (
+    KeyImage,
+    KoRequest,
+    build_key_object_selection,
+    key_image_index,
+)
 from miemss_node.encode.pdf import PdfRequest, build_encapsulated_pdf
 from miemss_node.encode.pm import PmRequest, build_parametric_map
 from miemss_node.encode.repair import repair_source

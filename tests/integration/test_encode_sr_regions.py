@@ -20,7 +20,12 @@ from miemss_node.encode.overlay import render_analysis_overlay
 from miemss_node.encode.templates import load_templates
 from miemss_node.pipeline.base import ImageAnalysis
 from tests.integration.test_encode_dciodvfy import PERSON_NAME_WARNING
-from tests.support.analysis_factory import make_analysis, make_anatomy, make_report, read_source
+from tests.support.analysis_factory import (
+    make_analysis,
+    make_anatomy,
+    make_report,
+    read_source,
+)
 from tests.support.dciodvfy import dciodvfy_errors
 
 pytestmark = pytest.mark.filterwarnings(PERSON_NAME_WARNING)
