@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
+# OHIF's parsing code (dcmjs, Cornerstone3D adapters) that tests/integration/test_viewers.py runs
+# under Node.js: exactly the versions of tests/viewers/package-lock.json.
+VIEWERS := tests/viewers
+VIEWER_MODULES := $(VIEWERS)/node_modules/.package-lock.json
 
 .PHONY: install serve test system-deps clean
 
@@ -20,14 +24,19 @@ $(BIN)/miemss-node: pyproject.toml
 serve: install
 	$(BIN)/miemss-node serve --config config.toml
 
-test: install
+test: install $(VIEWER_MODULES)
 	$(BIN)/python -m pytest -q
 
-# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk), Orthanc (orthanc),
-# headless Chromium for the dashboard screenshot (chromium), pdftotext for the PDF report (poppler-utils).
+$(VIEWER_MODULES): $(VIEWERS)/package-lock.json $(VIEWERS)/package.json
+	cd $(VIEWERS) && npm ci --no-audit --no-fund --ignore-scripts
+
+# Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html/dcmp2pgm (dcmtk), Orthanc
+# (orthanc), headless Chromium for the dashboard screenshot (chromium), pdftotext for the PDF report
+# (poppler-utils), and Node.js with npm for the viewer checks (Debian's, unless a Node.js is installed).
 system-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc chromium poppler-utils
+	command -v node >/dev/null && command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info $(VIEWERS)/node_modules

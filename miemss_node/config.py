@@ -27,8 +27,8 @@ DENOISE_METHODS = ("vst_wavelet", "jinv_wavelet", "wavelet", "bilateral", "tv", 
 SCORE_SCALES = ("robust", "minmax")
 
 #: Result types a destination can ask for: Segmentation, Structured Report, Secondary Capture,
-#: Parametric Map, Encapsulated PDF, Key Object Selection.
-RESULT_TYPES = ("SEG", "SR", "SC", "PM", "PDF", "KO")
+#: Parametric Map, Encapsulated PDF, Key Object Selection, Grayscale Softcopy Presentation State.
+RESULT_TYPES = ("SEG", "SR", "SC", "PM", "PDF", "KO", "GSPS")
 
 #: What a destination gets when its table names no ``result_types``.
 DEFAULT_RESULT_TYPES = ("SEG", "SR", "SC")
@@ -117,6 +117,7 @@ class ResultSettings:
     pm_series_number: int = 9004
     pdf_series_number: int = 9005
     ko_series_number: int = 9006
+    gsps_series_number: int = 9007
     institution_name: str = ""
 
 
@@ -564,6 +565,7 @@ _SERIES_NUMBERS = (
     "pm_series_number",
     "pdf_series_number",
     "ko_series_number",
+    "gsps_series_number",
 )
 
 #: Shortest ``[http] token``: the retry button's only protection.

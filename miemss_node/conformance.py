@@ -22,6 +22,7 @@ from pydicom.uid import (
     UID,
     Comprehensive3DSRStorage,
     EncapsulatedPDFStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
     ParametricMapStorage,
     SecondaryCaptureImageStorage,
@@ -53,6 +54,7 @@ RESULT_SOP_CLASSES: dict[str, UID] = {
     "SR": Comprehensive3DSRStorage,
     "PDF": EncapsulatedPDFStorage,
     "KO": KeyObjectSelectionDocumentStorage,
+    "GSPS": GrayscaleSoftcopyPresentationStateStorage,
 }
 
 

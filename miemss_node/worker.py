@@ -118,6 +118,7 @@ class Worker:
             pm_series_number=self.config.results.pm_series_number,
             pdf_series_number=self.config.results.pdf_series_number,
             ko_series_number=self.config.results.ko_series_number,
+            gsps_series_number=self.config.results.gsps_series_number,
             kinds=self.result_kinds(),
             institution_name=self.config.results.institution_name or None,
             # The report's models: these and the reference model that scored the patches, if any.

@@ -14,8 +14,9 @@ from miemss_node.pipeline.base import ModelRun
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "dicom_templates"
 
 #: Kinds of result objects, in the order :func:`encode_study` returns them: per image its SEG, SC
-#: and Parametric Map, then the study's SR, Encapsulated PDF and Key Object Selection.
-KINDS = ("SEG", "SC", "PM", "SR", "PDF", "KO")
+#: and Parametric Map, then the study's SR, Encapsulated PDF, Key Object Selection and Grayscale
+#: Softcopy Presentation State.
+KINDS = ("SEG", "SC", "PM", "SR", "PDF", "KO", "GSPS")
 
 #: What a job encodes when nothing else is asked for.
 DEFAULT_KINDS = frozenset({"SEG", "SR", "SC"})
@@ -33,6 +34,7 @@ class EncodeContext:
     pm_series_number: int = 9004
     pdf_series_number: int = 9005
     ko_series_number: int = 9006
+    gsps_series_number: int = 9007
     #: The kinds of result to return (see :data:`KINDS`); an SR still has its SEGs built.
     kinds: frozenset[str] = DEFAULT_KINDS
     #: Institution Name (0008,0080) recorded in our Contributing Equipment, or None.
@@ -52,11 +54,12 @@ class EncodeContext:
             self.pm_series_number,
             self.pdf_series_number,
             self.ko_series_number,
+            self.gsps_series_number,
         )
         if any(not 0 < number < 2**31 for number in numbers):
             raise ValueError(f"series numbers must be positive IS values, got {numbers}")
         if len(set(numbers)) != len(numbers):
-            raise ValueError(f"SEG, SR, SC, PM, PDF and KO series numbers must differ, got {numbers}")
+            raise ValueError(f"SEG, SR, SC, PM, PDF, KO and GSPS series numbers must differ, got {numbers}")
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {sorted(self.kinds)}")
