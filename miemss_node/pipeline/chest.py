@@ -173,7 +173,7 @@ def judge_chest(
     anatomy = measured.anatomy
     flag = evidence_at(threshold)
     evidence = zone_evidence(measured.features, reference)
-    focal = tuple(focal_evidence(c.strength, reference) for c in measured.candidates)
+    focal = tuple(focal_evidence(c.strength, c.global_strength, reference) for c in measured.candidates)
     parts = _zone_parts(measured, evidence, flag)
     covered = np.zeros(anatomy.shape, dtype=bool)
     for part in parts:

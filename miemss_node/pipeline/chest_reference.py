@@ -64,8 +64,10 @@ class ChestReference:
     revision: str
     means: dict[str, float]
     spreads: dict[str, float]
-    #: A round density this strong is at :data:`FLAG_EVIDENCE`.
+    #: A round density this strong (against its surroundings) is at :data:`FLAG_EVIDENCE` ...
     focal_threshold: float
+    #: ... and so is one this strong against the lungs' typical spread.
+    focal_global_threshold: float
     n_films: int
     #: Where each film came from: name, source, licence (as given when fitting).
     films: tuple[dict[str, str], ...] = ()
@@ -128,14 +130,16 @@ def zone_evidence(features: dict[str, float], reference: ChestReference) -> dict
     return evidence
 
 
-def focal_evidence(strength: float, reference: ChestReference) -> float:
-    """Evidence of a round-density candidate: :data:`FLAG_EVIDENCE` at the reference's threshold."""
-    return FLAG_EVIDENCE * strength / max(reference.focal_threshold, 1e-6)
+def focal_evidence(strength: float, global_strength: float, reference: ChestReference) -> float:
+    """Evidence of a round-density candidate: :data:`FLAG_EVIDENCE` at either of the reference's thresholds."""
+    return FLAG_EVIDENCE * max(
+        strength / max(reference.focal_threshold, 1e-6), global_strength / max(reference.focal_global_threshold, 1e-6)
+    )
 
 
 def fit_chest_reference(
     feature_rows: Sequence[dict[str, float]],
-    focal_strengths: Sequence[Sequence[float]],
+    focal_strengths: Sequence[Sequence[tuple[float, float]]],
     *,
     name: str,
     films: Sequence[dict[str, str]] = (),
@@ -147,7 +151,7 @@ def fit_chest_reference(
     feature_rows
         Per film, its zone features.
     focal_strengths
-        Per film, the strengths of its round-density candidates.
+        Per film, the (local, global) strengths of its round-density candidates.
     name
         The name the report and the SR give the reference.
     films
@@ -166,9 +170,11 @@ def fit_chest_reference(
         values = values[np.isfinite(values)]
         means[name_] = float(values.mean()) if values.size else 0.0
         spreads[name_] = float(values.std(ddof=1)) if values.size >= 2 else 0.0
-    strengths = np.sort(np.concatenate([np.asarray(s, dtype=np.float64) for s in focal_strengths] or [np.zeros(0)]))[::-1]
+    pairs = [pair for film in focal_strengths for pair in film]
     allowed = int(FOCAL_FLAGS_PER_NORMAL_FILM * len(feature_rows))
-    threshold = FOCAL_MARGIN * (float(strengths[allowed]) if strengths.size > allowed else float(strengths.min(initial=1.0)))
+    threshold, global_threshold = (
+        FOCAL_MARGIN * _strongest_allowed([pair[index] for pair in pairs], allowed) for index in (0, 1)
+    )
     logger.info(
         "chest reference fitted on %d film(s)", len(feature_rows), extra={"action": "reference.chest_fitted"}
     )
@@ -178,6 +184,7 @@ def fit_chest_reference(
         means=means,
         spreads=spreads,
         focal_threshold=threshold,
+        focal_global_threshold=global_threshold,
         n_films=len(feature_rows),
         films=tuple(dict(film) for film in films),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -221,7 +228,7 @@ def fit_from_films(
             logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
             continue
         rows.append(measured.features)
-        strengths.append([candidate.strength for candidate in measured.candidates])
+        strengths.append([(candidate.strength, candidate.global_strength) for candidate in measured.candidates])
         films.append({"file": file_name, **(provenance or {}).get(file_name, {})})
     return fit_chest_reference(rows, strengths, name=name, films=films)
 
@@ -236,6 +243,7 @@ def save_chest_reference(reference: ChestReference, path: Path) -> str:
         "n_films": reference.n_films,
         "films": list(reference.films),
         "focal_threshold": reference.focal_threshold,
+        "focal_global_threshold": reference.focal_global_threshold,
         "zone_names": list(ZONE_NAMES),
         "means": reference.means,
         "spreads": reference.spreads,
@@ -287,11 +295,20 @@ def _parse(data: bytes, *, origin: str) -> ChestReference:
         means={k: float(v) for k, v in payload["means"].items()},
         spreads={k: float(v) for k, v in payload["spreads"].items()},
         focal_threshold=float(payload["focal_threshold"]),
+        focal_global_threshold=float(payload["focal_global_threshold"]),
         n_films=int(payload["n_films"]),
         films=tuple(payload.get("films", ())),
         created=str(payload.get("created", "")),
         extra=dict(payload.get("extra", {})),
     )
+
+
+def _strongest_allowed(strengths: Sequence[float], allowed: int) -> float:
+    """The strength exceeded by ``allowed`` candidates (1.0 with none at all)."""
+    ordered = sorted(strengths, reverse=True)
+    if not ordered:
+        return 1.0
+    return float(ordered[min(allowed, len(ordered) - 1)])
 
 
 def _z(value: float, reference: ChestReference, name: str, floor: float) -> float:

@@ -20,13 +20,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-#: Nodule and mass radii (mm) looked for: about 10 to 40 mm across (smaller ones are lost among vessels seen
+#: Nodule radii (mm) looked for: about 10 to 30 mm across (smaller ones are lost among vessels seen
 #: end-on at the working resolution).
-RADII_MM = (5.0, 7.0, 10.0, 14.0, 20.0)
+RADII_MM = (5.0, 7.0, 10.0, 14.0)
 #: The local spread is measured over a window this many sigmas wide.
 LOCAL_WINDOW_SIGMAS = 6.0
-#: The local spread is measured on responses clipped to these percentiles of the lungs' responses.
-CLIP_PERCENTILES = (2.0, 98.0)
 #: Candidates are at least this far (mm) inside the lungs' edges.
 EDGE_MARGIN_MM = 4.0
 #: A candidate whose rim is this many times sharper than the body's 99th-percentile gradient has the
@@ -50,8 +48,11 @@ class FocalCandidate:
     col: float
     #: Radius of the best-matching blob, in working pixels.
     radius_px: float
-    #: The locally normalised response (unitless; larger is more blob-like and more contrasted).
+    #: The response over its local spread (unitless): a blob that stands out from its surroundings.
     strength: float
+    #: The response over the lungs' typical spread: a blob that is strong for this film (a large or
+    #: dense nodule raises its own local spread, so ``strength`` alone understates it).
+    global_strength: float = 0.0
 
 
 def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, mm_per_px: float) -> list[FocalCandidate]:
@@ -79,14 +80,16 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
     if not allowed.any():
         return []
     best = np.full(image.shape, -np.inf, dtype=np.float32)
+    best_global = np.full(image.shape, -np.inf, dtype=np.float32)
     radius = np.zeros(image.shape, dtype=np.float32)
     for radius_mm in RADII_MM:
         sigma = radius_mm / np.sqrt(2.0) / mm_per_px
         response = -ndimage.gaussian_laplace(image, sigma) * np.float32(sigma * sigma)
-        normalised = _locally_normalised(response, allowed, sigma)
+        normalised, globally = _normalised(response, allowed, sigma)
         better = normalised > best
         best[better] = normalised[better]
         radius[better] = radius_mm / mm_per_px
+        np.maximum(best_global, globally, out=best_global)
     best = np.where(allowed, best, -np.inf)
     floor = float(best[allowed].min()) - 1.0
     peaks = peak_local_max(
@@ -96,7 +99,13 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
         exclude_border=False,
     )
     candidates = [
-        FocalCandidate(row=float(r), col=float(c), radius_px=float(radius[r, c]), strength=float(best[r, c]))
+        FocalCandidate(
+            row=float(r),
+            col=float(c),
+            radius_px=float(radius[r, c]),
+            strength=float(best[r, c]),
+            global_strength=float(best_global[r, c]),
+        )
         for r, c in peaks
         if allowed[r, c]
     ]
@@ -135,18 +144,18 @@ class _TissueCheck:
         return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
 
 
-def _locally_normalised(response: np.ndarray, allowed: np.ndarray, sigma: float) -> np.ndarray:
-    """Response minus the lungs' median, over its local spread (floored at the lungs' median spread).
+def _normalised(response: np.ndarray, allowed: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The response minus the lungs' median, over its local spread and over the lungs' spread.
 
-    The spread is measured on the response clipped to the lungs' typical range, so that a strong
-    blob does not inflate the spread around itself and hide.
+    The local spread is the standard deviation in a window :data:`LOCAL_WINDOW_SIGMAS` sigmas wide,
+    floored at its median over the lungs; the lungs' spread is their robust standard deviation.
     """
     inside = response[allowed] if allowed.any() else response.ravel()
-    low, centre, high = (float(v) for v in np.percentile(inside, [CLIP_PERCENTILES[0], 50, CLIP_PERCENTILES[1]]))
-    clipped = np.clip(response, low, high)
+    centre = float(np.median(inside))
+    robust = max(1.4826 * float(np.median(np.abs(inside - centre))), 1e-6)
     window = max(3, int(LOCAL_WINDOW_SIGMAS * sigma))
-    mean = ndimage.uniform_filter(clipped, window)
-    mean_sq = ndimage.uniform_filter(clipped * clipped, window)
+    mean = ndimage.uniform_filter(response, window)
+    mean_sq = ndimage.uniform_filter(response * response, window)
     spread = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
     floor = float(np.median(spread[allowed])) if allowed.any() else 1e-6
-    return (response - centre) / np.maximum(spread, max(floor, 1e-6))
+    return (response - centre) / np.maximum(spread, max(floor, 1e-6)), (response - centre) / robust
