@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 
 install: $(BIN)/miemss-node
 
-$(BIN)/miemss-node: pyproject.toml
+$(BIN)/miemss-node: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a CUDA build of several GB.

@@ -18,6 +18,7 @@ from miemss_node.encode import EncodeContext, encode_study
 from miemss_node.encode.context import EncodedResult
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ModelRun
+from miemss_node.result_kinds import DEFAULT_SERIES_NUMBERS
 from tests.support.analysis_factory import make_analysis, make_report, read_source
 from tests.support.paths import shared_file
 
@@ -263,7 +264,7 @@ def test_no_analysis_is_refused(ct_source: Dataset) -> None:
 
 def test_context_refuses_equal_series_numbers() -> None:
     with pytest.raises(ValueError, match="series numbers must differ"):
-        EncodeContext(job_key="x", seg_series_number=5, sr_series_number=5)
+        EncodeContext(job_key="x", series_numbers={**DEFAULT_SERIES_NUMBERS, "SEG": 5, "SR": 5})
 
 
 def test_sources_are_not_modified(ct_source: Dataset) -> None:
