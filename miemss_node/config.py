@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pynetdicom._validators import validate_ae
 
@@ -415,7 +416,7 @@ def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, 
 
 
 def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
-    resolved = {
+    resolved: dict[str, Any] = {
         name: str(base_dir / value) if value and not Path(value).is_absolute() else value
         for name in ("certificate", "private_key", "ca_certificates")
         if (value := getattr(tls, name)) is not None
@@ -424,7 +425,7 @@ def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
 
 
 def _resolve_models(models: ModelSettings, base_dir: Path) -> ModelSettings:
-    resolved = {
+    resolved: dict[str, Any] = {
         name: str((base_dir / value).resolve())
         for name in ("vit", "blip")
         if (value := getattr(models, name))

@@ -32,7 +32,6 @@ from tests.support.net import free_port
 from tests.support.orthanc import Modality, Orthanc, orthanc_binary
 from tests.support.paths import shared_file
 
-
 NODE_AET = "MIEMSS"
 ORTHANC_AET = "ORTHANC"
 MODALITY_AET = "STORESCU"
@@ -300,7 +299,7 @@ def test_storescu_compressed_syntaxes_are_stored_as_received_and_processed(deplo
     wait_until_delivered(node, {str(ds.StudyInstanceUID) for ds in sources.values()})
 
     storage = node.config.node.storage_dir
-    for name, (path, _, syntax) in sent.items():
+    for name, (_path, _, syntax) in sent.items():
         source = sources[name]
         assert source.file_meta.TransferSyntaxUID == syntax
         with node.sessions() as session:

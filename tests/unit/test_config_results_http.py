@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from miemss_node.config import DEFAULT_RESULT_TYPES, RESULT_TYPES, load_config
-from miemss_node.result_kinds import DEFAULT_SERIES_NUMBERS, RESULT_KINDS
 from miemss_node.errors import ConfigError
+from miemss_node.result_kinds import DEFAULT_SERIES_NUMBERS, RESULT_KINDS
 from tests.support.paths import REPO_ROOT
 
 DESTINATION = "[[destinations]]\nae_title = '{aet}'\nhost = '127.0.0.1'\nport = 11113\n"
