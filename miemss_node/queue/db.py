@@ -51,7 +51,9 @@ def open_database_read_only(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         path = Path(parsed.database or "")
         if not path.is_file():
-            raise DatabaseNotReady(f"no database at {path}: the node has not run yet with this config")
+            raise DatabaseNotReady(
+                f"no database at {path}: the node has not run with this config yet (`miemss-node serve` creates it)"
+            )
         engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 30})
     else:
         engine = create_engine(url, pool_pre_ping=True)

@@ -213,3 +213,61 @@ def test_dcmtk_storescu_to_serve_and_storescp_as_pacs(tmp_path: Path) -> None:
     sr = next(p for p in files if p.name.startswith("SR"))
     html = subprocess.run(["dsr2html", str(sr)], capture_output=True, text=True, check=True).stdout
     assert "anomalous region" in html
+
+
+def test_check_config_lists_an_unusable_storage_folder_and_no_destinations_and_serve_stops_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 row 8: both problems reported at once by check-config; serve exits 2 with the same list."""
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f"[node]\nport = {port}\nstorage_dir = '/proc/nope'\n", encoding="utf-8")
+    for command in ("check-config", "serve"):
+        done = subprocess.run([*CLI, command, "--config", str(config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "ok" not in done.stdout
+        assert "invalid configuration (2 problem(s))" in done.stderr
+        assert "[node] storage_dir /proc/nope: cannot write in /proc" in done.stderr
+        assert "no [[destinations]]" in done.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_without_a_traceback(tmp_path: Path) -> None:
+    pacs = PacsScp()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"[node]\nport = {pacs.port}\nstorage_dir = 'store'\n[worker]\ncount = 0\n"
+        f"[[destinations]]\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = {pacs.port}\n",
+        encoding="utf-8",
+    )
+    try:
+        done = subprocess.run([*CLI, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    finally:
+        pacs.stop()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"[node] cannot listen on 127.0.0.1:{pacs.port} (Address already in use)" in done.stderr
+
+
+def test_read_only_commands_create_and_migrate_nothing(tmp_path: Path) -> None:
+    """``jobs`` and ``conformance`` only read: no database appears, and an old schema stays as it is."""
+    config = tmp_path / "config.toml"
+    config.write_text("[node]\nstorage_dir = 'store'\n", encoding="utf-8")
+    jobs = subprocess.run([*CLI, "jobs", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert jobs.returncode == 1 and "no database at" in jobs.stderr and "serve" in jobs.stderr
+    conformance = subprocess.run([*CLI, "conformance", "--config", str(config)], capture_output=True, text=True)
+    assert conformance.returncode == 0 and "Conformance" in conformance.stdout
+    assert not (tmp_path / "store").exists()
+
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from miemss_node.queue.migrate import alembic_config
+
+    (tmp_path / "store").mkdir()
+    engine = create_engine(f"sqlite:///{tmp_path / 'store' / 'miemss.db'}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+    jobs = subprocess.run([*CLI, "jobs", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert jobs.returncode == 1 and "schema is at revision 0001" in jobs.stderr
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+    engine.dispose()
