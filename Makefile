@@ -20,14 +20,16 @@ $(BIN)/miemss-node: pyproject.toml setup.py
 serve: install
 	$(BIN)/miemss-node serve --config config.toml
 
-test: install
+# One command on a fresh clone: the venv, the Debian tools that are missing (when it may install
+# them), then the tests. A test whose tool is still missing skips, or fails when CI=true.
+test: install system-deps
 	$(BIN)/python -m pytest -q
 
 # Debian tools the tests use: dciodvfy (dicom3tools), storescu/storescp/dsr2html (dcmtk), Orthanc (orthanc),
 # headless Chromium for the dashboard screenshot (chromium), pdftotext for the PDF report (poppler-utils).
+# Installs only the missing ones (as root or with sudo -n); without either it says what is missing.
 system-deps:
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc chromium poppler-utils
+	@.ci/system-deps
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

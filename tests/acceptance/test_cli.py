@@ -21,6 +21,7 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.net import free_port, wait_for_port
 from tests.support.paths import shared_file, wg04_chest_cr
 from tests.support.peers import PacsScp, store_files
+from tests.support.tools import tool
 
 CLI = [sys.executable, "-m", "miemss_node"]
 
@@ -177,8 +178,7 @@ def test_process_of_a_folder_exits_0_when_something_was_processed(tmp_path: Path
 
 
 def test_dcmtk_storescu_to_serve_and_storescp_as_pacs(tmp_path: Path) -> None:
-    if not shutil.which("storescu"):
-        pytest.fail("dcmtk is not installed: apt-get install dcmtk")
+    storescu, storescp, dsr2html = (tool(name, "dcmtk") for name in ("storescu", "storescp", "dsr2html"))
     pacs_port, port = free_port(), free_port()
     received = tmp_path / "pacs"
     received.mkdir()
@@ -189,13 +189,13 @@ def test_dcmtk_storescu_to_serve_and_storescp_as_pacs(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     env = {**os.environ, "TCP_NODELAY": "1"}
-    storescp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)], env=env)
+    pacs = subprocess.Popen([storescp, "-aet", "PACS", "-od", str(received), "--fork", str(pacs_port)], env=env)
     node = subprocess.Popen([*CLI, "serve", "--config", str(config)], stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process=node)
         source = shared_file("dicom/xray/dx_thorax_canine_fuji_mono1_8bit.dcm")
         sent = subprocess.run(
-            ["storescu", "-aet", "MODALITY", "-aec", "MIEMSS", "127.0.0.1", str(port), str(source)], env=env
+            [storescu, "-aet", "MODALITY", "-aec", "MIEMSS", "127.0.0.1", str(port), str(source)], env=env
         )
         assert sent.returncode == 0
         deadline = time.monotonic() + 120
@@ -205,13 +205,13 @@ def test_dcmtk_storescu_to_serve_and_storescp_as_pacs(tmp_path: Path) -> None:
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)
-        storescp.terminate()
-        storescp.wait(timeout=10)
+        pacs.terminate()
+        pacs.wait(timeout=10)
     files = sorted(received.iterdir())
     prefixes = {p.name[:2] for p in files}
     assert {"SR", "SC"} <= prefixes, files
     sr = next(p for p in files if p.name.startswith("SR"))
-    html = subprocess.run(["dsr2html", str(sr)], capture_output=True, text=True, check=True).stdout
+    html = subprocess.run([dsr2html, str(sr)], capture_output=True, text=True, check=True).stdout
     assert "anomalous region" in html
 
 
