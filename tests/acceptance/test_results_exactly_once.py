@@ -125,13 +125,14 @@ def test_a_hanging_destination_does_not_delay_a_healthy_one(tmp_path: Path) -> N
     )
     try:
         with ServedNode(config, port) as node:
-            assert store_datasets(copies_as_new_study(shared_file(SOURCE), 1), port) == [0x0000]
-            received = healthy.wait_for(lambda got: len(got) >= 2, timeout=90)
-            assert hanging_now.is_set() and not hung.received  # the hung PACS still holds its first object
-            released.set()
+            try:
+                assert store_datasets(copies_as_new_study(shared_file(SOURCE), 1), port) == [0x0000]
+                received = healthy.wait_for(lambda got: len(got) >= 2, timeout=90)
+                assert hanging_now.is_set() and not hung.received  # the hung PACS still holds its first object
+            finally:
+                released.set()  # before SIGTERM: the node's sender to it is still waiting for an answer
         assert node.returncode == 0
     finally:
-        released.set()
         hung.stop()
         healthy.stop()
     assert {str(ds.SOPClassUID) for ds in received} >= {SR_CLASS}
