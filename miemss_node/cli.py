@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from miemss_node import __version__
-from miemss_node.config import Config, load_config
+from miemss_node.config import RESULT_TYPES, Config, load_config
 from miemss_node.errors import ConfigError, MiemssError
 from miemss_node.logconfig import configure_logging
 
@@ -97,6 +98,14 @@ def _build_parser() -> argparse.ArgumentParser:
     with_config(process)
     process.add_argument("--input", type=Path, required=True, help="PNG/JPEG/DICOM file or a folder of them")
     process.add_argument("--output", type=Path, required=True, help="folder for the outputs")
+    process.add_argument(
+        "--result-types",
+        dest="result_types",
+        type=_result_types,
+        default=None,
+        help="DICOM results to write for a DICOM input, comma-separated, of "
+        f"{','.join(RESULT_TYPES)} (env MIEMSS_RESULT_TYPES; default: all of them)",
+    )
 
     check = command("check-config", _check_config, "validate a config file and print every problem")
     with_config(check, required=True)
@@ -204,17 +213,35 @@ def _run_until_signal(node: Node) -> int:
     return EXIT_OK
 
 
+def _result_types(text: str) -> frozenset[str]:
+    """Parse ``--result-types``: comma-separated names of :data:`RESULT_TYPES`."""
+    kinds = frozenset(part.strip().upper() for part in text.split(",") if part.strip())
+    unknown = sorted(kinds - set(RESULT_TYPES))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown result type(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(RESULT_TYPES)}"
+        )
+    return kinds
+
+
 def _process(args: argparse.Namespace) -> int:
     """Exit 0 when some input was processed; 2 when none was (each refused file named on one line)."""
     from miemss_node.process import process_path
 
     config = _load(args)
+    kinds = args.result_types
+    if kinds is None and os.environ.get("MIEMSS_RESULT_TYPES"):
+        try:
+            kinds = _result_types(os.environ["MIEMSS_RESULT_TYPES"])
+        except argparse.ArgumentTypeError as exc:
+            print(f"miemss-node: MIEMSS_RESULT_TYPES: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if not args.input.exists():
         print(f"miemss-node: {args.input}: input not found", file=sys.stderr)
         return EXIT_USAGE
     from miemss_node.pipeline.models import load_models
 
-    done = process_path(args.input, args.output, config.pipeline, load_models(config.models))
+    done = process_path(args.input, args.output, config.pipeline, load_models(config.models), kinds=kinds)
     for item in done:
         if item.error:
             print(f"miemss-node: {item.source}: {item.error}", file=sys.stderr)

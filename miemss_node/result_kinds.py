@@ -15,6 +15,7 @@ from types import MappingProxyType
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     EncapsulatedPDFStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
     ParametricMapStorage,
     SecondaryCaptureImageStorage,
@@ -50,6 +51,12 @@ RESULT_KINDS: tuple[ResultKind, ...] = (
     ResultKind(name="PDF", title="Encapsulated PDF", sop_class_uid=EncapsulatedPDFStorage, series_number=9005),
     ResultKind(
         name="KO", title="Key Object Selection", sop_class_uid=KeyObjectSelectionDocumentStorage, series_number=9006
+    ),
+    ResultKind(
+        name="GSPS",
+        title="Grayscale Softcopy Presentation State",
+        sop_class_uid=GrayscaleSoftcopyPresentationStateStorage,
+        series_number=9007,
     ),
 )
 

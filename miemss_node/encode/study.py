@@ -1,5 +1,5 @@
 """Encode the results of one study: a SEG, an SC and a PM per analysed image (or frame); one SR,
-one Encapsulated PDF and one KO. ``EncodeContext.kinds`` says which of them a job asks for.
+one Encapsulated PDF, one KO and one GSPS. ``EncodeContext.kinds`` says which of them a job asks for.
 
 All objects are in the sources' study, each kind in its own new series, with UIDs derived from the
 job key (a retry reproduces them). Sources are repaired first (:mod:`~miemss_node.encode.repair`),
@@ -17,7 +17,13 @@ from pydicom import Dataset
 
 from miemss_node.encode.context import EncodeContext, EncodedResult
 from miemss_node.encode.equipment import Equipment, equipment_for
-from miemss_node.encode.ko import KeyImage, KoRequest, build_key_object_selection, key_image_index
+from miemss_node.encode.gsps import GspsRequest, build_presentation_state
+from miemss_node.encode.ko import (
+    KeyImage,
+    KoRequest,
+    build_key_object_selection,
+    key_image_index,
+)
 from miemss_node.encode.pdf import PdfRequest, build_encapsulated_pdf
 from miemss_node.encode.pm import PmRequest, build_parametric_map
 from miemss_node.encode.repair import repair_source
@@ -83,7 +89,7 @@ def encode_study(
     -------
     list of EncodedResult
         In the order of ``analyses``: the image's SEG (only when it has a region), SC and PM;
-        then the SR, the PDF and the KO. Only the kinds in ``context.kinds``; the SEGs are built
+        then the SR, the PDF, the KO and the GSPS (only when an image is grayscale). Only the kinds in ``context.kinds``; the SEGs are built
         for an SR (it references their segments) even when they are not returned.
 
     Raises
@@ -177,6 +183,8 @@ def encode_study(
         )
         key = images[key_image_index([image.analysis for image in images])]
         results.append(EncodedResult(kind="KO", dataset=ko, source_sop_instance_uids=(str(key.source.SOPInstanceUID),)))
+    if "GSPS" in kinds:
+        results.extend(_encode_gsps(images, templates, equipment, context))
     logger.info(
         "study encoded: %d object(s) in %.2f s",
         len(results),
@@ -233,6 +241,29 @@ def _encode_image_extras(
             )
         )
         results.append(EncodedResult(kind="PM", dataset=heatmap, source_sop_instance_uids=(uid,)))
+
+
+def _encode_gsps(
+    images: list[KeyImage], templates: Templates, equipment: Equipment, context: EncodeContext
+) -> list[EncodedResult]:
+    gsps = build_presentation_state(
+        GspsRequest(
+            images=tuple(images),
+            template=templates.presentation_state,
+            equipment=equipment,
+            series_uid=series_uid(context.job_key, "GSPS"),
+            sop_instance_uid=study_level_uid(context.job_key, "GSPS", "document"),
+            series_number=context.series_number("GSPS"),
+        )
+    )
+    if gsps is None:
+        return []
+    referenced = tuple(
+        str(item.ReferencedSOPInstanceUID)
+        for series in gsps.ReferencedSeriesSequence
+        for item in series.ReferencedImageSequence
+    )
+    return [EncodedResult(kind="GSPS", dataset=gsps, source_sop_instance_uids=referenced)]
 
 
 def _encode_sr(

@@ -77,11 +77,39 @@ def test_process_writes_images_report_findings_and_valid_dicom(tmp_path: Path) -
     for name in ("enhanced.png", "heatmap.png", "overlay.png", "mask.png", "report.txt", "findings.json"):
         assert (out / name).stat().st_size > 0
     findings = json.loads((out / "findings.json").read_text())
-    assert findings[0]["rows"] == 1955 and findings[0]["columns"] == 1841
+    (image,) = findings["images"]
+    assert image["rows"] == 1955 and image["columns"] == 1841
+    assert 0.0 <= image["abnormality_score"] <= 1.0
+    assert findings["abnormality_score"] == image["abnormality_score"]  # the study's: its highest image's
     dicoms = sorted(out.glob("*.dcm"))
-    assert {p.name.split("_")[0] for p in dicoms} >= {"SR", "SC"}
+    # Every result type by default (a SEG only when the film has a region).
+    kinds = {p.name.split("_")[0] for p in dicoms}
+    assert kinds - {"SEG"} == {"SR", "SC", "PM", "PDF", "KO", "GSPS"}
+    assert ("SEG" in kinds) == bool(image["regions"])
     for path in dicoms:
         assert dciodvfy_errors(path) == []
+
+
+def test_process_writes_only_the_result_types_asked_for(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    source = str(get_testdata_file("CT_small.dcm"))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*CLI, "process", "--input", source, "--output", str(out), "--result-types", "sr,GSPS"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name.split("_")[0] for p in out.glob("*.dcm")) == ["GSPS", "SR"]
+    refused = subprocess.run(
+        [*CLI, "process", "--input", source, "--output", str(out), "--result-types", "SR,JPEG"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "unknown result type(s) JPEG" in refused.stderr
 
 
 def test_process_png_needs_no_dicom(tmp_path: Path) -> None:

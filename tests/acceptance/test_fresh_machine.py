@@ -39,8 +39,8 @@ def test_system_deps_installs_only_the_packages_whose_tools_are_missing(tmp_path
         tool = tmp_path / command
         tool.write_text("#!/bin/sh\n", encoding="utf-8")
         tool.chmod(0o755)
-    assert system_deps(tmp_path, "--dry-run").strip() == "system-deps: would install: dicom3tools chromium"
-    for command in ("dciodvfy", "chromium"):
+    assert system_deps(tmp_path, "--dry-run").strip() == "system-deps: would install: dicom3tools chromium nodejs npm"
+    for command in ("dciodvfy", "chromium", "node", "npm"):
         (tmp_path / command).write_text("#!/bin/sh\n", encoding="utf-8")
         (tmp_path / command).chmod(0o755)
     assert "every tool the tests use is installed" in system_deps(tmp_path)

@@ -176,7 +176,8 @@ def test_sr_holds_report_text_models_statement_and_measurements(cr_study: list[D
     assert any(text.startswith("No ViT or BLIP model ran") for text in texts)
     assert any(str(cr_study[2].SOPInstanceUID) in text and "No anomalous region" in text for text in texts)
     groups = sr.ContentSequence[-2].ContentSequence  # Imaging Measurements
-    assert len(groups) == 3 + 1  # one per segment (2 + 1) and one for the image without region
+    # Per image its score group, per segment (2 + 1) its region group, and the study's score group.
+    assert len(groups) == 3 + 3 + 1
 
 
 def test_sr_references_the_seg_segments(cr_study: list[Dataset]) -> None:

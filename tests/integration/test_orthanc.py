@@ -46,6 +46,7 @@ KINDS = {
     "1.2.840.10008.5.1.4.1.1.30": "PM",
     "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
     "1.2.840.10008.5.1.4.1.1.88.59": "KO",
+    "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
 }
 
 #: Longest wait for a node to process and deliver, in seconds (normally a few).
@@ -206,6 +207,17 @@ def check_results(results: list[tuple[Path, Dataset]], sources: list[Dataset]) -
         elif kind == "KO":
             (image,) = [item for item in ds.ContentSequence if item.ValueType == "IMAGE"]
             assert str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in source_uids
+        elif kind == "GSPS":
+            presented = {
+                str(image.ReferencedSOPInstanceUID)
+                for series in ds.ReferencedSeriesSequence
+                for image in series.ReferencedImageSequence
+            }
+            assert presented == source_uids, "the GSPS presents every source image"
+            layers = {str(layer.GraphicLayer) for layer in ds.GraphicLayerSequence}
+            drawn = {str(annotation.GraphicLayer) for annotation in ds.GraphicAnnotationSequence}
+            assert layers == {"AI_REGIONS", "AI_WARNING"}
+            assert "AI_WARNING" in drawn and drawn <= layers, "the warning on every image, outlines in their layer"
         else:
             assert references & source_uids, f"{kind} references no source instance"
         assert dciodvfy_errors(path) == [], f"dciodvfy errors in {kind} {path.name}"
@@ -253,9 +265,11 @@ def test_orthanc_sends_studies_and_receives_valid_results(deployment: Deployment
         results = download_results(orthanc, study_id, source_uids, deployment.folder / name)
         assert {str(ds.SOPInstanceUID) for _, ds in results} == set(expected)
         counts = check_results(results, datasets)
-        # Every result type: SEG per image with a region, one SR, SC and PM per image, one PDF and KO.
+        # Every result type: SEG per image with a region, one SR, SC and PM per image, one PDF, KO
+        # and GSPS.
         images, segs = len(datasets), list(expected.values()).count("SEG")
-        assert counts == {"SR": 1, "SC": images, "PM": images, "PDF": 1, "KO": 1} | ({"SEG": segs} if segs else {})
+        every = {"SR": 1, "SC": images, "PM": images, "PDF": 1, "KO": 1, "GSPS": 1}
+        assert counts == every | ({"SEG": segs} if segs else {})
     # Every result series is new in the original study: 3 sources + SR, SC and perhaps SEG series.
     assert len(orthanc.get(f"/studies/{orthanc_ids['cspine']}/series")) >= 5
 

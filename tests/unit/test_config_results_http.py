@@ -63,5 +63,5 @@ def test_series_numbers_come_from_the_one_list_of_result_kinds(tmp_path: Path) -
     config = load_config(write(tmp_path, "[results]\nsr_series_number = 9050\n"), environ={})
     assert config.results.series_number_map() == {**DEFAULT_SERIES_NUMBERS, "SR": 9050}
     assert config.results.series_number_map().keys() == set(RESULT_TYPES) == {kind.name for kind in RESULT_KINDS}
-    with pytest.raises(ConfigError, match=r"(?s)unknown key 'gsps_series_number'.*within 99 of each other"):
-        load_config(write(tmp_path, "[results]\nsr_series_number = 9500\ngsps_series_number = 1\n"), environ={})
+    with pytest.raises(ConfigError, match=r"(?s)unknown key 'xray_series_number'.*within 99 of each other"):
+        load_config(write(tmp_path, "[results]\nsr_series_number = 9500\nxray_series_number = 1\n"), environ={})
