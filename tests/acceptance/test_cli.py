@@ -157,38 +157,46 @@ def with_bad_marker(source: Path, path: Path, marker: bytes, *, after: bytes = b
     return path
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        pytest.param(lambda folder: big_endian_with_undefined_length(folder / "be_undefined.dcm"), id="big-endian"),
-        pytest.param(
-            lambda folder: with_bad_marker(
-                shared_file("images/derived_cr_chest_rg1_windowed_8bit.jpg"), folder / "bad_marker.jpg", b"\xff\xc0"
-            ),
-            id="jpeg-picture",
-        ),
-        pytest.param(
-            lambda folder: with_bad_marker(
-                shared_file("dicom/xray/cr_chest_pa_siim_mono2_8bit_jpegbaseline.dcm"), folder / "bad_sof.dcm", b"\xff\xc0"
-            ),
-            id="jpeg-in-dicom",
-        ),
-        pytest.param(lambda folder: shared_file("dicom/malformed/derived_png_named_dcm.dcm"), id="png-named-dcm"),
-    ],
-)
-def test_process_names_a_malformed_file_and_its_reason_on_one_line_and_exits_2(
-    tmp_path: Path, make: Callable[[Path], Path]
-) -> None:
-    """Issue 13 row 10: no traceback, no exit 0 with nothing written."""
-    source = make(tmp_path)
-    out = tmp_path / "out"
-    done = subprocess.run([*CLI, "process", "--input", str(source), "--output", str(out)], capture_output=True, text=True)
-    assert done.returncode == 2, done.stderr
+#: Malformed inputs, each made in a folder: (file name, how to make it).
+MALFORMED: dict[str, Callable[[Path], Path]] = {
+    "big-endian": lambda folder: big_endian_with_undefined_length(folder / "be_undefined.dcm"),
+    "jpeg-picture": lambda folder: with_bad_marker(
+        shared_file("images/derived_cr_chest_rg1_windowed_8bit.jpg"), folder / "bad_marker.jpg", b"\xff\xc0"
+    ),
+    "jpeg-in-dicom": lambda folder: with_bad_marker(
+        shared_file("dicom/xray/cr_chest_pa_siim_mono2_8bit_jpegbaseline.dcm"), folder / "bad_sof.dcm", b"\xff\xc0"
+    ),
+    "png-named-dcm": lambda folder: shutil.copy(
+        shared_file("dicom/malformed/derived_png_named_dcm.dcm"), folder / "png_named.dcm"
+    ),
+}
+
+
+def refusals(stderr: str) -> list[str]:
+    """The lines in which ``process`` names a file it refused."""
     # (GDCM's bundled libjpeg may print its own line straight to the file descriptor, as "Unsupported
     # marker type 0x02": not ours to word.)
-    lines = [line for line in not_log_records(done.stderr) if line.startswith("miemss-node:")]
-    assert len(lines) == 1 and lines[0].startswith(f"miemss-node: {source}: "), done.stderr
-    assert len(lines[0]) > len(f"miemss-node: {source}: ") + 10  # a reason follows the name
+    return [line for line in not_log_records(stderr) if line.startswith("miemss-node:")]
+
+
+def test_process_names_a_malformed_file_and_its_reason_on_one_line_and_exits_2(tmp_path: Path) -> None:
+    """Issue 13 row 10: no traceback, and no exit 0 with nothing written; a file, then a folder of them."""
+    single = MALFORMED["big-endian"](tmp_path)
+    done = subprocess.run([*CLI, "process", "--input", str(single), "--output", str(tmp_path / "one")], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    (line,) = refusals(done.stderr)
+    assert line.startswith(f"miemss-node: {single}: ") and "no readable dataset" in line
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    made = [Path(make(folder)) for make in MALFORMED.values()]
+    out = tmp_path / "out"
+    done = subprocess.run([*CLI, "process", "--input", str(folder), "--output", str(out)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = refusals(done.stderr)
+    assert sorted(line.split(": ", 2)[1] for line in lines) == sorted(str(path) for path in made), done.stderr
+    assert all(len(line.split(": ", 2)[2]) > 10 for line in lines)  # each with its reason
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not list(out.rglob("*.dcm"))
 
@@ -200,7 +208,7 @@ def test_process_of_a_folder_exits_0_when_something_was_processed(tmp_path: Path
     bad = big_endian_with_undefined_length(folder / "bad.dcm")
     done = subprocess.run([*CLI, "process", "--input", str(folder), "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    (line,) = not_log_records(done.stderr)
+    (line,) = refusals(done.stderr)
     assert line.startswith(f"miemss-node: {bad}: ")
     assert "good.png: " in done.stdout and (tmp_path / "out" / "good" / "overlay.png").exists()
 
