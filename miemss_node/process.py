@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from miemss_node.encode.context import DEFAULT_TEMPLATES_DIR, KINDS
+from miemss_node.encode.context import KINDS
 from miemss_node.encode.overlay import render_analysis_overlay
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import CaptureTemplate, load_templates
-from miemss_node.errors import DecodeError
+from miemss_node.errors import DecodeError, MiemssError
 from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.caption import study_caption
 from miemss_node.pipeline.decode import (
@@ -61,9 +61,10 @@ def process_path(
         target = output_dir / path.stem if input_path.is_dir() else output_dir
         try:
             done.append(process_file(path, target, settings, models, kinds=kinds))
-        except DecodeError as exc:
-            logger.warning("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
-            done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=str(exc)))
+        except MiemssError as exc:
+            # The caller names the file and the reason (``process`` prints one line per file).
+            logger.debug("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
+            done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=_one_line(exc)))
     return done
 
 
@@ -96,7 +97,7 @@ def process_file(
             raise DecodeError(f"{path.name} is not an image (SOP class {source.get('SOPClassUID', '?')})")
         analyses = analyse_dataset(source, settings, models)
     report = build_report(analyses, caption=study_caption(analyses), models=models.runs)
-    capture = load_templates(DEFAULT_TEMPLATES_DIR).capture
+    capture = load_templates().capture
     for index, analysis in enumerate(analyses, start=1):
         suffix = "" if len(analyses) == 1 else f"_frame{index:03d}"
         _write_images(analysis, capture, output_dir, suffix)
@@ -112,6 +113,11 @@ def process_file(
             item.dataset.save_as(output_dir / f"{item.kind}_{item.dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
     regions = sum(len(a.region_map.regions) for a in analyses)
     return ProcessedFile(source=path, output_dir=output_dir, regions=regions)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The reason on one line (our errors' messages already say what went wrong and where)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _write_images(analysis: ImageAnalysis, capture: CaptureTemplate, output_dir: Path, suffix: str) -> None:

@@ -95,6 +95,9 @@ class SrRequest:
     series_number: int
     pipeline_version: str
     models: tuple[ModelRun, ...]
+    #: The previous versions of this SR (StudyInstanceUID, SeriesInstanceUID, SOPClassUID and
+    #: SOPInstanceUID each), for its Predecessor Documents Sequence.
+    predecessors: tuple[Dataset, ...] = ()
 
 
 def image_name(entry: ImageEntry) -> str:
@@ -484,6 +487,7 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
             software_versions=software_versions_value(equipment),
             device_serial_number=equipment.device_serial_number,
             contributing_equipment=[processing_equipment(equipment)],
+            previous_versions=list(request.predecessors) or None,
             **kwargs,
         )
     except (ValueError, TypeError, AttributeError) as exc:

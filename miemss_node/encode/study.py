@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 
 from pydicom import Dataset
 
@@ -100,7 +101,7 @@ def encode_study(
         When a template in ``context.templates_dir`` is missing or invalid.
     """
     started = time.perf_counter()
-    templates = load_templates(context.templates_dir)
+    templates = versioned_templates(load_templates(context.templates_dir), context)
     if not analyses:
         raise EncodeError("no analysis to encode: the SR would have nothing to report")
     by_uid = _index_sources(sources)
@@ -141,7 +142,7 @@ def encode_study(
                     job_key=context.job_key,
                     series_uid=seg_series,
                     sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
-                    series_number=context.seg_series_number,
+                    series_number=context.series_number("SEG"),
                     instance_number=sum(result.kind == "SEG" for result in results) + 1,
                     pipeline_version=context.pipeline_version,
                     models=context.models,
@@ -165,7 +166,7 @@ def encode_study(
                 equipment=equipment,
                 series_uid=series_uid(context.job_key, "PDF"),
                 sop_instance_uid=study_level_uid(context.job_key, "PDF", "document"),
-                series_number=context.pdf_series_number,
+                series_number=context.series_number("PDF"),
             )
         )
         results.append(EncodedResult(kind="PDF", dataset=pdf, source_sop_instance_uids=analysed))
@@ -177,7 +178,7 @@ def encode_study(
                 equipment=equipment,
                 series_uid=series_uid(context.job_key, "KO"),
                 sop_instance_uid=study_level_uid(context.job_key, "KO", "document"),
-                series_number=context.ko_series_number,
+                series_number=context.series_number("KO"),
             )
         )
         key = images[key_image_index([image.analysis for image in images])]
@@ -221,7 +222,7 @@ def _encode_image_extras(
                 equipment=equipment,
                 series_uid=sc_series,
                 sop_instance_uid=instance_uid(context.job_key, "SC", uid, frame),
-                series_number=context.sc_series_number,
+                series_number=context.series_number("SC"),
                 instance_number=index,
             )
         )
@@ -235,7 +236,7 @@ def _encode_image_extras(
                 equipment=equipment,
                 series_uid=pm_series,
                 sop_instance_uid=instance_uid(context.job_key, "PM", uid, frame),
-                series_number=context.pm_series_number,
+                series_number=context.series_number("PM"),
                 instance_number=index,
             )
         )
@@ -252,7 +253,7 @@ def _encode_gsps(
             equipment=equipment,
             series_uid=series_uid(context.job_key, "GSPS"),
             sop_instance_uid=study_level_uid(context.job_key, "GSPS", "document"),
-            series_number=context.gsps_series_number,
+            series_number=context.series_number("GSPS"),
         )
     )
     if gsps is None:
@@ -282,9 +283,20 @@ def _encode_sr(
             job_key=context.job_key,
             series_uid=series_uid(context.job_key, "SR"),
             sop_instance_uid=study_level_uid(context.job_key, "SR", "document"),
-            series_number=context.sr_series_number,
+            series_number=context.series_number("SR"),
             pipeline_version=context.pipeline_version,
             models=context.models,
+            predecessors=() if context.predecessor is None else (context.predecessor.as_dataset(),),
         )
     )
     return EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed)
+
+
+def versioned_templates(templates: Templates, context: EncodeContext) -> Templates:
+    """The templates with each Series Description saying which version of the results it holds."""
+    changes = {
+        item.name: replace(template, series_description=context.series_description(template.series_description))
+        for item in fields(templates)
+        if hasattr(template := getattr(templates, item.name), "series_description")
+    }
+    return replace(templates, **changes)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from highdicom import AlgorithmIdentificationSequence
@@ -22,6 +23,9 @@ from highdicom.sr import CodedConcept
 from miemss_node.errors import TemplateError
 
 logger = logging.getLogger(__name__)
+
+#: The package that ships the repository's ``dicom_templates/`` folder (mapped in ``setup.py``).
+TEMPLATES_PACKAGE = "miemss_node.dicom_templates"
 
 SEGMENT_TEMPLATE = "seg/anomaly_segment.json"
 REPORT_TEMPLATE = "sr/measurement_report.json"
@@ -194,7 +198,12 @@ class Templates:
     presentation_state: PresentationStateTemplate
 
 
-def _read_json(path: Path) -> Any:
+def package_templates() -> Traversable:
+    """The templates folder installed with the package (package data, found by importlib.resources)."""
+    return resources.files(TEMPLATES_PACKAGE)
+
+
+def _read_json(path: Traversable) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -205,7 +214,7 @@ def _read_json(path: Path) -> Any:
         raise TemplateError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def _schema_registry(schemas_dir: Path) -> Any:
+def _schema_registry(schemas_dir: Traversable) -> Any:
     """Register the shared schemas by their ``$id`` so no ``$ref`` ever reaches the network."""
     from referencing import Registry, Resource
 
@@ -219,7 +228,7 @@ def _schema_registry(schemas_dir: Path) -> Any:
     return registry
 
 
-def load_template(templates_dir: Path, name: str) -> dict[str, Any]:
+def load_template(templates_dir: Traversable, name: str) -> dict[str, Any]:
     """Read one template and check it against its schema.
 
     Parameters
@@ -411,13 +420,17 @@ def _pdf_report_template(document: dict[str, Any]) -> PdfReportTemplate:
     )
 
 
-def load_templates(templates_dir: Path) -> Templates:
-    """Load, check and convert every template of a ``dicom_templates`` folder.
+def load_templates(templates_dir: Traversable | None = None) -> Templates:
+    """Load, check and convert every template of a ``dicom_templates`` folder, once per folder.
+
+    A process validates its templates once (``serve`` at start, ``check-config``); later calls
+    return the same object.
 
     Parameters
     ----------
     templates_dir
-        The folder holding ``seg/``, ``sr/``, ``sc/``, ``pm/``, ``ko/``, ``pdf/``, ``pr/`` and ``schemas/``.
+        The folder holding ``seg/``, ``sr/``, ``sc/``, ``pm/``, ``ko/``, ``pdf/``, ``pr/`` and ``schemas/``;
+        None means the templates installed with the package (:func:`package_templates`).
 
     Returns
     -------
@@ -429,6 +442,21 @@ def load_templates(templates_dir: Path) -> Templates:
     TemplateError
         When any template is missing or invalid; the message names the file.
     """
+    folder = package_templates() if templates_dir is None else templates_dir
+    return _load_templates(str(folder), folder)
+
+
+#: Templates already checked in this process, by folder.
+_CHECKED: dict[str, Templates] = {}
+
+
+def _load_templates(key: str, templates_dir: Traversable) -> Templates:
+    if key not in _CHECKED:
+        _CHECKED[key] = _read_templates(templates_dir)
+    return _CHECKED[key]
+
+
+def _read_templates(templates_dir: Traversable) -> Templates:
     return Templates(
         segment=_segment_template(load_template(templates_dir, SEGMENT_TEMPLATE)),
         report=_report_template(load_template(templates_dir, REPORT_TEMPLATE)),

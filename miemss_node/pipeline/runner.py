@@ -16,7 +16,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from miemss_node.errors import MiemssError, StageError
-
 from miemss_node.pipeline.anomaly import score_patches
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import is_frontal_chest_candidate, judge_chest, measure_chest, mm_per_pixel
@@ -24,8 +23,8 @@ from miemss_node.pipeline.chest_reference import load_chest_reference
 from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features, working_shape
-from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.modality import settings_for_image
+from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
 from miemss_node.pipeline.score import generic_abnormality

@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydicom import Dataset, dcmread
 from pynetdicom import _config
@@ -24,6 +24,7 @@ from miemss_node.queue import repository
 from miemss_node.receive.spool import instance_relative_path, place_file, write_atomically
 
 if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _status(code: int, comment: str) -> Dataset:
 
 def handle_store(event: Event, store: InstanceStore) -> int | Dataset:
     """Persist a C-STORE dataset and answer with a status; Success only when it is on disk and recorded."""
-    request = event.request
+    request = cast("C_STORE", event.request)
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     log_extra = {"calling_aet": _calling_aet(event), "sop_instance_uid": sop_instance_uid}
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
-
 import os
 import shutil
 import socket
@@ -12,8 +10,9 @@ import ssl
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -33,7 +32,7 @@ def build_receiver_ae(node: NodeSettings) -> AE:
     """
     ae = AE(ae_title=node.ae_title)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.require_called_aet = node.require_called_aet
     ae.require_calling_aet = list(node.allowed_calling_aets)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import uuid
 import re
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from miemss_node.errors import StorageError

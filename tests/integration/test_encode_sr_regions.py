@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.support.analysis_factory import (
     read_source,
 )
 from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.filterwarnings(PERSON_NAME_WARNING)
 
@@ -137,12 +137,12 @@ def test_devices_seen_are_stated(chest: Dataset) -> None:
     assert "Devices and objects seen in image 1, never outlined: external lead or line, burned-in text or marker." in texts
 
 
-@pytest.mark.skipif(shutil.which("dsr2html") is None, reason="dcmtk's dsr2html is not installed")
 def test_dsr2html_names_every_measurement(chest: Dataset, tmp_path: Path) -> None:
+    dsr2html = tool("dsr2html", "dcmtk")
     sr, _ = _encode(chest, [make_analysis(chest, n_regions=2, abnormality_score=0.5)])
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
-    html = subprocess.run(["dsr2html", str(path)], capture_output=True, check=True).stdout.decode("utf-8", "replace")
+    html = subprocess.run([dsr2html, str(path)], capture_output=True, check=True).stdout.decode("utf-8", "replace")
     text = re.sub(r"<[^>]+>", " ", html)
     # The default view names each NUM before its value ("Area: 119600.0 {pixels}").
     assert re.search(r"Area:\s+\d", text) and re.search(r"Saliency:\s+0\.\d", text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.integration.test_encode_dciodvfy import PERSON_NAME_WARNING
 from tests.support.analysis_factory import make_analysis, make_report, read_source
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.paths import shared_file
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.filterwarnings(PERSON_NAME_WARNING)
 
@@ -40,13 +40,7 @@ RENDER_ENV = "MIEMSS_GSPS_RENDER"
 
 
 def _dcmp2pgm() -> str:
-    found = shutil.which("dcmp2pgm")
-    if found is None:
-        message = "dcmtk's dcmp2pgm is needed: apt-get install dcmtk"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return tool("dcmp2pgm", "dcmtk")
 
 
 def _gsps(sources: list[Dataset], analyses: list[ImageAnalysis], folder: Path) -> tuple[Path, Dataset]:

@@ -10,8 +10,6 @@ The second test plays a modality with dcmtk ``storescu`` proposing compressed tr
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.net import free_port
 from tests.support.orthanc import Modality, Orthanc, orthanc_binary
 from tests.support.paths import shared_file
-
+from tests.support.tools import require_tool, tool
 
 NODE_AET = "MIEMSS"
 ORTHANC_AET = "ORTHANC"
@@ -53,16 +51,6 @@ KINDS = {
 
 #: Longest wait for a node to process and deliver, in seconds (normally a few).
 RESULT_TIMEOUT_S = 120.0
-
-
-def require_tool(name: str, binary: str | None, package: str) -> str:
-    """Return ``binary``; when missing, fail in CI (CI=true) and skip elsewhere, saying what to install."""
-    if binary is not None:
-        return binary
-    message = f"{name} not found: install Debian's {package} (apt-get install {package}; `make system-deps`)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run the Orthanc tests")
-    pytest.skip(message)
 
 
 @dataclass
@@ -239,7 +227,7 @@ def check_results(results: list[tuple[Path, Dataset]], sources: list[Dataset]) -
 
 def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=r"apt-get install orthanc.*CI must run"):
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install orthanc.*CI must run every test"):
         require_tool("Orthanc", None, "orthanc")
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match=r"Orthanc not found"):
@@ -288,7 +276,7 @@ def test_orthanc_sends_studies_and_receives_valid_results(deployment: Deployment
 
 def storescu(port: int, path: Path, proposal: str) -> None:
     """Send one file with dcmtk's storescu, proposing only ``proposal`` plus uncompressed syntaxes."""
-    binary = require_tool("storescu", shutil.which("storescu"), "dcmtk")
+    binary = tool("storescu", "dcmtk")
     done = subprocess.run(
         [binary, "-R", proposal, "-aet", MODALITY_AET, "-aec", NODE_AET, "127.0.0.1", str(port), str(path)],
         capture_output=True,
@@ -314,7 +302,7 @@ def test_storescu_compressed_syntaxes_are_stored_as_received_and_processed(deplo
     wait_until_delivered(node, {str(ds.StudyInstanceUID) for ds in sources.values()})
 
     storage = node.config.node.storage_dir
-    for name, (path, _, syntax) in sent.items():
+    for name, (_path, _, syntax) in sent.items():
         source = sources[name]
         assert source.file_meta.TransferSyntaxUID == syntax
         with node.sessions() as session:
