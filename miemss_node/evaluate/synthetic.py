@@ -27,8 +27,8 @@ from miemss_node.errors import DecodeError
 from miemss_node.evaluate.lesions import KINDS, insert_lesions
 from miemss_node.evaluate.metrics import match, psnr_ssim
 from miemss_node.pipeline.anomaly import intensity_zscore, score_against_reference, score_patches
-from miemss_node.pipeline.chest import ASSUMED_FIELD_MM
 from miemss_node.pipeline.base import AnomalyScores, DecodedImage, EnhancedImage, PatchFeatures, PipelineSettings
+from miemss_node.pipeline.chest import ASSUMED_FIELD_MM
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import analysis_mask, patch_features, to_working
 from miemss_node.pipeline.modality import settings_for_image

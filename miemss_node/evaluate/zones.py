@@ -162,9 +162,9 @@ def _draw(zone: dict[str, Any], shape: tuple[int, int], scale: tuple[float, floa
         c0, c1 = sorted((int(round(left * scale[1])), int(round(right * scale[1]))))
         mask[max(0, r0) : min(shape[0], r1 + 1), max(0, c0) : min(shape[1], c1 + 1)] = True
         return mask
-    points = [(float(r) * scale[0], float(c) * scale[1]) for r, c in zone["polyline"]]
-    for (r0, c0), (r1, c1) in zip(points, points[1:], strict=False):
-        rr, cc = line(int(round(r0)), int(round(c0)), int(round(r1)), int(round(c1)))
+    points = [(round(float(r) * scale[0]), round(float(c) * scale[1])) for r, c in zone["polyline"]]
+    for (row0, col0), (row1, col1) in zip(points, points[1:], strict=False):
+        rr, cc = line(row0, col0, row1, col1)
         keep = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
         mask[rr[keep], cc[keep]] = True
     width = max(1, round(LINE_WIDTH_MM / 2 / mm_per_px))

@@ -187,7 +187,7 @@ def fit_chest_reference(
         focal_global_threshold=global_threshold,
         n_films=len(feature_rows),
         films=tuple(dict(film) for film in films),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from miemss_node.errors import MiemssError, StageError
@@ -28,7 +27,7 @@ from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
 from miemss_node.pipeline.score import generic_abnormality
-from miemss_node.pipeline.vit import attention_map, join_vit_features
+from miemss_node.pipeline.vit import VitPatches, attention_map, join_vit_features
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _generic(
     image: DecodedImage,
     enhanced: EnhancedImage,
     settings: PipelineSettings,
-    vit_patches: np.ndarray | None,
+    vit_patches: VitPatches | None,
     seconds: dict[str, float],
 ) -> ImageAnalysis:
     """The generic analysis: patch features, Isolation Forest scores and regions, objects left out."""
