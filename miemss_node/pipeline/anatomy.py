@@ -68,6 +68,8 @@ CORE_MIN_ASPECT = 0.8
 #: ... and touches the image's border along at most this fraction of its perimeter.
 CORE_MAX_BORDER = 0.03
 
+#: Rows at a core's top narrower than this fraction of its widest row are not lung (a leak up the neck).
+APEX_MIN_WIDTH = 0.3
 #: A side whose core is smaller than this fraction of the other's is completed by the mirror image.
 MIRROR_BELOW = 0.6
 #: A hemithorax reaches at most this many thorax widths below the apex ...
@@ -242,8 +244,20 @@ def _lung_core(smooth: np.ndarray, body: np.ndarray, midline: int, side: str, me
         # never further than ``reach`` from it, so a leak into the axilla stays short.
         limit = ndimage.binary_dilation(core, structure=disk(reach))
         core = ndimage.binary_propagation(core, mask=grow & limit)
-        return ndimage.binary_fill_holes(_largest(core))
+        return _without_narrow_top(ndimage.binary_fill_holes(_largest(core)))
     return np.zeros(smooth.shape, dtype=bool)
+
+
+def _without_narrow_top(core: np.ndarray) -> np.ndarray:
+    """Cut the rows at the top of a core that are much narrower than the core: a leak up the neck or
+    into the supraclavicular soft tissue, not the apex of a lung."""
+    widths = core.sum(axis=1)
+    if not widths.any():
+        return core
+    wide = np.flatnonzero(widths >= APEX_MIN_WIDTH * widths.max())
+    trimmed = core.copy()
+    trimmed[: wide[0]] = False
+    return trimmed
 
 
 def _core_like(region: object, labels: np.ndarray, midline: int, side: str) -> bool:

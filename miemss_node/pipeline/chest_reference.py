@@ -35,8 +35,8 @@ from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, Zo
 logger = logging.getLogger(__name__)
 
 #: Evidence (z) at which a zone or a round density is flagged; the abnormality score is 0.5 there.
-FLAG_EVIDENCE = 3.0
-#: Evidence per unit of the abnormality score's logistic slope (score = 1 / (1 + exp(-(e - 3) / 1))).
+FLAG_EVIDENCE = 2.5
+#: Evidence per unit of the abnormality score's logistic slope (score = 1 / (1 + exp(-(e - 2.5) / 1))).
 SCORE_SLOPE = 1.0
 #: Smallest spread (normalised density units) assumed for a zone's density on normal films.
 DENSITY_SPREAD_FLOOR = 0.08
