@@ -164,15 +164,24 @@ def _lesions(films: list, root: Path, settings: PipelineSettings, args: argparse
                 continue
             image = decode_film(root / film.file, view=film.view)
             shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
-            normals.append((film.file, image, zone_masks(film, shape, mm_per_pixel(image, shape[0])).lungs))
+            normals.append((film.file, image, zone_masks(film, shape, mm_per_pixel(image, shape[0])).lung_interiors))
         if not normals:
             continue
         print(f"Lesion insertion into the {len(normals)} normal {split} film(s):")
         plan = FrocPlan(trials=args.lesion_trials, seed=args.seed)
         runs = lesion_insertion(normals, settings, plan, progress=lambda line: print(f"  {line}"))
         rows = froc_summary(runs, len(normals))
+        focal_rows = froc_summary(runs, len(normals), focal_only=True)
+        print("  every region counts (lung zones too):")
         print(froc_table(rows, plan))
-        out[split] = {"plan": asdict(plan), "summary": rows, "runs": [asdict(run) for run in runs]}
+        print("  round densities only (the focal detector on its own):")
+        print(froc_table(focal_rows, plan))
+        out[split] = {
+            "plan": asdict(plan),
+            "summary": rows,
+            "summary_round_densities": focal_rows,
+            "runs": [asdict(run) for run in runs],
+        }
     return out
 
 
@@ -239,6 +248,13 @@ def run_reference_fit(args: argparse.Namespace, settings: PipelineSettings) -> i
 def add_chest_reference_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``reference chest`` (``--config`` is added by ``cli.py``)."""
     parser.add_argument("inputs", type=Path, nargs="+", help="normal frontal chest films (files or folders)")
+    parser.add_argument(
+        "--focal-films",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="more chest films whose lungs hold no nodule: they only train the round-density model",
+    )
     parser.add_argument("--output", type=Path, required=True, help="reference file to write (JSON)")
     parser.add_argument("--name", help="name given in the report and the SR (default: the output file's name)")
     parser.add_argument(
@@ -265,10 +281,17 @@ def run_chest_reference(args: argparse.Namespace, settings: PipelineSettings) ->
             for row in csv.DictReader(handle):
                 provenance[Path(row["file"]).name] = {k: v for k, v in row.items() if k != "file" and v}
     images = load_images(files, picture_modality=args.picture_modality, assume_spacing=False)
+    focal = load_images(list(_files(args.focal_films)), picture_modality=args.picture_modality, assume_spacing=False)
     reference = fit_from_films(
-        ((item.name, item.image) for item in images), settings, name=args.name or args.output.name, provenance=provenance
+        ((item.name, item.image) for item in images),
+        settings,
+        name=args.name or args.output.name,
+        provenance=provenance,
+        focal_images=((item.name, item.image) for item in focal),
     )
     revision = save_chest_reference(reference, args.output)
-    print(f"{args.output}: {reference.n_films} frontal chest film(s), revision {revision}")
+    model = reference.focal_model
+    trained = f"; round-density model from {model.positives} inserted-nodule and {model.negatives} other candidates" if model else ""
+    print(f"{args.output}: {reference.n_films} normal frontal chest film(s){trained}, revision {revision}")
     print(f'use it with [pipeline] chest_reference = "{args.output}"')
     return EXIT_OK

@@ -2,8 +2,9 @@
 
 Nodules with known masks (:mod:`~miemss_node.evaluate.lesions`) are added to normal films inside the
 lungs *as drawn in the zone file* (not as the pipeline estimates them, so a lesion the anatomy step
-misses counts as missed). The pipeline then runs as the node runs it, with its flagging threshold
-lowered to :data:`CANDIDATE_THRESHOLD` so that weaker regions come out with their scores too.
+misses counts as missed). The pipeline then runs as the node runs it, with the flagging threshold of
+round densities lowered to :data:`CANDIDATE_THRESHOLD` so that weaker ones come out with their scores
+too (lung zones are flagged at the configured threshold, as in service).
 
 * A region **hits** a lesion when it overlaps it and is at most :data:`MAX_AREA_RATIO` times the
   lesion's area (a whole lung zone that happens to contain a small nodule did not localise it).
@@ -32,7 +33,7 @@ from miemss_node.pipeline.chest import ASSUMED_FIELD_MM
 
 logger = logging.getLogger(__name__)
 
-#: The pipeline's flagging threshold during the sweep (an abnormality score).
+#: The round-density flagging threshold during the sweep (an abnormality score).
 CANDIDATE_THRESHOLD = 0.05
 #: Round densities kept per film during the sweep.
 CANDIDATE_FOCAL_REGIONS = 8
@@ -63,6 +64,9 @@ class FrocRun:
     lesion_scores: tuple[float, ...]
     #: Peak scores of the false-positive regions.
     false_positive_scores: tuple[float, ...]
+    #: The same, counting round-density regions only: the focal detector on its own.
+    focal_lesion_scores: tuple[float, ...] = ()
+    focal_false_positive_scores: tuple[float, ...] = ()
     #: Dice of the regions flagged at the configured threshold against the lesions (None without lesions).
     dice: float | None
 
@@ -87,7 +91,7 @@ def lesion_insertion(
     """
     from miemss_node.pipeline.runner import analyse_image
 
-    sweep = replace(settings, threshold=CANDIDATE_THRESHOLD, max_focal_regions=CANDIDATE_FOCAL_REGIONS)
+    sweep = settings.replaced(focal_threshold=CANDIDATE_THRESHOLD, max_focal_regions=CANDIDATE_FOCAL_REGIONS)
     runs = []
     for index, (name, image, lungs) in enumerate(films):
         rng = np.random.default_rng([plan.seed, index])
@@ -117,10 +121,12 @@ def _run(name: str, contrast: float, analysis: ImageAnalysis, lesions: np.ndarra
     labels = analysis.region_map.labels
     lesion_ids = [int(v) for v in np.unique(lesions) if v]
     best = {lesion: -1.0 for lesion in lesion_ids}
-    false_positives = []
+    best_focal = dict(best)
+    false_positives, focal_false_positives = [], []
     flagged = np.zeros(labels.shape, dtype=bool)
     for region in analysis.region_map.regions:
         mask = labels == region.label
+        focal = region.kind == "focal"
         if region.max_score >= threshold:
             flagged |= mask
         hit = False
@@ -128,37 +134,49 @@ def _run(name: str, contrast: float, analysis: ImageAnalysis, lesions: np.ndarra
             lesion_mask = lesions == lesion
             if (mask & lesion_mask).any() and mask.sum() <= MAX_AREA_RATIO * lesion_mask.sum():
                 best[lesion] = max(best[lesion], region.max_score)
+                if focal:
+                    best_focal[lesion] = max(best_focal[lesion], region.max_score)
                 hit = True
         if not hit:
             false_positives.append(region.max_score)
+            if focal:
+                focal_false_positives.append(region.max_score)
     dice = dice_iou(flagged, lesions > 0)[0] if lesion_ids else None
     return FrocRun(
         film=name,
         contrast=contrast,
         lesion_scores=tuple(best[lesion] for lesion in lesion_ids),
         false_positive_scores=tuple(false_positives),
+        focal_lesion_scores=tuple(best_focal[lesion] for lesion in lesion_ids),
+        focal_false_positive_scores=tuple(focal_false_positives),
         dice=dice,
     )
 
 
-def froc_summary(runs: Sequence[FrocRun], films: int) -> list[dict[str, Any]]:
+def froc_summary(runs: Sequence[FrocRun], films: int, *, focal_only: bool = False) -> list[dict[str, Any]]:
     """Per contrast: lesions, sensitivity at each of :data:`FP_RATES`, and the mean Dice.
 
     False positives are counted over the clean films and the lesioned films of that contrast, per
     film run; sensitivity at a rate is taken at the lowest threshold whose FP rate does not exceed it.
+    With ``focal_only``, only round-density regions count, as hits and as false positives.
     """
     rows = []
     for contrast in sorted({run.contrast for run in runs if run.contrast > 0}):
         group = [run for run in runs if run.contrast in (0.0, contrast)]
-        lesions = np.array([s for run in group for s in run.lesion_scores], dtype=np.float64)
-        false_positives = np.sort([s for run in group for s in run.false_positive_scores])[::-1]
+        lesions = np.array(
+            [s for run in group for s in (run.focal_lesion_scores if focal_only else run.lesion_scores)],
+            dtype=np.float64,
+        )
+        scores = [s for run in group for s in (run.focal_false_positive_scores if focal_only else run.false_positive_scores)]
+        false_positives = np.sort(scores)[::-1]
         images = len(group)
         row: dict[str, Any] = {"contrast": contrast, "lesions": int(lesions.size), "film_runs": images}
         for rate in FP_RATES:
             allowed = int(np.floor(rate * images))
             # The threshold sits just above the (allowed + 1)-th strongest false positive.
             cutoff = false_positives[allowed] if allowed < false_positives.size else -np.inf
-            row[f"sensitivity_at_{rate:g}_fp"] = round(float((lesions > cutoff).mean()), 3) if lesions.size else None
+            found = (lesions > cutoff) & (lesions >= 0.0)  # -1: no region hit the lesion at all
+            row[f"sensitivity_at_{rate:g}_fp"] = round(float(found.mean()), 3) if lesions.size else None
         dice = [run.dice for run in runs if run.contrast == contrast and run.dice is not None]
         row["dice"] = round(float(np.mean(dice)), 3) if dice else None
         row["films"] = films

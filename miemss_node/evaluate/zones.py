@@ -44,6 +44,9 @@ DISEASE_OVERLAP = 0.2
 OBJECT_MARGIN_MM = 3.0
 #: Width (mm) of a polyline object (a wire) before the margin.
 LINE_WIDTH_MM = 3.0
+#: Lung interiors (for inserted lesions) are the ellipse inscribed in each lung box, this fraction of
+#: its half-axes.
+INTERIOR = 0.85
 #: The region classes, in the order of precedence.
 CLASSES = ("object", "outside", "disease", "lung")
 
@@ -70,6 +73,9 @@ class ZoneMasks:
     """A film's drawn zones as masks at its size."""
 
     lungs: np.ndarray
+    #: The ellipse inscribed in each lung box, shrunk to :data:`INTERIOR` of its half-axes: where a
+    #: lesion is surely in the lung (a box's corners hold the heart, the diaphragm, the chest wall).
+    lung_interiors: np.ndarray
     disease: list[np.ndarray]
     objects: np.ndarray
 
@@ -120,19 +126,21 @@ def zone_masks(film: ZonedFilm, shape: tuple[int, int], mm_per_px: float) -> Zon
     rows, cols = shape
     scale = (rows / 100.0, cols / 100.0) if film.units == "percent" else (1.0, 1.0)
     lungs = np.zeros(shape, dtype=bool)
+    interiors = np.zeros(shape, dtype=bool)
     objects = np.zeros(shape, dtype=bool)
     disease = []
     for zone in film.zones:
         mask = _draw(zone, shape, scale, mm_per_px)
         if zone["kind"] == "lung":
             lungs |= mask
+            interiors |= _inner_ellipse(mask)
         elif zone["kind"] == "disease":
             disease.append(mask)
         else:
             objects |= mask
     margin = max(1, round(OBJECT_MARGIN_MM / mm_per_px))
     objects = ndimage.binary_dilation(objects, iterations=margin) if objects.any() else objects
-    return ZoneMasks(lungs=lungs, disease=disease, objects=objects)
+    return ZoneMasks(lungs=lungs, lung_interiors=interiors, disease=disease, objects=objects)
 
 
 def classify_region(region: np.ndarray, masks: ZoneMasks) -> str:
@@ -152,6 +160,17 @@ def classify_region(region: np.ndarray, masks: ZoneMasks) -> str:
         if overlap and (overlap >= DISEASE_OVERLAP * area or overlap >= DISEASE_OVERLAP * int(disease.sum())):
             return "disease"
     return "lung"
+
+
+def _inner_ellipse(box: np.ndarray) -> np.ndarray:
+    """The ellipse inscribed in a box mask, shrunk to :data:`INTERIOR` of its half-axes."""
+    if not box.any():
+        return box
+    rows, cols = np.nonzero(box)
+    centre = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
+    half = (max(1.0, INTERIOR * (rows.max() - rows.min()) / 2.0), max(1.0, INTERIOR * (cols.max() - cols.min()) / 2.0))
+    rr, cc = np.ogrid[: box.shape[0], : box.shape[1]]
+    return ((rr - centre[0]) / half[0]) ** 2 + ((cc - centre[1]) / half[1]) ** 2 <= 1.0
 
 
 def _draw(zone: dict[str, Any], shape: tuple[int, int], scale: tuple[float, float], mm_per_px: float) -> np.ndarray:

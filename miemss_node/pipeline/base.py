@@ -7,7 +7,7 @@ together with ``encode/`` and ``worker.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,11 +44,18 @@ class PipelineSettings:
     chest_analysis: bool = True
     #: At most this many round densities become regions on a chest film (the strongest).
     max_focal_regions: int = 2
+    #: Abnormality score from which a round density becomes a region; 0 means ``threshold``.
+    focal_threshold: float = 0.0
     #: The normal reference of the chest analysis (``miemss-node reference chest``); "" = the one
     #: shipped with the package.
     chest_reference: str = ""
     #: Overrides per Modality (``[pipeline.modality.CR]`` ...); see :meth:`for_modality`.
     modality_overrides: tuple[tuple[str, PipelineSettings], ...] = ()
+
+    def replaced(self, **changes: object) -> PipelineSettings:
+        """These settings with ``changes`` applied to the base and to every per-Modality override."""
+        overrides = tuple((name, replace(settings, **changes)) for name, settings in self.modality_overrides)  # type: ignore[arg-type]
+        return replace(self, **changes, modality_overrides=overrides)  # type: ignore[arg-type]
 
     def for_modality(self, modality: str) -> PipelineSettings:
         """The settings for images of ``modality``: its override when configured, else these."""

@@ -124,7 +124,8 @@ def measure_chest(image: DecodedImage, enhanced: np.ndarray) -> ChestMeasurement
     density = normalised_density(smooth, anatomy.hemithoraces, anatomy.midline_col or work.shape[1] / 2, usable)
     zones = zone_masks(anatomy.hemithoraces)
     lungs_detail = _resize_mask(anatomy.hemithoraces > 0, detail.shape)
-    candidates = focal_candidates(detail, lungs_detail, objects.mask | ~detail_body, detail_mm)
+    midline = (anatomy.midline_col if anatomy.midline_col is not None else work.shape[1] / 2) * detail.shape[1] / work.shape[1]
+    candidates = focal_candidates(detail, lungs_detail, objects.mask | ~detail_body, detail_mm, midline_col=midline)
     return ChestMeasurements(
         anatomy=anatomy,
         zones=zones,
@@ -153,6 +154,7 @@ def judge_chest(
     *,
     threshold: float = 0.5,
     max_focal_regions: int = 2,
+    focal_threshold: float | None = None,
 ) -> ChestFindings:
     """Turn the measurements of a frame into regions, a heatmap and an abnormality score.
 
@@ -169,16 +171,19 @@ def judge_chest(
         reference's flagging evidence (``[pipeline] threshold``).
     max_focal_regions
         At most this many round densities become regions (``[pipeline] max_focal_regions``).
+    focal_threshold
+        The abnormality score from which a round density becomes a region; None: ``threshold``.
     """
     anatomy = measured.anatomy
     flag = evidence_at(threshold)
     evidence = zone_evidence(measured.features, reference)
-    focal = tuple(focal_evidence(c.strength, c.global_strength, reference) for c in measured.candidates)
+    focal = tuple(focal_evidence(candidate, reference) for candidate in measured.candidates)
     parts = _zone_parts(measured, evidence, flag)
     covered = np.zeros(anatomy.shape, dtype=bool)
     for part in parts:
         covered |= part.mask
-    parts += _focal_parts(measured, focal, covered, flag, max_focal_regions)
+    focal_flag = flag if focal_threshold is None else evidence_at(focal_threshold)
+    parts += _focal_parts(measured, focal, covered, focal_flag, max_focal_regions)
     heat = np.zeros(anatomy.shape, dtype=np.float32)
     for key, mask in measured.zones.items():
         heat[mask] = abnormality(evidence[key].evidence)
@@ -198,7 +203,7 @@ def judge_chest(
         relabel[old_label] = new_label
         regions.append(replace(region, label=new_label))
     # A round-density candidate below the flag says nothing: every film has its strongest blob.
-    strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= flag], default=-math.inf)
+    strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= focal_flag], default=-math.inf)
     return ChestFindings(
         region_map=RegionMap(heatmap=source_heat, labels=relabel[source_labels], regions=tuple(regions)),
         abnormality_score=abnormality(strongest),

@@ -21,16 +21,21 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from miemss_node.errors import ModelError
 from miemss_node.pipeline.base import DecodedImage, ModelRun, PipelineSettings
+from miemss_node.pipeline.focal import FocalCandidate
+from miemss_node.pipeline.focal_model import FocalModel, fit_focal_model, training_copies
 from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, ZoneKey, feature_names
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.chest import ChestMeasurements
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ class ChestReference:
     #: Where each film came from: name, source, licence (as given when fitting).
     films: tuple[dict[str, str], ...] = ()
     created: str = ""
+    #: The learned focal model; None: round densities are judged by strength alone.
+    focal_model: FocalModel | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,10 +137,18 @@ def zone_evidence(features: dict[str, float], reference: ChestReference) -> dict
     return evidence
 
 
-def focal_evidence(strength: float, global_strength: float, reference: ChestReference) -> float:
-    """Evidence of a round-density candidate: :data:`FLAG_EVIDENCE` at either of the reference's thresholds."""
+def focal_evidence(candidate: FocalCandidate, reference: ChestReference) -> float:
+    """Evidence of a round-density candidate, :data:`FLAG_EVIDENCE` at the reference's threshold.
+
+    With a focal model, its log-odds above the model's threshold (one unit of log-odds per unit of
+    evidence); without, the larger of the candidate's strengths over the reference's thresholds.
+    """
+    if reference.focal_model is not None:
+        model = reference.focal_model
+        return FLAG_EVIDENCE + SCORE_SLOPE * (model.log_odds(candidate) - model.threshold)
     return FLAG_EVIDENCE * max(
-        strength / max(reference.focal_threshold, 1e-6), global_strength / max(reference.focal_global_threshold, 1e-6)
+        candidate.strength / max(reference.focal_threshold, 1e-6),
+        candidate.global_strength / max(reference.focal_global_threshold, 1e-6),
     )
 
 
@@ -197,40 +212,89 @@ def fit_from_films(
     *,
     name: str,
     provenance: dict[str, dict[str, str]] | None = None,
+    focal_images: Iterable[tuple[str, DecodedImage]] = (),
+    seed: int = 0,
 ) -> ChestReference:
     """Measure normal films and build a reference from those that are frontal chest films.
 
     Parameters
     ----------
     images
-        (file name, decoded frame) pairs of normal films.
+        (file name, decoded frame) pairs of normal films: the zone statistics, and the focal model.
     settings
         The pipeline settings (the denoise method of each film's Modality is used).
     name
         The reference's name.
     provenance
         Per file name, what to record about it (e.g. source, licence).
+    focal_images
+        More films whose lungs hold no nodule (their other findings do not matter), used only to
+        train the focal model (:mod:`~miemss_node.pipeline.focal_model`).
+    seed
+        Seeds the nodules inserted for the focal model.
 
     Raises
     ------
     ModelError
         If none of the films is a frontal chest film.
     """
+    rows: list[dict[str, float]] = []
+    strengths: list[list[tuple[float, float]]] = []
+    films: list[dict[str, str]] = []
+    clean: list[list[FocalCandidate]] = []
+    labelled: list[tuple[FocalCandidate, bool]] = []
+    for role, source in (("normal", images), ("focal", focal_images)):
+        for file_name, image in source:
+            measured, enhanced = _measured(image, settings)
+            if measured is None:
+                logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
+                continue
+            if role == "normal":
+                rows.append(measured.features)
+                strengths.append([(c.strength, c.global_strength) for c in measured.candidates])
+            clean.append(list(measured.candidates))
+            labelled += _inserted_candidates(image, enhanced, measured, seed + len(films))
+            films.append({"file": file_name, "used_for": role, **(provenance or {}).get(file_name, {})})
+    reference = fit_chest_reference(rows, strengths, name=name, films=[f for f in films if f["used_for"] == "normal"])
+    model = fit_focal_model(clean, labelled, FOCAL_FLAGS_PER_NORMAL_FILM)
+    return replace(reference, focal_model=model, films=tuple(films))
+
+
+def _measured(image: DecodedImage, settings: PipelineSettings) -> tuple[ChestMeasurements | None, np.ndarray]:
     from miemss_node.pipeline.chest import measure_chest
     from miemss_node.pipeline.enhance import enhance
     from miemss_node.pipeline.modality import settings_for_image
 
-    rows, strengths, films = [], [], []
-    for file_name, image in images:
-        chosen = settings_for_image(settings, image)
-        measured = measure_chest(image, enhance(image, chosen.denoise_method).pixels)
-        if measured is None:
-            logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
+    chosen = settings_for_image(settings, image)
+    enhanced = enhance(image, chosen.denoise_method).pixels
+    return measure_chest(image, enhanced), enhanced
+
+
+def _inserted_candidates(
+    image: DecodedImage, enhanced: np.ndarray, measured: ChestMeasurements, seed: int
+) -> list[tuple[FocalCandidate, bool]]:
+    """The candidates of copies of a film with nodules inserted in its lungs, each with its label."""
+    from scipy import ndimage
+
+    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, measure_chest
+
+    rows, cols = enhanced.shape
+    hemithoraces = measured.anatomy.hemithoraces > 0
+    row_index = np.minimum((np.arange(rows) * hemithoraces.shape[0]) // rows, hemithoraces.shape[0] - 1)
+    col_index = np.minimum((np.arange(cols) * hemithoraces.shape[1]) // cols, hemithoraces.shape[1] - 1)
+    placement = ndimage.binary_erosion(hemithoraces, iterations=2)[np.ix_(row_index, col_index)]
+    spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(rows, cols)
+    out = []
+    for pixels, labels in training_copies(enhanced, placement, spacing, seed):
+        again = measure_chest(image, pixels)
+        if again is None:
             continue
-        rows.append(measured.features)
-        strengths.append([(candidate.strength, candidate.global_strength) for candidate in measured.candidates])
-        films.append({"file": file_name, **(provenance or {}).get(file_name, {})})
-    return fit_chest_reference(rows, strengths, name=name, films=films)
+        scale = (rows / again.detail_shape[0], cols / again.detail_shape[1])
+        for candidate in again.candidates:
+            r = min(int(candidate.row * scale[0]), rows - 1)
+            c = min(int(candidate.col * scale[1]), cols - 1)
+            out.append((candidate, bool(labels[r, c])))
+    return out
 
 
 def save_chest_reference(reference: ChestReference, path: Path) -> str:
@@ -242,6 +306,7 @@ def save_chest_reference(reference: ChestReference, path: Path) -> str:
         "created": reference.created,
         "n_films": reference.n_films,
         "films": list(reference.films),
+        **({"focal_model": reference.focal_model.to_dict()} if reference.focal_model is not None else {}),
         "focal_threshold": reference.focal_threshold,
         "focal_global_threshold": reference.focal_global_threshold,
         "zone_names": list(ZONE_NAMES),
@@ -299,6 +364,7 @@ def _parse(data: bytes, *, origin: str) -> ChestReference:
         n_films=int(payload["n_films"]),
         films=tuple(payload.get("films", ())),
         created=str(payload.get("created", "")),
+        focal_model=FocalModel.from_dict(payload["focal_model"]) if "focal_model" in payload else None,
         extra=dict(payload.get("extra", {})),
     )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import peak_local_max
+from skimage.feature import hessian_matrix, hessian_matrix_eigvals, peak_local_max
 
 #: Nodule radii (mm) looked for: about 10 to 30 mm across (smaller ones are lost among vessels seen
 #: end-on at the working resolution).
@@ -34,6 +34,8 @@ METAL_RIM_SHARPNESS = 1.5
 #: an electrode or a snap, not a nodule: it is dropped.
 ELECTRODE_MAX_RADIUS_MM = 7.0
 ELECTRODE_MIN_CONTRAST = 0.3
+#: The mirrored place is searched this far (mm) around, for the patient's rotation and asymmetry.
+MIRROR_SEARCH_MM = 12.0
 #: At most this many candidates are returned per frame (the strongest).
 MAX_CANDIDATES = 40
 #: Two candidates are at least this far apart (mm).
@@ -53,9 +55,29 @@ class FocalCandidate:
     #: The response over the lungs' typical spread: a blob that is strong for this film (a large or
     #: dense nodule raises its own local spread, so ``strength`` alone understates it).
     global_strength: float = 0.0
+    #: What a learned focal model reads (:data:`FEATURE_NAMES`, in order).
+    features: tuple[float, ...] = ()
 
 
-def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, mm_per_px: float) -> list[FocalCandidate]:
+#: The measurements of a candidate that a focal model (``chest_reference.FocalModel``) reads: its
+#: locally and globally normalised response at each radius of :data:`RADII_MM`, then its shape.
+FEATURE_NAMES = (
+    *(f"local_{r:g}mm" for r in RADII_MM),
+    *(f"global_{r:g}mm" for r in RADII_MM),
+    "radius_mm",
+    "contrast",
+    "rim_sharpness",
+    "isotropy",
+    "edge_distance_mm",
+    "surround_texture",
+    "mirror_local",
+    "mirror_ratio",
+)
+
+
+def focal_candidates(
+    work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, mm_per_px: float, midline_col: float | None = None
+) -> list[FocalCandidate]:
     """Find round-density candidates inside the lungs.
 
     Parameters
@@ -68,6 +90,9 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
         Boolean mask of what is not anatomy, same shape.
     mm_per_px
         Working pixel size in mm.
+    midline_col
+        The midline's column: the other side's response at the mirrored place (a rib crossing has its
+        twin there, a nodule does not) becomes a feature. None: the image's centre.
 
     Returns
     -------
@@ -82,10 +107,13 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
     best = np.full(image.shape, -np.inf, dtype=np.float32)
     best_global = np.full(image.shape, -np.inf, dtype=np.float32)
     radius = np.zeros(image.shape, dtype=np.float32)
+    local_maps, global_maps = [], []
     for radius_mm in RADII_MM:
         sigma = radius_mm / np.sqrt(2.0) / mm_per_px
         response = -ndimage.gaussian_laplace(image, sigma) * np.float32(sigma * sigma)
         normalised, globally = _normalised(response, allowed, sigma)
+        local_maps.append(normalised)
+        global_maps.append(globally)
         better = normalised > best
         best[better] = normalised[better]
         radius[better] = radius_mm / mm_per_px
@@ -98,35 +126,53 @@ def focal_candidates(work: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, 
         num_peaks=MAX_CANDIDATES,
         exclude_border=False,
     )
-    candidates = [
-        FocalCandidate(
-            row=float(r),
-            col=float(c),
-            radius_px=float(radius[r, c]),
-            strength=float(best[r, c]),
-            global_strength=float(best_global[r, c]),
+    shape = _Shape(image, lungs, excluded, mm_per_px)
+    midline = image.shape[1] / 2.0 if midline_col is None else midline_col
+    candidates = []
+    for r, c in peaks:
+        if not allowed[r, c]:
+            continue
+        measured = shape.measure(float(r), float(c), float(radius[r, c]))
+        if measured is None or not shape.looks_like_tissue(measured, float(radius[r, c])):
+            continue
+        mirror = _mirrored_response(best, allowed, r, c, midline, max(1, round(MIRROR_SEARCH_MM / mm_per_px)))
+        candidates.append(
+            FocalCandidate(
+                row=float(r),
+                col=float(c),
+                radius_px=float(radius[r, c]),
+                strength=float(best[r, c]),
+                global_strength=float(best_global[r, c]),
+                features=(
+                    *(float(m[r, c]) for m in local_maps),
+                    *(float(m[r, c]) for m in global_maps),
+                    float(radius[r, c]) * mm_per_px,
+                    *measured,
+                    mirror,
+                    float(best[r, c]) - mirror,
+                ),
+            )
         )
-        for r, c in peaks
-        if allowed[r, c]
-    ]
-    tissue = _TissueCheck(image, lungs | ~excluded, mm_per_px)
-    return sorted((c for c in candidates if tissue.looks_like_tissue(c)), key=lambda candidate: -candidate.strength)
+    return sorted(candidates, key=lambda candidate: -candidate.strength)
 
 
-class _TissueCheck:
-    """Tells a tissue density from metal by its rim's sharpness and its contrast for its size."""
+class _Shape:
+    """Measures a candidate's shape: contrast, rim sharpness, isotropy, place and surroundings."""
 
-    def __init__(self, image: np.ndarray, inside: np.ndarray, mm_per_px: float) -> None:
+    def __init__(self, image: np.ndarray, lungs: np.ndarray, excluded: np.ndarray, mm_per_px: float) -> None:
+        inside = lungs | ~excluded
         self.image = image
         self.mm_per_px = mm_per_px
         low, high = np.percentile(image[inside], [2, 98]) if inside.any() else (0.0, 1.0)
         self.scale = max(float(high - low), 1e-3)
         self.gradient = ndimage.gaussian_gradient_magnitude(image, sigma=1.0)
         self.reference = max(float(np.percentile(self.gradient[inside], 99)) if inside.any() else 1.0, 1e-6)
+        self.edge_distance = ndimage.distance_transform_edt(lungs) * mm_per_px
 
-    def looks_like_tissue(self, candidate: FocalCandidate) -> bool:
+    def measure(self, r: float, c: float, radius: float) -> tuple[float, float, float, float, float] | None:
+        """(contrast, rim sharpness, isotropy, distance to the lungs' edge in mm, surround texture)."""
         rows, cols = self.image.shape
-        r, c, radius = candidate.row, candidate.col, max(candidate.radius_px, 1.0)
+        radius = max(radius, 1.0)
         reach = int(np.ceil(2.5 * radius)) + 1
         r0, r1 = max(0, int(r) - reach), min(rows, int(r) + reach + 1)
         c0, c1 = max(0, int(c) - reach), min(cols, int(c) + reach + 1)
@@ -137,11 +183,38 @@ class _TissueCheck:
         ring = (distance > 1.5 * radius) & (distance <= 2.5 * radius)
         rim = (distance > 0.5 * radius) & (distance <= 1.5 * radius)
         if not (inner.any() and ring.any() and rim.any()):
-            return True
+            return None
         sharpness = float(np.percentile(self.gradient[r0:r1, c0:c1][rim], 95)) / self.reference
         contrast = (float(np.median(window[inner])) - float(np.median(window[ring]))) / self.scale
+        texture = float(np.std(window[ring])) / self.scale
+        sigma = radius / np.sqrt(2.0)
+        h_rr, h_rc, h_cc = hessian_matrix(window.astype(np.float64), sigma=sigma, order="rc", use_gaussian_derivatives=False)
+        centre = (min(int(r) - r0, window.shape[0] - 1), min(int(c) - c0, window.shape[1] - 1))
+        high, low = hessian_matrix_eigvals([h_rr, h_rc, h_cc])[:, centre[0], centre[1]]
+        isotropy = float(high / low) if low < 0 and high < 0 else 0.0
+        edge = float(self.edge_distance[min(int(r), rows - 1), min(int(c), cols - 1)])
+        return contrast, sharpness, isotropy, edge, texture
+
+    def looks_like_tissue(self, measured: tuple[float, float, float, float, float], radius: float) -> bool:
+        """Whether a candidate's rim and contrast are those of tissue, not of metal or an electrode."""
+        contrast, sharpness = measured[0], measured[1]
         small = radius * self.mm_per_px <= ELECTRODE_MAX_RADIUS_MM
         return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
+
+
+def _mirrored_response(
+    best: np.ndarray, allowed: np.ndarray, r: int, c: int, midline: float, reach: int
+) -> float:
+    """The strongest response near the mirror image of (r, c) across the midline (0 outside the lungs)."""
+    rows, cols = best.shape
+    mc = int(round(2 * midline - c))
+    r0, r1 = max(0, r - reach), min(rows, r + reach + 1)
+    c0, c1 = max(0, mc - reach), min(cols, mc + reach + 1)
+    if r0 >= r1 or c0 >= c1:
+        return 0.0
+    window = np.where(allowed[r0:r1, c0:c1], best[r0:r1, c0:c1], -np.inf)
+    value = float(window.max()) if window.size else -np.inf
+    return value if np.isfinite(value) else 0.0
 
 
 def _normalised(response: np.ndarray, allowed: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

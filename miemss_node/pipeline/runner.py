@@ -86,7 +86,12 @@ def analyse_image(
             "regions",
             seconds,
             lambda: judge_chest(
-                chest, image, reference, threshold=settings.threshold, max_focal_regions=settings.max_focal_regions
+                chest,
+                image,
+                reference,
+                threshold=settings.threshold,
+                max_focal_regions=settings.max_focal_regions,
+                focal_threshold=settings.focal_threshold or None,
             ),
         )
         analysis = ImageAnalysis(
