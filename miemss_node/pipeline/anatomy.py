@@ -46,8 +46,10 @@ ANATOMY_SIDE = 256
 
 #: The midline is searched in this band of columns ...
 MIDLINE_COLUMNS = (0.3, 0.7)
-#: ... in this band of the rows (the upper thorax, where the mediastinum is narrow).
+#: ... in this band of the rows (the upper thorax, where the mediastinum is narrow) ...
 MIDLINE_ROWS = (0.15, 0.45)
+#: ... as the band that stands out most above a grey opening this fraction of the width wide.
+MIDLINE_OPENING = 0.25
 
 #: A core's threshold is this fraction of the way from its side's darkest pixels to the mediastinum;
 #: the fractions are tried in turn until a lung-like core is found.
@@ -70,8 +72,11 @@ CORE_MAX_BORDER = 0.03
 
 #: Rows at a core's top narrower than this fraction of its widest row are not lung (a leak up the neck).
 APEX_MIN_WIDTH = 0.3
-#: A side whose core is smaller than this fraction of the other's is completed by the mirror image.
+#: A side whose core is smaller than this fraction of the other's is completed by the mirror image ...
 MIRROR_BELOW = 0.6
+#: ... only lateral to its own core when that core is at least this fraction of the other's (a small
+#: lung beside a large heart); below it, the own core says little, and the whole mirror image is used.
+LATERAL_ONLY_ABOVE = 0.3
 #: A hemithorax reaches at most this many thorax widths below the apex ...
 MAX_HEIGHT_PER_WIDTH = 0.85
 #: ... and at most this fraction of the aerated lungs' height below the lowest of them.
@@ -215,8 +220,11 @@ def find_midline(smooth: np.ndarray, body: np.ndarray) -> int:
     top, bottom = int(body_rows[0]), int(body_rows[-1])
     band = smooth[top + int(MIDLINE_ROWS[0] * (bottom - top)) : top + int(MIDLINE_ROWS[1] * (bottom - top)) + 1]
     profile = ndimage.gaussian_filter1d(np.median(band, axis=0), max(1.0, 0.02 * cols))
+    # The spine stands out from the lungs on both sides; a bright plateau (an opaque hemithorax, the
+    # shoulder) does not: take the band's prominence over a grey opening wider than the spine.
+    prominence = profile - ndimage.grey_opening(profile, size=max(3, int(MIDLINE_OPENING * cols)))
     low, high = int(MIDLINE_COLUMNS[0] * cols), int(MIDLINE_COLUMNS[1] * cols)
-    return low + int(np.argmax(profile[low:high]))
+    return low + int(np.argmax(prominence[low:high]))
 
 
 def _lung_core(smooth: np.ndarray, body: np.ndarray, midline: int, side: str, mediastinum: float) -> np.ndarray:
@@ -295,7 +303,7 @@ def _complete_by_mirror(cores: dict[str, np.ndarray], midline: int, body: np.nda
         mask = cores[side].copy()
         if cores[side].sum() < MIRROR_BELOW * cores[other].sum():
             mirrored = _mirror(cores[other], midline) & body
-            if cores[side].any():
+            if cores[side].sum() >= LATERAL_ONLY_ABOVE * cores[other].sum():
                 # Only lateral to the own core's medial edge: a small lung beside a large heart must
                 # not be "completed" with the heart.
                 medial = _medial_edge(cores[side], side)

@@ -1,0 +1,218 @@
+"""The chest analysis on real films: objects, anatomy, zones, the normal reference, regions and words."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from miemss_node.errors import ModelError
+from miemss_node.evaluate.real import decode_film
+from miemss_node.evaluate.zones import load_zone_file, zone_masks
+from miemss_node.pipeline.anatomy import ANATOMY_SIDE, find_chest_frame, right_on_image_left
+from miemss_node.pipeline.base import DecodedImage, PipelineSettings
+from miemss_node.pipeline.chest import judge_chest, location_words, measure_chest, mm_per_pixel
+from miemss_node.pipeline.chest_reference import (
+    FLAG_EVIDENCE,
+    abnormality,
+    evidence_at,
+    load_chest_reference,
+    save_chest_reference,
+)
+from miemss_node.pipeline.enhance import enhance
+from miemss_node.pipeline.features import to_working
+from miemss_node.pipeline.field_of_view import field_mask
+from miemss_node.pipeline.focal import FEATURE_NAMES
+from miemss_node.pipeline.focal_model import FocalModel
+from miemss_node.pipeline.objects import COMPACT, LINE, find_objects
+from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
+
+ZONE_FILE = REPO_ROOT / "benchmarks" / "zones" / "shared_chest_films.json"
+
+
+def _film(name_part: str) -> tuple[DecodedImage, object]:
+    shared_file("images/actualmed_dev/labels.csv")  # skips without the shared data
+    (film,) = [f for f in load_zone_file(ZONE_FILE) if name_part in f.file]
+    return decode_film(SHARED_DATA / film.file, view=film.view), film
+
+
+@pytest.fixture(scope="module")
+def normal_pa() -> tuple[DecodedImage, object]:
+    """A normal PA film of the development set (ANON1), with its drawn zones."""
+    return _film("2020031914434008949")
+
+
+# --- objects ------------------------------------------------------------------------------------
+
+
+def test_markers_text_and_a_drawn_wire_are_objects(normal_pa: tuple[DecodedImage, object]) -> None:
+    image, film = normal_pa
+    work = to_working(image.pixels, 512).copy()
+    rows, cols = work.shape
+    # A thin, bright, curved line across the lung: an ECG lead.
+    t = np.linspace(0, 1, 400)
+    rr = (0.3 + 0.4 * t) * rows
+    cc = (0.2 + 0.15 * np.sin(3 * t)) * cols
+    for r, c in zip(rr.astype(int), cc.astype(int), strict=True):
+        work[r : r + 2, c : c + 2] = np.clip(work[r : r + 2, c : c + 2] + 0.35, 0, 1)
+    found = find_objects(work, field_mask(work), mm_per_pixel(image, rows))
+    assert LINE in found.kinds
+    assert found.mask[rr.astype(int)[200], cc.astype(int)[200]]
+    masks = zone_masks(film, (rows, cols), mm_per_pixel(image, rows))  # type: ignore[arg-type]
+    marker = [z for z in film.zones if z.get("what") == "marker"][0]  # type: ignore[attr-defined]
+    top, left, bottom, right = marker["box"]
+    box = found.mask[int(top * rows / 100) : int(bottom * rows / 100), int(left * cols / 100) : int(right * cols / 100)]
+    assert box.mean() > 0.5  # the lead marker "D"
+    assert not (found.mask & masks.lungs).mean() > 0.05  # the lungs themselves are not objects
+    assert COMPACT in found.kinds or LINE in found.kinds
+
+
+# --- anatomy ------------------------------------------------------------------------------------
+
+
+def test_both_hemithoraces_of_a_normal_film_lie_in_its_drawn_lungs(normal_pa: tuple[DecodedImage, object]) -> None:
+    image, film = normal_pa
+    work = to_working(to_working(image.pixels, 512), ANATOMY_SIDE)
+    frame = find_chest_frame(work, field_mask(work), frontal=True)
+    assert frame is not None
+    assert 0.4 < frame.midline_col / work.shape[1] < 0.6
+    masks = zone_masks(film, work.shape, 1.0)  # type: ignore[arg-type]
+    for side in ("image-left", "image-right"):
+        hemithorax = frame.hemithoraces[side]
+        assert hemithorax.sum() > 0.05 * work.size
+        assert (hemithorax & masks.lungs).sum() > 0.85 * hemithorax.sum()
+    assert (frame.hemithoraces["image-left"] & frame.hemithoraces["image-right"]).sum() == 0
+
+
+def test_a_lateral_view_or_a_film_without_two_lungs_is_not_a_frontal_chest() -> None:
+    image = decode_film(shared_file("dicom/xray/dx_thorax_canine_fuji_mono1_8bit.dcm"))
+    assert measure_chest(image, enhance(image, "wavelet").pixels) is None
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"), [(("L", "F"), True), (("R", "F"), False), (("A", "F"), None), (None, None), ((), None)]
+)
+def test_which_side_is_the_patients_right(orientation: tuple[str, ...] | None, expected: bool | None) -> None:
+    assert right_on_image_left(orientation) is expected
+
+
+def test_location_words_in_the_patients_terms_or_the_images() -> None:
+    assert location_words("image-left", ("lower",), True) == ("right lower zone", "right")
+    assert location_words("image-left", ("middle", "lower"), False) == ("left middle and lower zones", "left")
+    assert location_words("image-right", ("upper", "middle", "lower"), True) == ("left lung, all zones", "left")
+    words, side = location_words("image-right", ("upper",), None)
+    assert side is None
+    assert words == "image right, upper zone (image side: patient orientation unknown)"
+
+
+# --- judged against normal ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def opaque_right(normal_pa: tuple[DecodedImage, object]) -> tuple[DecodedImage, object]:
+    """The normal film with the lung on the image's right made opaque (a white-out), drawn zones kept."""
+    image, film = normal_pa
+    rows, cols = image.pixels.shape
+    (box,) = [z["box"] for z in film.zones if z.get("side") == "image-right"]  # type: ignore[attr-defined]
+    top, left, bottom, right = (int(v * n / 100) for v, n in zip(box, (rows, cols, rows, cols), strict=True))
+    pixels = image.pixels.copy()
+    lung = pixels[top:bottom, left:right]
+    pixels[top:bottom, left:right] = np.maximum(lung, np.percentile(image.pixels, 80))
+    return replace(image, pixels=pixels, patient_orientation=("L", "F")), film
+
+
+def test_a_normal_film_has_no_region_and_a_low_score(normal_pa: tuple[DecodedImage, object]) -> None:
+    image, _ = normal_pa
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    judged = judge_chest(measured, image, load_chest_reference())
+    assert judged.region_map.regions == ()
+    assert judged.abnormality_score < 0.5
+
+
+def test_an_opaque_hemithorax_is_one_region_covering_it(opaque_right: tuple[DecodedImage, object]) -> None:
+    image, film = opaque_right
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    judged = judge_chest(measured, image, load_chest_reference())
+    assert judged.abnormality_score > 0.9
+    zones = [r for r in judged.region_map.regions if r.kind == "zone"]
+    assert len(zones) == 1
+    (region,) = zones
+    # Patient Orientation L\F: the image's right is the patient's left.
+    assert region.side == "left" and region.location.startswith("left")
+    rows, cols = image.pixels.shape
+    (box,) = [z["box"] for z in film.zones if z.get("side") == "image-right"]  # type: ignore[attr-defined]
+    top, left, bottom, right = (int(v * n / 100) for v, n in zip(box, (rows, cols, rows, cols), strict=True))
+    inside = judged.region_map.labels[top:bottom, left:right] == region.label
+    assert inside.sum() > 0.35 * (bottom - top) * (right - left)  # most of the lung, not a sliver
+    assert (judged.region_map.labels == region.label).sum() < 1.3 * inside.sum()
+
+
+# --- the reference ------------------------------------------------------------------------------
+
+
+def test_the_shipped_reference_loads_names_its_films_and_has_a_focal_model() -> None:
+    reference = load_chest_reference()
+    assert reference.n_films >= 2
+    assert reference.focal_model is not None and reference.focal_model.positives > 50
+    licences = [film.get("licence", "") for film in reference.films]
+    assert all(licences), "every film of the shipped reference names its licence"
+    assert reference.model_run.role == "reference"
+
+
+def test_a_reference_round_trips_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    reference = load_chest_reference()
+    path = tmp_path / "ref.json"
+    revision = save_chest_reference(replace(reference, name="copy"), path)
+    again = load_chest_reference(path)
+    assert again.name == "copy" and again.revision == revision
+    assert again.means == reference.means and again.focal_model == reference.focal_model
+    payload = json.loads(path.read_text())
+    payload["focal_model"]["feature_names"] = ["something_else"]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ModelError, match="built for other candidate features"):
+        load_chest_reference(path)
+    path.write_text("not json")
+    with pytest.raises(ModelError, match="is not JSON"):
+        load_chest_reference(path)
+
+
+def test_evidence_and_abnormality_are_inverse() -> None:
+    assert abnormality(FLAG_EVIDENCE) == pytest.approx(0.5)
+    for score in (0.05, 0.3, 0.5, 0.9):
+        assert abnormality(evidence_at(score)) == pytest.approx(score)
+
+
+def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
+    model = FocalModel(
+        feature_names=FEATURE_NAMES,
+        mean=(0.0,) * len(FEATURE_NAMES),
+        scale=(1.0,) * len(FEATURE_NAMES),
+        coef=(1.0,) * len(FEATURE_NAMES),
+        intercept=0.0,
+        threshold=0.0,
+        positives=1,
+        negatives=1,
+    )
+    from miemss_node.pipeline.focal import FocalCandidate
+
+    with pytest.raises(ModelError, match="reads 16 features"):
+        model.log_odds(FocalCandidate(row=0, col=0, radius_px=1, strength=1, features=(1.0, 2.0)))
+    assert FocalModel.from_dict(model.to_dict()) == model
+
+
+def test_the_chest_analysis_runs_without_the_shared_data() -> None:
+    """pydicom-data's WG04 chest CR: a frontal chest film that installs with the project."""
+    from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
+    from miemss_node.pipeline.runner import analyse_image
+    from tests.support.paths import wg04_chest_cr
+
+    (image,) = decode_dataset(read_dicom_file(wg04_chest_cr()))
+    analysis = analyse_image(image, PipelineSettings())
+    assert analysis.method == "chest"
+    assert analysis.anatomy is not None
+    assert (analysis.anatomy.hemithoraces == 1).any() and (analysis.anatomy.hemithoraces == 2).any()
