@@ -7,6 +7,14 @@ films reach, and the provenance of every film it was built from. ``miemss-node r
 --output FILE`` builds one from a hospital's own normal films; the node ships one built from the public
 normal films whose licence allows it (``miemss_node/data/chest_reference.json``, provenance inside).
 
+Zone statistics depend on how the lungs were outlined, so a reference records the anatomy method its
+films were measured with (``anatomy``: "classical", or the anatomy model's name and weights hash; a file
+without the key predates the anatomy model and was measured with the classical estimate). A frame
+whose anatomy came from another method is still judged, but its report and SR say that the comparison
+is not like with like, and the log warns (:func:`reference_anatomy_notes`): rebuild the reference
+with the same ``[models] anatomy`` to remove it. Refusing such a pair at ``check-config`` would make
+the anatomy model unusable until a hospital has its own normal films.
+
 Evidence is in units of standard deviations ("z"), and :data:`FLAG_EVIDENCE` is where a finding is
 flagged. A reference of a few films has poorly known spreads, so each spread is floored at what normal
 anatomy varies by at the least (:data:`DENSITY_SPREAD_FLOOR`, :data:`ASYMMETRY_SPREAD_FLOOR`).
@@ -24,13 +32,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from miemss_node.errors import ModelError
-from miemss_node.pipeline.base import DecodedImage, ModelRun, PipelineSettings
+from miemss_node.pipeline.base import Anatomy, DecodedImage, ModelRun, PipelineSettings
 from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, ZoneKey, feature_names
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.xrv_models import AnatomySegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,8 @@ class ChestReference:
     films: tuple[dict[str, str], ...] = ()
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The anatomy method the films were measured with ("classical" or a model, as ``Anatomy.method``).
+    anatomy: str = "classical"
 
     @property
     def model_run(self) -> ModelRun:
@@ -81,8 +94,28 @@ class ChestReference:
             role="reference",
             name=self.name,
             revision=self.revision,
-            parameters=f"normal chest reference of {self.n_films} film(s): lung zone densities and round densities",
+            parameters=(
+                f"normal chest reference of {self.n_films} film(s): lung zone densities and round densities, "
+                f"anatomy {self.anatomy}"
+            ),
         )
+
+
+def reference_anatomy_notes(reference: ChestReference, anatomy: Anatomy, image: DecodedImage) -> tuple[str, ...]:
+    """A sentence (and a warning in the log) when a frame's anatomy method differs from the reference's."""
+    if anatomy.method == reference.anatomy:
+        return ()
+    logger.warning(
+        "anatomy %s differs from the chest reference's (%s): rebuild it with `miemss-node reference chest`",
+        anatomy.method,
+        reference.anatomy,
+        extra={"action": "reference.anatomy_mismatch", "sop_instance_uid": image.sop_instance_uid},
+    )
+    return (
+        f"Caution: the lungs were outlined by {anatomy.method}, but the normal reference was measured with "
+        f"anatomy {reference.anatomy}; zone comparisons are approximate until the reference is rebuilt with the same "
+        "anatomy model.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +176,7 @@ def fit_chest_reference(
     *,
     name: str,
     films: Sequence[dict[str, str]] = (),
+    anatomy: str = "classical",
 ) -> ChestReference:
     """Build a reference from the measurements of normal films.
 
@@ -156,6 +190,8 @@ def fit_chest_reference(
         The name the report and the SR give the reference.
     films
         Provenance per film (e.g. name, source, licence), stored in the file.
+    anatomy
+        The anatomy method the films were measured with.
 
     Raises
     ------
@@ -188,6 +224,7 @@ def fit_chest_reference(
         n_films=len(feature_rows),
         films=tuple(dict(film) for film in films),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        anatomy=anatomy,
     )
 
 
@@ -197,6 +234,7 @@ def fit_from_films(
     *,
     name: str,
     provenance: dict[str, dict[str, str]] | None = None,
+    anatomy_model: AnatomySegmenter | None = None,
 ) -> ChestReference:
     """Measure normal films and build a reference from those that are frontal chest films.
 
@@ -210,6 +248,9 @@ def fit_from_films(
         The reference's name.
     provenance
         Per file name, what to record about it (e.g. source, licence).
+    anatomy_model
+        ``[models] anatomy``, when the node outlines the lungs with it: the reference is then measured
+        the same way, and records it.
 
     Raises
     ------
@@ -220,17 +261,19 @@ def fit_from_films(
     from miemss_node.pipeline.enhance import enhance
     from miemss_node.pipeline.modality import settings_for_image
 
-    rows, strengths, films = [], [], []
+    rows, strengths, films, methods = [], [], [], set()
     for file_name, image in images:
         chosen = settings_for_image(settings, image)
-        measured = measure_chest(image, enhance(image, chosen.denoise_method).pixels)
+        measured = measure_chest(image, enhance(image, chosen.denoise_method).pixels, anatomy_model)
         if measured is None:
             logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
             continue
         rows.append(measured.features)
         strengths.append([(candidate.strength, candidate.global_strength) for candidate in measured.candidates])
         films.append({"file": file_name, **(provenance or {}).get(file_name, {})})
-    return fit_chest_reference(rows, strengths, name=name, films=films)
+        methods.add(measured.anatomy.method)
+    # A film the anatomy model found no lungs on was measured classically: the record says both.
+    return fit_chest_reference(rows, strengths, name=name, films=films, anatomy=" + ".join(sorted(methods)) or "classical")
 
 
 def save_chest_reference(reference: ChestReference, path: Path) -> str:
@@ -244,6 +287,7 @@ def save_chest_reference(reference: ChestReference, path: Path) -> str:
         "films": list(reference.films),
         "focal_threshold": reference.focal_threshold,
         "focal_global_threshold": reference.focal_global_threshold,
+        "anatomy": reference.anatomy,
         "zone_names": list(ZONE_NAMES),
         "means": reference.means,
         "spreads": reference.spreads,
@@ -300,6 +344,7 @@ def _parse(data: bytes, *, origin: str) -> ChestReference:
         films=tuple(payload.get("films", ())),
         created=str(payload.get("created", "")),
         extra=dict(payload.get("extra", {})),
+        anatomy=str(payload.get("anatomy", "classical")),
     )
 
 
