@@ -7,8 +7,9 @@ mediastinum. Everything else stays classical: the body, what is not anatomy (mar
 metal, collimation), the devices and the orientation; the midline is the classical one when the
 classical estimate found a chest, else the middle between the two lungs.
 
-When the model does not find two lungs of a lung's size, the classical estimate stands in and the
-frame says so (``Anatomy.method`` stays "classical").
+When the model does not find two lungs of a lung's size (each :data:`MIN_LUNG_FRACTION` to
+:data:`MAX_LUNG_FRACTION` of the frame, one on either side of its centre), the classical estimate
+stands in and the frame says so (``Anatomy.method`` stays "classical").
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ __all__ = ["MIN_LUNG_FRACTION", "anatomy_from_model", "model_method"]
 
 logger = logging.getLogger(__name__)
 
-#: Each lung must cover at least this fraction of the frame for the model's masks to be used.
+#: Each lung must cover at least this fraction of the frame for the model's masks to be used ...
 MIN_LUNG_FRACTION = 0.01
+#: ... and at most this fraction (a lung is about a tenth of a chest film; half the frame is not a lung).
+MAX_LUNG_FRACTION = 0.35
 
 
 def anatomy_from_model(
@@ -65,13 +68,19 @@ def anatomy_from_model(
         The classical estimate (possibly None) when the model found no two lungs.
     """
     lungs = [_largest(mask) for mask in masks.lungs]
-    if min(int(lung.sum()) for lung in lungs) < MIN_LUNG_FRACTION * work.size:
+    sizes = [float(lung.mean()) for lung in lungs]
+    centres = [float(np.nonzero(lung)[1].mean()) if lung.any() else 0.0 for lung in lungs]
+    middle = work.shape[1] / 2
+    if not (
+        all(MIN_LUNG_FRACTION <= size <= MAX_LUNG_FRACTION for size in sizes)
+        and min(centres) < middle < max(centres)
+    ):
         logger.info(
-            "anatomy model found no two lungs; the classical estimate stands in",
+            "anatomy model found no two lungs (sizes %.2f, %.2f of the frame); the classical estimate stands in",
+            *sizes,
             extra={"action": "anatomy.model_no_lungs", "sop_instance_uid": image.sop_instance_uid},
         )
         return classical
-    centres = [float(np.nonzero(lung)[1].mean()) for lung in lungs]
     image_left, image_right = (lungs[0], lungs[1]) if centres[0] <= centres[1] else (lungs[1], lungs[0])
     hemithoraces = np.zeros(work.shape, dtype=np.uint8)
     hemithoraces[image_left] = 1

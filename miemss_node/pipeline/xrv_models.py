@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,14 @@ class AnatomySegmenter:
 
 @contextlib.contextmanager
 def _library_output() -> Any:
-    """Catch what the library prints (its input checks print to stdout) and log it at DEBUG."""
+    """Catch what the library prints (its input checks print to stdout) and log it at DEBUG.
+
+    The PSPNet (ptsemseg code inside the library) calls the deprecated ``F.upsample``; that warning is
+    the library's, about its own code, and says nothing about our input.
+    """
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
+    with contextlib.redirect_stdout(captured), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`nn\.functional\.upsample` is deprecated", category=UserWarning)
         yield
     if captured.getvalue().strip():
         logger.debug("torchxrayvision: %s", captured.getvalue().strip(), extra={"action": "models.library_output"})
