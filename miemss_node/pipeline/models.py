@@ -165,6 +165,7 @@ def load_vit(folder: Path, *, device: str, int8: bool) -> VitAttention:
     ModelError
         When the folder does not hold a loadable ViT and image processor.
     """
+    _import_torch()
     from transformers import AutoImageProcessor, ViTModel
 
     from miemss_node.pipeline.vit import VitAttention
@@ -196,6 +197,7 @@ def load_blip(folder: Path, *, device: str, int8: bool, max_new_tokens: int, num
     ModelError
         When the folder does not hold a loadable BLIP captioning model and processor.
     """
+    _import_torch()
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     from miemss_node.pipeline.caption import BlipCaptioner
@@ -399,6 +401,9 @@ def _provenance(folder: Path) -> dict[str, Any]:
 
 
 def _import_torch() -> Any:
+    from miemss_node.pipeline.xrv import import_torchvision
+
+    import_torchvision()  # before transformers, which imports it (see pipeline/xrv.py)
     try:
         import torch
         from transformers.utils import logging as transformers_logging

@@ -183,29 +183,44 @@ def _weights_problem(role: str, folder: Path, manifest: XrvManifest) -> str | No
     return None
 
 
-def import_xrv() -> Any:
-    """Import torchxrayvision (see the module docstring for the two workarounds).
+def import_torchvision() -> Any:
+    """Import torchvision, declaring its two missing operator schemas first when needed (module docstring).
+
+    Transformers imports torchvision whenever it is installed (its image processors use it), so every
+    path that imports transformers calls this first (``pipeline/models.py``).
 
     Raises
     ------
     ModelError
-        When torchxrayvision or torchvision is not installed, or torchvision fails for another reason.
+        When torch or torchvision is not installed, or torchvision fails for another reason.
     """
     try:
         import torch
     except ImportError as exc:
-        raise ModelError(f"[models] chest/anatomy need torch ({exc}): `make install`") from exc
+        raise ModelError(f"the models need torch ({exc}): `make install`") from exc
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError as exc:
         if "torchvision::nms does not exist" not in str(exc):
             raise ModelError(f"torchvision cannot be imported beside torch {torch.__version__}: {exc}") from exc
         _declare_torchvision_ops(torch)
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-        import torchvision  # noqa: F401
+        import torchvision
     except ImportError as exc:
-        raise ModelError(f"[models] chest/anatomy need torchvision ({exc}): `make install`") from exc
+        raise ModelError(f"the models need torchvision ({exc}): `make install`") from exc
+    return torchvision
+
+
+def import_xrv() -> Any:
+    """Import torchxrayvision (see the module docstring for the two workarounds).
+
+    Raises
+    ------
+    ModelError
+        When torchxrayvision, torch or torchvision is not installed, or torchvision fails otherwise.
+    """
+    import_torchvision()
     try:
         with warnings.catch_warnings():
             import torchxrayvision
