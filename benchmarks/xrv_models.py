@@ -85,16 +85,16 @@ def timings(films: list[Path], repeats: int) -> None:
 
                 return run
 
-            node, base = _median_pair(lambda: classifier.classify(pixels), plain(classifier.module, x224), repeats)
+            node, base = _median_pair(lambda pixels=pixels: classifier.classify(pixels), plain(classifier.module, x224), repeats)
             print(f"{name:32} {'classifier':10} {node:8.2f} {base:10.2f} {node / base:6.2f}")
             node, base = _median_pair(
-                lambda: segmenter.segment(pixels, (256, 256)), plain(segmenter.module, x512), max(1, repeats // 2)
+                lambda pixels=pixels: segmenter.segment(pixels, (256, 256)), plain(segmenter.module, x512), max(1, repeats // 2)
             )
             print(f"{name:32} {'anatomy':10} {node:8.2f} {base:10.2f} {node / base:6.2f}")
             settings = PipelineSettings()
             with_models, without = _median_pair(
-                lambda: analyse_image(image, settings, models),  # type: ignore[arg-type]
-                lambda: analyse_image(image, settings),  # type: ignore[arg-type]
+                lambda image=image, settings=settings: analyse_image(image, settings, models),  # type: ignore[arg-type]
+                lambda image=image, settings=settings: analyse_image(image, settings),  # type: ignore[arg-type]
                 max(1, repeats // 2),
             )
             print(f"{name:32} {'frame':10} {with_models:8.2f} {without:10.2f} {with_models / without:6.2f}  (with both / without)")
