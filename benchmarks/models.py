@@ -52,6 +52,10 @@ CAPTION_IMAGES = (
 def build_random_models(folder: Path) -> tuple[Path, Path]:
     """Save ViT-base and BLIP-base default configs with random weights, and their processors."""
     import torch
+
+    from miemss_node.pipeline.xrv import import_torchvision
+
+    import_torchvision()  # before transformers (see miemss_node/pipeline/xrv.py)
     from transformers import (
         BertTokenizer,
         BlipConfig,
@@ -150,6 +154,9 @@ def _peak_child(kind: str, variant: str, folder: str, tokens: int, threads: int)
 
 def load_plain(vit_dir: Path | None, blip_dir: Path | None) -> dict[str, Any]:
     """The plain Transformers way: ``from_pretrained`` of the model and its processor, fp32."""
+    from miemss_node.pipeline.xrv import import_torchvision
+
+    import_torchvision()
     from transformers import AutoImageProcessor, BlipForConditionalGeneration, BlipProcessor, ViTModel
 
     loaded: dict[str, Any] = {}

@@ -130,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
     health = command("healthcheck", _healthcheck, "C-ECHO the node's receiver; exit 0 when it answers")
     with_config(health)
 
-    models = command("models", _models_check, "check or fetch the ViT/BLIP models of [models]")
+    models = command("models", _models_check, "check or fetch the models of [models] (ViT, BLIP, chest, anatomy)")
     model_commands = models.add_subparsers(title="models commands", required=True, metavar="MODELS_COMMAND")
     models_check = model_commands.add_parser(
         "check", help="load each configured model offline; print what it is and a forward pass's time"
@@ -138,12 +138,17 @@ def _build_parser() -> argparse.ArgumentParser:
     models_check.set_defaults(func=_models_check)
     with_config(models_check)
     models_fetch = model_commands.add_parser(
-        "fetch", help="download a model from the Hugging Face Hub into a folder (needs a network)"
+        "fetch", help="download a model into a folder (needs a network): Hugging Face Hub or TorchXRayVision"
     )
     models_fetch.set_defaults(func=_models_fetch)
-    models_fetch.add_argument("name", help="vit, blip, or a Hub repository id such as owner/name")
+    models_fetch.add_argument(
+        "name", help="vit, blip, a Hub repository id such as owner/name, or chest or anatomy (TorchXRayVision)"
+    )
     models_fetch.add_argument("folder", type=Path, help="where to put it; then set [models] NAME to it")
-    models_fetch.add_argument("--revision", help="branch, tag or commit (default: the default branch)")
+    models_fetch.add_argument("--revision", help="Hub models: branch, tag or commit (default: the default branch)")
+    models_fetch.add_argument(
+        "--weights", help="chest: TorchXRayVision DenseNet weights (default densenet121-res224-all)"
+    )
 
     from miemss_node.evaluate.command import (
         add_chest_reference_arguments,
@@ -264,14 +269,24 @@ def _process(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from miemss_node.evaluate.command import run_evaluate
+    from miemss_node.pipeline.models import NO_MODELS, load_models
 
-    return run_evaluate(args, _load(args).pipeline)
+    config = _load(args)
+    # Real films run through the node's models, as the node runs them (chest classifier: AUC per pathology).
+    real = args.zones is not None or args.labels is not None
+    return run_evaluate(args, config.pipeline, load_models(config.models) if real else NO_MODELS)
 
 
 def _reference_chest(args: argparse.Namespace) -> int:
-    from miemss_node.evaluate.command import run_chest_reference
+    from dataclasses import replace
 
-    return run_chest_reference(args, _load(args).pipeline)
+    from miemss_node.evaluate.command import run_chest_reference
+    from miemss_node.pipeline.models import load_models
+
+    config = _load(args)
+    # Measured on the lungs the node will outline: the anatomy model's when one is configured.
+    only_anatomy = replace(config.models, vit="", blip="", chest="")
+    return run_chest_reference(args, config.pipeline, load_models(only_anatomy).anatomy)
 
 
 def _reference_fit(args: argparse.Namespace) -> int:
@@ -298,6 +313,13 @@ def _models_check(args: argparse.Namespace) -> int:
 def _models_fetch(args: argparse.Namespace) -> int:
     from miemss_node.pipeline.models import fetch_model
 
+    if args.name in ("chest", "anatomy"):
+        from miemss_node.pipeline.xrv import fetch_xrv
+
+        manifest = fetch_xrv(args.name, args.folder, weights=args.weights)
+        print(f"fetched {manifest.name} ({manifest.revision}) into {args.folder}")
+        print(f"copy the folder to the node and set [models] {args.name} = \"{args.folder}\" in its config.toml")
+        return EXIT_OK
     repo_id, commit = fetch_model(args.name, args.folder, revision=args.revision)
     print(f"fetched {repo_id} at {commit or 'unknown commit'} into {args.folder}")
     role = args.name if args.name in ("vit", "blip") else "vit|blip"
@@ -317,7 +339,15 @@ def _check_config(args: argparse.Namespace) -> int:
     for destination in config.destinations:
         print(f"  destination {destination.name}: {destination.ae_title}@{destination.host}:{destination.port}")
     models = config.models
-    print(f"  models vit={models.vit or 'none'} blip={models.blip or 'none'} device={models.device}")
+    print(
+        f"  models vit={models.vit or 'none'} blip={models.blip or 'none'} chest={models.chest or 'none'} "
+        f"anatomy={models.anatomy or 'none'} device={models.device}"
+    )
+    from miemss_node.preflight import reference_anatomy_note
+
+    note = reference_anatomy_note(config)
+    if note:
+        print(f"  note: {note}")
     return EXIT_OK
 
 

@@ -185,6 +185,9 @@ MODEL_DEVICES = ("auto", "cpu", "cuda")
 #: Models ``[models] int8`` may name.
 MODEL_ROLES = ("vit", "blip")
 
+#: TorchXRayVision models of ``[models]``: a folder with the library's weights file and a manifest.
+XRV_ROLES = ("chest", "anatomy")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
@@ -208,6 +211,14 @@ class ModelSettings:
     caption_max_tokens: int = 30
     #: Beam search width of the caption; 1 is greedy.
     caption_beams: int = 1
+    #: Folder of a TorchXRayVision DenseNet pathology classifier (``models fetch chest DIR``).
+    chest: str = ""
+    #: Folder of TorchXRayVision's PSPNet anatomy segmentation (``models fetch anatomy DIR``).
+    anatomy: str = ""
+    #: A pathology whose probability reaches this is reported (the library puts its operating point at 0.5).
+    chest_threshold: float = 0.5
+    #: Per-pathology thresholds (``[models.chest_thresholds]``, label = value) overriding ``chest_threshold``.
+    chest_thresholds: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,11 +316,13 @@ def load_config(
 
     modality_tables = _pop_modality_tables(raw.get("pipeline"), problems)
     series_numbers = _pop_series_numbers(raw.get("results"), problems)
+    chest_thresholds = _pop_chest_thresholds(raw.get("models"), problems)
     sections = {
         name: _build_section(f"[{name}]", cls, raw.get(name, {}), problems) or cls()
         for name, cls in _SECTIONS.items()
     }
     sections["results"] = replace(sections["results"], series_numbers=series_numbers)
+    sections["models"] = replace(sections["models"], chest_thresholds=chest_thresholds)
     sections["pipeline"] = _with_modalities(sections["pipeline"], modality_tables, base_dir, problems)
     destinations = _build_destinations(raw.get("destinations", []), problems)
     node: NodeSettings = sections["node"]
@@ -427,7 +440,7 @@ def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
 def _resolve_models(models: ModelSettings, base_dir: Path) -> ModelSettings:
     resolved: dict[str, Any] = {
         name: str((base_dir / value).resolve())
-        for name in ("vit", "blip")
+        for name in (*MODEL_ROLES, *XRV_ROLES)
         if (value := getattr(models, name))
     }
     return replace(models, **resolved)
@@ -541,6 +554,17 @@ def _validate_models(models: ModelSettings, problems: list[str]) -> None:
             problems.append(f"[models] {role} folder {folder} does not exist: {fix}")
         elif not (Path(folder) / "config.json").is_file():
             problems.append(f"[models] {role} folder {folder} has no config.json: {fix}")
+    for role in XRV_ROLES:
+        folder = getattr(models, role)
+        if folder and not Path(folder).is_dir():
+            problems.append(
+                f"[models] {role} folder {folder} does not exist: run `miemss-node models fetch {role} DIR` on a "
+                f"machine with a network and copy DIR here, or set {role} = \"\" to run without it"
+            )
+    for label, value in (("chest_threshold", models.chest_threshold), *models.chest_thresholds):
+        if not 0.0 < value < 1.0:
+            where = "chest_threshold" if label == "chest_threshold" else f"chest_thresholds.{label}"
+            problems.append(f"[models] {where} = {value}: a threshold lies strictly between 0 and 1")
 
 
 def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], problems: list[str]) -> None:
@@ -633,6 +657,23 @@ def _pop_series_numbers(results_table: Any, problems: list[str]) -> tuple[tuple[
             continue
         numbers[kind.name] = value
     return tuple(numbers.items())
+
+
+def _pop_chest_thresholds(models_table: Any, problems: list[str]) -> tuple[tuple[str, float], ...]:
+    """Take ``[models.chest_thresholds]`` (pathology label = threshold) out of ``[models]``."""
+    if not isinstance(models_table, dict) or "chest_thresholds" not in models_table:
+        return ()
+    table = models_table.pop("chest_thresholds")
+    if not isinstance(table, dict):
+        problems.append("[models] chest_thresholds must be a table: [models.chest_thresholds] with Label = 0.6")
+        return ()
+    thresholds = []
+    for label, value in table.items():
+        if _coerce(value, "float") is _INVALID:
+            problems.append(f"[models.chest_thresholds] {label} = {value!r}: expected a number")
+            continue
+        thresholds.append((str(label), float(value)))
+    return tuple(thresholds)
 
 
 def _pop_modality_tables(pipeline_table: Any, problems: list[str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from miemss_node.config import Config
+from miemss_node.config import XRV_ROLES, Config
 from miemss_node.errors import ConfigError, TemplateError
 
 
@@ -62,6 +62,7 @@ def preflight_problems(config: Config, *, sends: bool = True) -> list[str]:
         load_templates()
     except TemplateError as exc:
         problems.append(f"DICOM templates installed with the package: {exc}")
+    problems += model_folder_problems(config)
     if config.tls.enabled:
         from miemss_node.tls import server_context
 
@@ -70,6 +71,53 @@ def preflight_problems(config: Config, *, sends: bool = True) -> list[str]:
         except (OSError, ssl.SSLError) as exc:
             problems.append(f"[tls] certificate/private_key cannot be loaded: {exc}")
     return problems
+
+
+def model_folder_problems(config: Config) -> list[str]:
+    """TorchXRayVision folders: manifest, weights file and its SHA-256, and thresholds naming real labels.
+
+    Checked here, without torch, so that a missing or corrupt weights file stops ``check-config`` and
+    ``serve`` at start instead of failing the first job.
+    """
+    from miemss_node.pipeline.xrv import folder_problems, read_manifest
+
+    models = config.models
+    problems = []
+    for role in XRV_ROLES:
+        folder = getattr(models, role)
+        if folder:
+            problems += folder_problems(role, Path(folder))
+    if models.chest and models.chest_thresholds and not problems:
+        labels = set(read_manifest("chest", Path(models.chest)).labels) - {""}
+        unknown = sorted(label for label, _ in models.chest_thresholds if label not in labels)
+        if unknown:
+            problems.append(
+                f"[models.chest_thresholds] names {', '.join(unknown)}, which the chest model does not output "
+                f"(its labels: {', '.join(sorted(labels))})"
+            )
+    return problems
+
+
+def reference_anatomy_note(config: Config) -> str | None:
+    """Why zone comparisons are approximate: the chest reference's anatomy is not the configured one."""
+    from miemss_node.errors import ModelError
+    from miemss_node.pipeline.chest_reference import load_chest_reference
+    from miemss_node.pipeline.xrv import model_method, read_manifest
+
+    try:
+        reference = load_chest_reference(config.pipeline.chest_reference)
+        anatomy = "classical"
+        if config.models.anatomy:
+            manifest = read_manifest("anatomy", Path(config.models.anatomy))
+            anatomy = model_method(manifest.name, manifest.revision)
+    except ModelError:
+        return None  # listed as a problem elsewhere
+    if reference.anatomy == anatomy:
+        return None
+    return (
+        f"the chest reference {reference.name} was measured with anatomy {reference.anatomy}, the node outlines "
+        f"lungs with {anatomy}: reports say so; rebuild it with `miemss-node reference chest` for like-with-like zones"
+    )
 
 
 def check_ready(config: Config, *, sends: bool = True) -> None:

@@ -156,6 +156,11 @@ def _image_findings(a: ImageAnalysis) -> dict[str, object]:
         "stage_seconds": {k: round(v, 4) for k, v in a.stage_seconds.items()},
         "findings": list(a.findings),
         "caption": a.caption,
+        "anatomy": None if a.anatomy is None else a.anatomy.method,
+        "pathologies": [
+            {"label": p.label, "probability": round(p.probability, 4), "threshold": p.threshold, "reported": p.reported}
+            for p in a.pathologies
+        ],
         "regions": [
             {
                 "label": r.label,
@@ -163,6 +168,7 @@ def _image_findings(a: ImageAnalysis) -> dict[str, object]:
                 "side": r.side,
                 "zone": r.zone,
                 "kind": r.kind,
+                "pathology": r.pathology,
                 "area_px": r.area_px,
                 "area_mm2": r.area_mm2,
                 "centroid": list(r.centroid),

@@ -12,6 +12,9 @@ Content tree (PS3.16 TID 1500), built with highdicom's templates:
     Site (lung, with laterality);
   - per analysed image, a Measurement Group (TID 1501) with the image's abnormality score (and,
     for an image without a region, its maximum anomaly score);
+  - per output of a chest classifier (``[models] chest``), a Measurement Group (TID 1501) whose
+    Finding is the pathology (SNOMED CT or DICOM code; else a 99TXRV code meaning the library's label)
+    with one NUM, its Probability, and the classifier as Algorithm Identification;
   - one Measurement Group (TID 1501) with the study's abnormality score.
   Each group carries Algorithm Identification (TID 4019) with the pipeline version and the models
   that ran. Groups are SEPARATE containers, so dsr2html names each measurement.
@@ -63,7 +66,7 @@ from miemss_node.encode.equipment import (
 )
 from miemss_node.encode.outline import region_outline
 from miemss_node.encode.seg import SegmentFrames
-from miemss_node.encode.templates import ReportTemplate
+from miemss_node.encode.templates import PathologiesTemplate, ReportTemplate
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun, Region, Report
@@ -98,6 +101,8 @@ class SrRequest:
     #: The previous versions of this SR (StudyInstanceUID, SeriesInstanceUID, SOPClassUID and
     #: SOPInstanceUID each), for its Predecessor Documents Sequence.
     predecessors: tuple[Dataset, ...] = ()
+    #: How a chest classifier's output is coded; needed when an image has pathology probabilities.
+    pathologies: PathologiesTemplate | None = None
 
 
 def image_name(entry: ImageEntry) -> str:
@@ -339,6 +344,76 @@ def _study_group(request: SrRequest, algorithm: AlgorithmIdentification) -> Meas
     return group
 
 
+def _pathology_groups(
+    request: SrRequest, entry: ImageEntry, index: int
+) -> list[MeasurementsAndQualitativeEvaluations]:
+    """One TID 1501 group per classifier output: the pathology as Finding, its Probability as NUM."""
+    pathologies = entry.analysis.pathologies
+    if not pathologies:
+        return []
+    template = request.pathologies
+    classifier = next((model for model in request.models if model.role == "chest"), None)
+    if template is None or classifier is None:
+        raise EncodeError("an image has pathology probabilities but the SR has no classifier or pathology template")
+    algorithm = AlgorithmIdentification(
+        name=classifier.name[:64], version=classifier.revision, family=request.template.algorithm_family
+    )
+    source = entry.source
+    frame = entry.analysis.decoded.frame_number
+    groups = []
+    for pathology in pathologies:
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                uid=derive_uid(request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, "pathology", pathology.label),
+                identifier=template.tracking_format.format(index=index, label=pathology.label),
+            ),
+            finding_type=template.code(pathology.label),
+            algorithm_id=algorithm,
+            measurements=[
+                Measurement(
+                    name=template.probability,
+                    value=round(float(pathology.probability), SCORE_DECIMALS),
+                    unit=template.unit,
+                )
+            ],
+            source_images=_source_of_group(entry),
+        )
+        _separate(group)
+        groups.append(group)
+    return groups
+
+
+def _model_statements(request: SrRequest) -> list[str]:
+    """Per chest image, which anatomy outlined its lungs, and what the classifier reported."""
+    template = request.pathologies
+    if template is None:
+        return []
+    classifier = next((model for model in request.models if model.role == "chest"), None)
+    statements = []
+    for index, entry in enumerate(request.entries, start=1):
+        analysis = entry.analysis
+        if analysis.anatomy is not None and analysis.method == "chest":
+            statements.append(template.anatomy_statement.format(index=index, method=analysis.anatomy.method))
+        if analysis.pathologies and classifier is not None:
+            reported = sorted((p for p in analysis.pathologies if p.reported), key=lambda p: -p.probability)
+            words = ", ".join(f"{p.label} {p.probability:.2f} (threshold {p.threshold:.2f})" for p in reported)
+            statements.append(
+                template.pathologies_statement.format(
+                    index=index,
+                    model=f"{classifier.name}, {classifier.revision}",
+                    reported=words or "no pathology reached its threshold",
+                )
+            )
+    return statements
+
+
+def _region_kind(region: Region) -> str:
+    """The region's kind in words (a pathology region names its pathology)."""
+    if region.pathology:
+        return f"{region.kind}: {region.pathology}, where the chest classifier's attribution peaks"
+    return region.kind
+
+
 def _region_statements(request: SrRequest) -> list[str]:
     """Where each region is, in words, and which devices each image shows."""
     template = request.template
@@ -347,7 +422,7 @@ def _region_statements(request: SrRequest) -> list[str]:
         for region in sorted(entry.analysis.region_map.regions, key=lambda r: r.label):
             statements.append(
                 template.region_location.format(
-                    label=region.label, index=index, location=region.location, kind=region.kind
+                    label=region.label, index=index, location=region.location, kind=_region_kind(region)
                 )
             )
         anatomy = entry.analysis.anatomy
@@ -375,6 +450,7 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
         texts.append((template.caption, caption_statement(request.models)))
     texts.extend((template.finding, finding) for finding in report.findings if finding.strip())
     texts.extend((template.finding, statement) for statement in _region_statements(request))
+    texts.extend((template.finding, statement) for statement in _model_statements(request))
     texts.append((template.finding, _scores_statement(request)))
     without = [entry for entry in request.entries if entry.segments is None]
     if len(without) == len(request.entries):
@@ -453,6 +529,7 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
     for index, entry in enumerate(request.entries, start=1):
         groups.append(_image_group(request, entry, index, algorithm))
         groups.extend(_region_groups(request, entry, index, algorithm))
+        groups.extend(_pathology_groups(request, entry, index))
     groups.append(_study_group(request, algorithm))
     template = request.template
     equipment = request.equipment

@@ -287,6 +287,7 @@ def _encode_sr(
             pipeline_version=context.pipeline_version,
             models=context.models,
             predecessors=() if context.predecessor is None else (context.predecessor.as_dataset(),),
+            pathologies=templates.pathologies,
         )
     )
     return EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed)

@@ -34,6 +34,7 @@ PARAMETRIC_MAP_TEMPLATE = "pm/parametric_map.json"
 KEY_OBJECTS_TEMPLATE = "ko/key_object_selection.json"
 PDF_REPORT_TEMPLATE = "pdf/encapsulated_report.json"
 PRESENTATION_STATE_TEMPLATE = "pr/presentation_state.json"
+PATHOLOGIES_TEMPLATE = "sr/chest_pathologies.json"
 
 #: Each template and the schema (in ``schemas/``) it must satisfy.
 TEMPLATE_SCHEMAS: dict[str, str] = {
@@ -44,6 +45,7 @@ TEMPLATE_SCHEMAS: dict[str, str] = {
     KEY_OBJECTS_TEMPLATE: "key_object_selection.schema.json",
     PDF_REPORT_TEMPLATE: "encapsulated_report.schema.json",
     PRESENTATION_STATE_TEMPLATE: "presentation_state.schema.json",
+    PATHOLOGIES_TEMPLATE: "chest_pathologies.schema.json",
 }
 
 #: Schemas that others reference by ``$id`` (registered, never fetched).
@@ -186,6 +188,26 @@ class PdfReportTemplate:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PathologiesTemplate:
+    """``sr/chest_pathologies.json``: how a chest classifier's output is coded in the SR."""
+
+    probability: CodedConcept
+    unit: CodedConcept
+    tracking_format: str
+    local_scheme: str
+    codes: dict[str, CodedConcept]
+    anatomy_statement: str
+    pathologies_statement: str
+
+    def code(self, label: str) -> CodedConcept:
+        """The pathology's code; a label without one gets a code of :attr:`local_scheme` meaning the label."""
+        if label in self.codes:
+            return self.codes[label]
+        value = "".join(ch if ch.isalnum() else "_" for ch in label.upper())[:16]
+        return CodedConcept(value=value, scheme_designator=self.local_scheme, meaning=label)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Templates:
     """All templates of one ``dicom_templates`` folder, checked and converted."""
 
@@ -196,6 +218,7 @@ class Templates:
     key_objects: KeyObjectsTemplate
     pdf_report: PdfReportTemplate
     presentation_state: PresentationStateTemplate
+    pathologies: PathologiesTemplate
 
 
 def package_templates() -> Traversable:
@@ -420,6 +443,18 @@ def _pdf_report_template(document: dict[str, Any]) -> PdfReportTemplate:
     )
 
 
+def _pathologies_template(document: dict[str, Any]) -> PathologiesTemplate:
+    return PathologiesTemplate(
+        probability=coded_concept(document["probability"]),
+        unit=coded_concept(document["unit"]),
+        tracking_format=document["trackingFormat"],
+        local_scheme=document["localScheme"],
+        codes={label: coded_concept(code) for label, code in document["pathologies"].items()},
+        anatomy_statement=document["statements"]["anatomy"],
+        pathologies_statement=document["statements"]["pathologies"],
+    )
+
+
 def load_templates(templates_dir: Traversable | None = None) -> Templates:
     """Load, check and convert every template of a ``dicom_templates`` folder, once per folder.
 
@@ -465,6 +500,7 @@ def _read_templates(templates_dir: Traversable) -> Templates:
         key_objects=_key_objects_template(load_template(templates_dir, KEY_OBJECTS_TEMPLATE)),
         pdf_report=_pdf_report_template(load_template(templates_dir, PDF_REPORT_TEMPLATE)),
         presentation_state=_presentation_state_template(load_template(templates_dir, PRESENTATION_STATE_TEMPLATE)),
+        pathologies=_pathologies_template(load_template(templates_dir, PATHOLOGIES_TEMPLATE)),
     )
 
 

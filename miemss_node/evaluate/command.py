@@ -15,7 +15,9 @@ from miemss_node.errors import MiemssError
 from miemss_node.pipeline.base import PipelineSettings
 
 if TYPE_CHECKING:
+    from miemss_node.pipeline.models import ModelSet
     from miemss_node.pipeline.reference import ReferenceModel
+    from miemss_node.pipeline.xrv_models import AnatomySegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``evaluate`` (``--config`` is added by ``cli.py``)."""
     real = parser.add_argument_group("real films (the chest analysis as the node runs it)")
     real.add_argument("--zones", type=Path, help="zone file (JSON): regions on objects, outside the thorax, on the disease")
-    real.add_argument("--labels", type=Path, help="labels CSV (file, finding[, view]): image-level AUC")
+    real.add_argument(
+        "--labels",
+        type=Path,
+        help="labels CSV (file, finding[, view], optional 0/1 columns named as the chest classifier's pathologies): AUC",
+    )
     real.add_argument("--data-root", type=Path, help="folder the zone file's paths are relative to (default: its own)")
     real.add_argument(
         "--insert-nodules",
@@ -67,8 +73,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=Path("evaluation"), help="folder for evaluation.json/.png")
 
 
-def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
-    """Run the evaluation the arguments ask for, print the tables and write JSON and PNG."""
+def run_evaluate(args: argparse.Namespace, settings: PipelineSettings, models: ModelSet | None = None) -> int:
+    """Run the evaluation the arguments ask for, print the tables and write JSON and PNG.
+
+    ``models`` (the node's ``[models]``) run on the real films of ``--zones`` and ``--labels``.
+    """
     from miemss_node.evaluate.output import enhancement_table, pairs_table, plot_png, synthetic_table, write_json
     from miemss_node.evaluate.pairs import evaluate_pairs
     from miemss_node.evaluate.synthetic import (
@@ -81,7 +90,7 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
     if not files and not args.pair and args.zones is None and args.labels is None:
         print("miemss-node evaluate: give --zones FILE, --labels CSV, --images (radiographs) and/or --pair IMAGE MASK")
         return EXIT_USAGE
-    real = run_real(args, settings) if args.zones is not None or args.labels is not None else None
+    real = run_real(args, settings, models) if args.zones is not None or args.labels is not None else None
     result = None
     if files:
         images = load_images(files, picture_modality=args.picture_modality)
@@ -118,8 +127,11 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
     return EXIT_OK
 
 
-def run_real(args: argparse.Namespace, settings: PipelineSettings) -> dict[str, object]:
-    """Evaluate on real films (zone file and/or labels CSV), print the summaries, return them for the JSON."""
+def run_real(args: argparse.Namespace, settings: PipelineSettings, models: ModelSet | None = None) -> dict[str, object]:
+    """Evaluate on real films (zone file and/or labels CSV), print the summaries, return them for the JSON.
+
+    A labels CSV's pathology columns also give an AUC per pathology of the chest classifier.
+    """
     from dataclasses import asdict
 
     from miemss_node.evaluate.output import real_table
@@ -134,7 +146,7 @@ def run_real(args: argparse.Namespace, settings: PipelineSettings) -> dict[str, 
         sources.append(("labels", films_from_labels(args.labels), args.data_root or args.labels.parent))
     for name, films, root in sources:
         print(f"Real films ({name}: {len(films)}):")
-        results = evaluate_films(films, root, settings, progress=lambda line: print(f"  {line}"))
+        results = evaluate_films(films, root, settings, progress=lambda line: print(f"  {line}"), models=models)
         summaries = {
             split: summarise_films([r for r in results if r.split == split])
             for split in sorted({r.split for r in results})
@@ -142,6 +154,13 @@ def run_real(args: argparse.Namespace, settings: PipelineSettings) -> dict[str, 
         summaries["all"] = summarise_films(results)
         print(real_table(summaries))
         out[name] = {"films": [asdict(r) for r in results], "summary": summaries}
+        if name == "labels":
+            from miemss_node.evaluate.pathology import pathology_aucs, pathology_labels, pathology_table
+
+            aucs = pathology_aucs(results, pathology_labels(args.labels))
+            print("  chest classifier, AUC per pathology:")
+            print(pathology_table(aucs))
+            out["pathology_auc"] = aucs
         if name == "zones" and args.insert_nodules:
             out["lesion_insertion"] = _lesions(films, root, settings, args)
     return out
@@ -267,8 +286,13 @@ def add_chest_reference_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_chest_reference(args: argparse.Namespace, settings: PipelineSettings) -> int:
-    """Build the chest analysis's normal reference from normal films and save it."""
+def run_chest_reference(
+    args: argparse.Namespace, settings: PipelineSettings, anatomy_model: AnatomySegmenter | None = None
+) -> int:
+    """Build the chest analysis's normal reference from normal films and save it.
+
+    With ``anatomy_model`` (``[models] anatomy`` of ``--config``) the films are measured on its lungs.
+    """
     import csv
 
     from miemss_node.evaluate.synthetic import load_images
@@ -288,10 +312,14 @@ def run_chest_reference(args: argparse.Namespace, settings: PipelineSettings) ->
         name=args.name or args.output.name,
         provenance=provenance,
         focal_images=((item.name, item.image) for item in focal),
+        anatomy_model=anatomy_model,
     )
     revision = save_chest_reference(reference, args.output)
     model = reference.focal_model
     trained = f"; round-density model from {model.positives} inserted-nodule and {model.negatives} other candidates" if model else ""
-    print(f"{args.output}: {reference.n_films} normal frontal chest film(s){trained}, revision {revision}")
+    print(
+        f"{args.output}: {reference.n_films} normal frontal chest film(s), anatomy {reference.anatomy}{trained}, "
+        f"revision {revision}"
+    )
     print(f'use it with [pipeline] chest_reference = "{args.output}"')
     return EXIT_OK

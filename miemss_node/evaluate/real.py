@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from miemss_node.errors import DecodeError
 from miemss_node.evaluate.zones import CLASSES, ZonedFilm, classify_region, zone_masks
 from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import mm_per_pixel
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.models import ModelSet
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class FilmResult:
     abnormality_score: float
     #: Per region: its label, class, kind, location and peak score.
     regions: tuple[dict[str, Any], ...]
+    #: The chest classifier's probability per pathology ({} without a classifier).
+    pathologies: dict[str, float] = field(default_factory=dict)
 
     def count(self, region_class: str) -> int:
         """How many of its regions are of ``region_class``."""
@@ -82,8 +87,13 @@ def evaluate_films(
     settings: PipelineSettings,
     *,
     progress: Callable[[str], None] | None = None,
+    models: ModelSet | None = None,
 ) -> list[FilmResult]:
-    """Run the pipeline on every film of a zone file and classify its regions."""
+    """Run the pipeline on every film of a zone file and classify its regions.
+
+    ``models`` are the node's models (``[models]`` of ``--config``); None runs without any.
+    """
+    from miemss_node.pipeline.models import NO_MODELS
     from miemss_node.pipeline.runner import analyse_image
 
     results = []
@@ -93,7 +103,7 @@ def evaluate_films(
         except DecodeError as exc:
             logger.warning("%s skipped: %s", film.file, exc, extra={"action": "evaluate.skipped"})
             continue
-        analysis = analyse_image(image, settings)
+        analysis = analyse_image(image, settings, models or NO_MODELS)
         results.append(_film_result(film, image, analysis))
         if progress is not None:
             last = results[-1]
@@ -126,6 +136,7 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         method=analysis.method,
         abnormality_score=float(analysis.abnormality_score),
         regions=regions,
+        pathologies={p.label: round(p.probability, 4) for p in analysis.pathologies},
     )
 
 

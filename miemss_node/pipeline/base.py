@@ -147,8 +147,11 @@ class Region:
     #: Lung zone on a frontal chest film: "upper", "middle" or "lower"; None elsewhere.
     zone: str | None = None
     #: "zone" (an abnormal lung zone, e.g. an opacity or an opaque hemithorax) or "focal" (a
-    #: nodule- or mass-like blob); "patch" for the generic, non-chest analysis.
+    #: nodule- or mass-like blob); "patch" for the generic, non-chest analysis; "pathology" where a
+    #: chest classifier's attribution for a reported pathology peaks inside the lungs.
     kind: str = "patch"
+    #: The chest classifier's label of a "pathology" region (e.g. "Effusion"); None for the others.
+    pathology: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +205,7 @@ class RegionMap:
 class ModelRun:
     """A model that contributed to a result (name as configured, and its revision or hash)."""
 
-    role: str  # "vit" or "blip"
+    role: str  # "vit", "blip", "chest", "anatomy" or "reference"
     name: str
     revision: str
     #: How it ran, e.g. "BlipForConditionalGeneration, greedy, max 30 tokens, fp32 on cpu".
@@ -224,6 +227,23 @@ class AttentionMap:
     grid_shape: tuple[int, int]
     #: Where the attention peaks, in words (e.g. "upper left").
     peak_location: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathologyProbability:
+    """One output of a chest classifier on one frame (model output, not a diagnosis)."""
+
+    #: The library's label, e.g. "Effusion".
+    label: str
+    #: The model's output in [0, 1]; TorchXRayVision rescales it so that its operating point is 0.5.
+    probability: float
+    #: From this probability the pathology is reported as a finding (``[models] chest_threshold``).
+    threshold: float
+
+    @property
+    def reported(self) -> bool:
+        """Whether it reaches its threshold."""
+        return self.probability >= self.threshold
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +273,8 @@ class ImageAnalysis:
     #: The normal reference the frame was judged against (chest reference, or the generic
     #: analysis's reference model); None when the generic analysis fitted on the image itself.
     reference: ModelRun | None = None
+    #: Every output of the chest classifier, in the model's order; () when none ran on the frame.
+    pathologies: tuple[PathologyProbability, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -40,6 +41,9 @@ from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
 from miemss_node.pipeline.objects import FoundObjects, find_objects
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, normalised_density, zone_features, zone_masks
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.xrv_models import AnatomySegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,9 @@ def is_frontal_chest_candidate(image: DecodedImage) -> bool:
     return image.view_position.strip().upper() in FRONTAL_VIEWS and image.body_part.strip().upper() in CHEST_PARTS
 
 
-def measure_chest(image: DecodedImage, enhanced: np.ndarray) -> ChestMeasurements | None:
+def measure_chest(
+    image: DecodedImage, enhanced: np.ndarray, anatomy_model: AnatomySegmenter | None = None
+) -> ChestMeasurements | None:
     """Measure a frame as a frontal chest film; None when it does not show two lungs side by side.
 
     Parameters
@@ -102,6 +108,9 @@ def measure_chest(image: DecodedImage, enhanced: np.ndarray) -> ChestMeasurement
         The decoded frame (its spacing, view and orientation).
     enhanced
         Its enhanced pixels, at source resolution.
+    anatomy_model
+        ``[models] anatomy``: its lungs, heart and mediastinum replace the classical estimate's
+        (:mod:`~miemss_node.pipeline.model_anatomy`); None keeps the classical estimate.
     """
     detail = to_working(enhanced, DETAIL_SIDE)
     detail_mm = mm_per_pixel(image, detail.shape[0])
@@ -117,6 +126,17 @@ def measure_chest(image: DecodedImage, enhanced: np.ndarray) -> ChestMeasurement
         view=image.view_position.strip().upper(),
         patient_orientation=orientation,
     )
+    if anatomy_model is not None:
+        from miemss_node.pipeline.model_anatomy import anatomy_from_model, model_method
+
+        anatomy = anatomy_from_model(
+            anatomy_model.segment(image.pixels, (int(work.shape[0]), int(work.shape[1]))),
+            method=model_method(anatomy_model.run.name, anatomy_model.run.revision),
+            classical=anatomy,
+            work=work,
+            objects=coarse_objects,
+            image=image,
+        )
     if anatomy is None:
         return None
     usable = ~anatomy.not_anatomy
@@ -193,8 +213,8 @@ def judge_chest(
         labels[part.mask & (labels == 0)] = index
         # A region is never cooler than its own evidence, whatever the smoothing did at its edges.
         heat[part.mask] = np.maximum(heat[part.mask], abnormality(part.evidence))
-    source_labels = _resize_labels(labels, anatomy.source_shape)
-    source_heat = _resize_float(heat, anatomy.source_shape)
+    source_labels = resize_labels(labels, anatomy.source_shape)
+    source_heat = resize_float(heat, anatomy.source_shape)
     measured_regions = _measure_regions(source_labels, source_heat, parts, anatomy, image)
     ordered = sorted(measured_regions, key=lambda pair: (-pair[1].max_score, -pair[1].mean_score))
     relabel = np.zeros(len(parts) + 1, dtype=np.uint16)
@@ -362,17 +382,19 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if mask.shape[0] >= shape[0] and mask.shape[1] >= shape[1]:
         factor_r, factor_c = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
         dilated = ndimage.maximum_filter(mask, size=(max(1, round(factor_r)), max(1, round(factor_c))))
-        return _resize_labels(dilated.astype(np.int32), shape).astype(bool)
-    return _resize_labels(mask.astype(np.int32), shape).astype(bool)
+        return resize_labels(dilated.astype(np.int32), shape).astype(bool)
+    return resize_labels(mask.astype(np.int32), shape).astype(bool)
 
 
-def _resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image (or mask) to ``shape``."""
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.intp), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.intp), labels.shape[1] - 1)
     return labels[np.ix_(rows, cols)]
 
 
-def _resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a map in [0, 1] to ``shape`` (edges repeated), clipped to [0, 1]."""
     zoom = (shape[0] / image.shape[0], shape[1] / image.shape[1])
     out = ndimage.zoom(image, zoom, order=1, mode="nearest", grid_mode=True)
     out = out[: shape[0], : shape[1]]

@@ -7,6 +7,14 @@ films reach, and the provenance of every film it was built from. ``miemss-node r
 --output FILE`` builds one from a hospital's own normal films; the node ships one built from the public
 normal films whose licence allows it (``miemss_node/data/chest_reference.json``, provenance inside).
 
+Zone statistics depend on how the lungs were outlined, so a reference records the anatomy method its
+films were measured with (``anatomy``: "classical", or the anatomy model's name and weights hash; a file
+without the key predates the anatomy model and was measured with the classical estimate). A frame
+whose anatomy came from another method is still judged, but its report and SR say that the comparison
+is not like with like, and the log warns (:func:`reference_anatomy_notes`): rebuild the reference
+with the same ``[models] anatomy`` to remove it. Refusing such a pair at ``check-config`` would make
+the anatomy model unusable until a hospital has its own normal films.
+
 Evidence is in units of standard deviations ("z"), and :data:`FLAG_EVIDENCE` is where a finding is
 flagged. A reference of a few films has poorly known spreads, so each spread is floored at what normal
 anatomy varies by at the least (:data:`DENSITY_SPREAD_FLOOR`, :data:`ASYMMETRY_SPREAD_FLOOR`).
@@ -29,13 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from miemss_node.errors import ModelError
-from miemss_node.pipeline.base import DecodedImage, ModelRun, PipelineSettings
+from miemss_node.pipeline.base import Anatomy, DecodedImage, ModelRun, PipelineSettings
 from miemss_node.pipeline.focal import FocalCandidate
 from miemss_node.pipeline.focal_model import FocalModel, fit_focal_model, training_copies
 from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, ZoneKey, feature_names
 
 if TYPE_CHECKING:
     from miemss_node.pipeline.chest import ChestMeasurements
+    from miemss_node.pipeline.xrv_models import AnatomySegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +89,8 @@ class ChestReference:
     #: The learned focal model; None: round densities are judged by strength alone.
     focal_model: FocalModel | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The anatomy method the films were measured with ("classical" or a model, as ``Anatomy.method``).
+    anatomy: str = "classical"
 
     @property
     def model_run(self) -> ModelRun:
@@ -88,8 +99,28 @@ class ChestReference:
             role="reference",
             name=self.name,
             revision=self.revision,
-            parameters=f"normal chest reference of {self.n_films} film(s): lung zone densities and round densities",
+            parameters=(
+                f"normal chest reference of {self.n_films} film(s): lung zone densities and round densities, "
+                f"anatomy {self.anatomy}"
+            ),
         )
+
+
+def reference_anatomy_notes(reference: ChestReference, anatomy: Anatomy, image: DecodedImage) -> tuple[str, ...]:
+    """A sentence (and a warning in the log) when a frame's anatomy method differs from the reference's."""
+    if anatomy.method == reference.anatomy:
+        return ()
+    logger.warning(
+        "anatomy %s differs from the chest reference's (%s): rebuild it with `miemss-node reference chest`",
+        anatomy.method,
+        reference.anatomy,
+        extra={"action": "reference.anatomy_mismatch", "sop_instance_uid": image.sop_instance_uid},
+    )
+    return (
+        f"Caution: the lungs were outlined by {anatomy.method}, but the normal reference was measured with "
+        f"anatomy {reference.anatomy}; zone comparisons are approximate until the reference is rebuilt with the same "
+        "anatomy model.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +189,7 @@ def fit_chest_reference(
     *,
     name: str,
     films: Sequence[dict[str, str]] = (),
+    anatomy: str = "classical",
 ) -> ChestReference:
     """Build a reference from the measurements of normal films.
 
@@ -171,6 +203,8 @@ def fit_chest_reference(
         The name the report and the SR give the reference.
     films
         Provenance per film (e.g. name, source, licence), stored in the file.
+    anatomy
+        The anatomy method the films were measured with.
 
     Raises
     ------
@@ -203,6 +237,7 @@ def fit_chest_reference(
         n_films=len(feature_rows),
         films=tuple(dict(film) for film in films),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        anatomy=anatomy,
     )
 
 
@@ -214,6 +249,7 @@ def fit_from_films(
     provenance: dict[str, dict[str, str]] | None = None,
     focal_images: Iterable[tuple[str, DecodedImage]] = (),
     seed: int = 0,
+    anatomy_model: AnatomySegmenter | None = None,
 ) -> ChestReference:
     """Measure normal films and build a reference from those that are frontal chest films.
 
@@ -232,6 +268,9 @@ def fit_from_films(
         train the focal model (:mod:`~miemss_node.pipeline.focal_model`).
     seed
         Seeds the nodules inserted for the focal model.
+    anatomy_model
+        ``[models] anatomy``, when the node outlines the lungs with it: the reference is then measured
+        the same way, and records it.
 
     Raises
     ------
@@ -243,35 +282,46 @@ def fit_from_films(
     films: list[dict[str, str]] = []
     clean: list[list[FocalCandidate]] = []
     labelled: list[tuple[FocalCandidate, bool]] = []
+    methods: set[str] = set()
     for role, source in (("normal", images), ("focal", focal_images)):
         for file_name, image in source:
-            measured, enhanced = _measured(image, settings)
+            measured, enhanced = _measured(image, settings, anatomy_model)
             if measured is None:
                 logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
                 continue
             if role == "normal":
                 rows.append(measured.features)
                 strengths.append([(c.strength, c.global_strength) for c in measured.candidates])
+                methods.add(measured.anatomy.method)
             clean.append(list(measured.candidates))
-            labelled += _inserted_candidates(image, enhanced, measured, seed + len(films))
+            labelled += _inserted_candidates(image, enhanced, measured, seed + len(films), anatomy_model)
             films.append({"file": file_name, "used_for": role, **(provenance or {}).get(file_name, {})})
-    reference = fit_chest_reference(rows, strengths, name=name, films=[f for f in films if f["used_for"] == "normal"])
+    # A film the anatomy model found no lungs on was measured classically: the record says both.
+    anatomy = " + ".join(sorted(methods)) or "classical"
+    normals = [film for film in films if film["used_for"] == "normal"]
+    reference = fit_chest_reference(rows, strengths, name=name, films=normals, anatomy=anatomy)
     model = fit_focal_model(clean, labelled, FOCAL_FLAGS_PER_NORMAL_FILM)
     return replace(reference, focal_model=model, films=tuple(films))
 
 
-def _measured(image: DecodedImage, settings: PipelineSettings) -> tuple[ChestMeasurements | None, np.ndarray]:
+def _measured(
+    image: DecodedImage, settings: PipelineSettings, anatomy_model: AnatomySegmenter | None
+) -> tuple[ChestMeasurements | None, np.ndarray]:
     from miemss_node.pipeline.chest import measure_chest
     from miemss_node.pipeline.enhance import enhance
     from miemss_node.pipeline.modality import settings_for_image
 
     chosen = settings_for_image(settings, image)
     enhanced = enhance(image, chosen.denoise_method).pixels
-    return measure_chest(image, enhanced), enhanced
+    return measure_chest(image, enhanced, anatomy_model), enhanced
 
 
 def _inserted_candidates(
-    image: DecodedImage, enhanced: np.ndarray, measured: ChestMeasurements, seed: int
+    image: DecodedImage,
+    enhanced: np.ndarray,
+    measured: ChestMeasurements,
+    seed: int,
+    anatomy_model: AnatomySegmenter | None,
 ) -> list[tuple[FocalCandidate, bool]]:
     """The candidates of copies of a film with nodules inserted in its lungs, each with its label."""
     from scipy import ndimage
@@ -286,7 +336,7 @@ def _inserted_candidates(
     spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(rows, cols)
     out = []
     for pixels, labels in training_copies(enhanced, placement, spacing, seed):
-        again = measure_chest(image, pixels)
+        again = measure_chest(image, pixels, anatomy_model)
         if again is None:
             continue
         scale = (rows / again.detail_shape[0], cols / again.detail_shape[1])
@@ -309,6 +359,7 @@ def save_chest_reference(reference: ChestReference, path: Path) -> str:
         **({"focal_model": reference.focal_model.to_dict()} if reference.focal_model is not None else {}),
         "focal_threshold": reference.focal_threshold,
         "focal_global_threshold": reference.focal_global_threshold,
+        "anatomy": reference.anatomy,
         "zone_names": list(ZONE_NAMES),
         "means": reference.means,
         "spreads": reference.spreads,
@@ -366,6 +417,7 @@ def _parse(data: bytes, *, origin: str) -> ChestReference:
         created=str(payload.get("created", "")),
         focal_model=FocalModel.from_dict(payload["focal_model"]) if "focal_model" in payload else None,
         extra=dict(payload.get("extra", {})),
+        anatomy=str(payload.get("anatomy", "classical")),
     )
 
 

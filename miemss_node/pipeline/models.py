@@ -1,4 +1,7 @@
-"""Learned models of a worker process: ViT and BLIP, loaded once and offline from local folders.
+"""Learned models of a worker process, loaded once and offline from local folders.
+
+ViT and BLIP (Hugging Face format), and the TorchXRayVision chest classifier and anatomy segmentation
+(:mod:`~miemss_node.pipeline.xrv`, :mod:`~miemss_node.pipeline.xrv_models`).
 
 Hospitals run nodes without internet, so a model is a folder as ``save_pretrained`` writes it,
 named in ``[models]``, and loaded with ``local_files_only=True``: nothing is fetched at run time.
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
     from miemss_node.pipeline.caption import BlipCaptioner
     from miemss_node.pipeline.vit import VitAttention
+    from miemss_node.pipeline.xrv_models import AnatomySegmenter, ChestClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,16 @@ class ModelSet:
 
     vit: VitAttention | None = None
     blip: BlipCaptioner | None = None
+    #: ``[models] chest``: pathology probabilities and Grad-CAM on frontal chest films.
+    chest: ChestClassifier | None = None
+    #: ``[models] anatomy``: lungs, heart and mediastinum of frontal chest films.
+    anatomy: AnatomySegmenter | None = None
 
     @property
     def runs(self) -> tuple[ModelRun, ...]:
-        """The models that run on every image, for the report and the SR (empty: none)."""
-        return tuple(model.run for model in (self.vit, self.blip) if model is not None)
+        """The models configured, for the report and the SR (empty: none)."""
+        models = (self.vit, self.blip, self.chest, self.anatomy)
+        return tuple(model.run for model in models if model is not None)
 
 
 #: No model configured: the pipeline runs on HOG features alone.
@@ -86,7 +95,7 @@ def load_models(settings: ModelSettings) -> ModelSet:
         When torch/transformers are missing, the device is unavailable, or a folder cannot be
         loaded offline; the message names the model, the folder and the fix.
     """
-    if not settings.vit and not settings.blip:
+    if not (settings.vit or settings.blip or settings.chest or settings.anatomy):
         return NO_MODELS
     torch = _import_torch()
     if settings.threads:
@@ -105,7 +114,24 @@ def load_models(settings: ModelSettings) -> ModelSet:
         if settings.blip
         else None
     )
-    return ModelSet(vit=vit, blip=blip)
+    chest = anatomy = None
+    if settings.chest or settings.anatomy:
+        from miemss_node.pipeline.xrv_models import load_anatomy_segmenter, load_chest_classifier
+
+        started = time.perf_counter()
+        if settings.chest:
+            chest = load_chest_classifier(
+                Path(settings.chest),
+                device=device,
+                default_threshold=settings.chest_threshold,
+                thresholds=dict(settings.chest_thresholds),
+            )
+            _log_loaded(chest.run, started)
+        started = time.perf_counter()
+        if settings.anatomy:
+            anatomy = load_anatomy_segmenter(Path(settings.anatomy), device=device)
+            _log_loaded(anatomy.run, started)
+    return ModelSet(vit=vit, blip=blip, chest=chest, anatomy=anatomy)
 
 
 def resolve_device(name: str) -> str:
@@ -139,6 +165,7 @@ def load_vit(folder: Path, *, device: str, int8: bool) -> VitAttention:
     ModelError
         When the folder does not hold a loadable ViT and image processor.
     """
+    _import_torch()
     from transformers import AutoImageProcessor, ViTModel
 
     from miemss_node.pipeline.vit import VitAttention
@@ -170,6 +197,7 @@ def load_blip(folder: Path, *, device: str, int8: bool, max_new_tokens: int, num
     ModelError
         When the folder does not hold a loadable BLIP captioning model and processor.
     """
+    _import_torch()
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     from miemss_node.pipeline.caption import BlipCaptioner
@@ -225,33 +253,50 @@ def check_models(settings: ModelSettings) -> list[ModelCheck]:
     # A synthetic, patient-free image: a smooth gradient with a bright disc.
     image = (0.3 + 0.4 * rows + 0.3 * (((rows - 0.4) ** 2 + (cols - 0.6) ** 2) < 0.01)).astype(np.float32)
     checks = []
-    for role in ("vit", "blip"):
+    roles = ("vit", "blip", "chest", "anatomy")
+    for role in roles:
         if not getattr(settings, role):
             continue
         started = time.perf_counter()
         # One model at a time, so each load time is its own.
-        loaded = load_models(replace(settings, blip="") if role == "vit" else replace(settings, vit=""))
+        unset: dict[str, Any] = {other: "" for other in roles if other != role}
+        loaded = load_models(replace(settings, **unset))
         load_seconds = time.perf_counter() - started
-        model: Any = loaded.vit if role == "vit" else loaded.blip
+        model: Any = getattr(loaded, role)
         output = ""
-        for _ in range(2):  # the first pass pays for one-off allocations
+        # The first pass pays for one-off allocations; the PSPNet's one pass takes seconds on a CPU.
+        for _ in range(1 if role == "anatomy" else 2):
             started = time.perf_counter()
             if loaded.vit is not None:
                 grid = loaded.vit.patches([image])[0].rollout.shape
                 output = f"{grid[0]}x{grid[1]} patch tokens with attention rollout"
             elif loaded.blip is not None:
                 output = f"caption {loaded.blip.caption(image)!r}"
+            elif loaded.chest is not None:
+                output = _classifier_output(loaded.chest.classify(image))
+            elif loaded.anatomy is not None:
+                masks = loaded.anatomy.segment(image, image.shape)
+                fractions = [float(lung.mean()) for lung in masks.lungs]
+                output = f"lungs cover {fractions[0]:.0%} and {fractions[1]:.0%} of the image"
             forward_seconds = time.perf_counter() - started
         checks.append(
             ModelCheck(
                 run=model.run,
                 load_seconds=load_seconds,
                 forward_seconds=forward_seconds,
-                parameters=_parameter_count(model.model),
+                parameters=_parameter_count(getattr(model, "model", None) or model.module),
                 output=output,
             )
         )
     return checks
+
+
+def _classifier_output(result: Any) -> str:
+    """The classifier's three most probable pathologies, in words."""
+    top = sorted(result.pathologies, key=lambda p: -p.probability)[:3]
+    return f"{len(result.pathologies)} pathology probabilities, highest " + ", ".join(
+        f"{p.label} {p.probability:.2f}" for p in top
+    )
 
 
 def model_name(folder: Path) -> str:
@@ -356,6 +401,9 @@ def _provenance(folder: Path) -> dict[str, Any]:
 
 
 def _import_torch() -> Any:
+    from miemss_node.pipeline.xrv import import_torchvision
+
+    import_torchvision()  # before transformers, which imports it (see pipeline/xrv.py)
     try:
         import torch
         from transformers.utils import logging as transformers_logging

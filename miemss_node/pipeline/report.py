@@ -109,6 +109,7 @@ def _region_sentence(region: Region, *, in_mm: bool) -> str:
     what = {
         "zone": "denser than on normal films",
         "focal": "a round density",
+        "pathology": f"where the chest classifier's attribution for {region.pathology} peaks (model output)",
     }.get(region.kind, "unusual within the image")
     return f"Region {region.label}: {region.location}, {what}, {area}, score {region.mean_score:.2f} (max {region.max_score:.2f})."
 

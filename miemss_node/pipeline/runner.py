@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -18,16 +18,20 @@ from miemss_node.errors import MiemssError, StageError
 from miemss_node.pipeline.anomaly import score_patches
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import is_frontal_chest_candidate, judge_chest, measure_chest, mm_per_pixel
-from miemss_node.pipeline.chest_reference import load_chest_reference
+from miemss_node.pipeline.chest_reference import load_chest_reference, reference_anatomy_notes
 from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features, working_shape
 from miemss_node.pipeline.modality import settings_for_image
 from miemss_node.pipeline.models import NO_MODELS, ModelSet
+from miemss_node.pipeline.pathology import add_pathology_regions, pathology_sentences
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
-from miemss_node.pipeline.score import generic_abnormality
+from miemss_node.pipeline.score import combined_abnormality, generic_abnormality
 from miemss_node.pipeline.vit import VitPatches, attention_map, join_vit_features
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.xrv_models import ChestClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,8 @@ def analyse_image(
         attention = attention_map(vit_patches, image.pixels.shape)
     measured = None
     if settings.chest_analysis and is_frontal_chest_candidate(image):
-        measured = _timed("anatomy", seconds, lambda: measure_chest(image, enhanced.pixels))
+        measured = _timed("anatomy", seconds, lambda: measure_chest(image, enhanced.pixels, models.anatomy))
+    notes: tuple[str, ...] = ()
     if measured is not None:
         chest = measured
         reference = _timed("reference", seconds, lambda: load_chest_reference(settings.chest_reference))
@@ -106,9 +111,14 @@ def analyse_image(
             method="chest",
             reference=reference.model_run,
         )
+        notes = reference_anatomy_notes(reference, chest.anatomy, image)
+        if models.chest is not None:
+            classifier = models.chest
+            analysis = _timed("classifier", seconds, lambda: with_classifier(analysis, classifier))
+            notes += pathology_sentences(analysis.pathologies, classifier.run)
     else:
         analysis = _generic(image, enhanced, settings, vit_patches, seconds)
-    findings = _timed("report", seconds, lambda: findings_sentences(analysis))
+    findings = _timed("report", seconds, lambda: findings_sentences(analysis)) + notes
     text = None
     if caption and models.blip is not None:
         blip = models.blip
@@ -122,6 +132,24 @@ def analyse_image(
         extra={"action": "pipeline.analysed", "sop_instance_uid": image.sop_instance_uid, "stage_seconds": seconds},
     )
     return replace(analysis, findings=findings, stage_seconds=seconds, attention=attention, caption=text)
+
+
+def with_classifier(analysis: ImageAnalysis, classifier: ChestClassifier) -> ImageAnalysis:
+    """A chest analysis with the classifier's probabilities, its pathology regions and the combined score.
+
+    See :mod:`~miemss_node.pipeline.pathology` and :func:`~miemss_node.pipeline.score.combined_abnormality`.
+    """
+    assert analysis.anatomy is not None
+    result = classifier.classify(analysis.decoded.pixels)
+    region_map = add_pathology_regions(
+        analysis.region_map, result.attributions, result.pathologies, analysis.anatomy, analysis.decoded
+    )
+    return replace(
+        analysis,
+        region_map=region_map,
+        pathologies=result.pathologies,
+        abnormality_score=combined_abnormality(analysis.abnormality_score, result.pathologies),
+    )
 
 
 def _generic(

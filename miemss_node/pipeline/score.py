@@ -5,6 +5,13 @@ the logistic of its strongest evidence against normal films). Other films have n
 their score is only how unusual their most unusual part is within the image
 (:func:`generic_abnormality`); the report says which analysis ran.
 
+With a chest classifier (``[models] chest``), a frontal chest film's score is the higher of the chest
+analysis's score and the classifier's strongest pathology on the same scale
+(:func:`combined_abnormality`): each pathology's probability is mapped so that its reporting threshold
+is 0.5, the chest analysis's flagging point, and linearly on either side
+(:func:`~miemss_node.pipeline.pathology.pathology_score`). Either part alone can make a film abnormal:
+the unsupervised analysis sees what no label names, the classifier what the analysis misses.
+
 A study is as abnormal as its most abnormal image: one abnormal view is enough for a radiologist to
 look, whatever the other views show.
 """
@@ -15,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from miemss_node.pipeline.base import AnomalyScores, ImageAnalysis, RegionMap
+from miemss_node.pipeline.base import AnomalyScores, ImageAnalysis, PathologyProbability, RegionMap
 
 
 def study_abnormality_score(analyses: Sequence[ImageAnalysis]) -> float:
@@ -29,3 +36,10 @@ def generic_abnormality(scores: AnomalyScores, region_map: RegionMap) -> float:
         return float(max(region.max_score for region in region_map.regions))
     values = scores.scores[scores.scores > 0]
     return float(np.percentile(values, 99)) if values.size else 0.0
+
+
+def combined_abnormality(unsupervised: float, pathologies: Sequence[PathologyProbability]) -> float:
+    """A frame's score with a classifier: the higher of the analysis's and the strongest pathology's."""
+    from miemss_node.pipeline.pathology import pathology_score
+
+    return max([float(unsupervised), *(pathology_score(p) for p in pathologies)])

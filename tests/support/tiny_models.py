@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from miemss_node.pipeline.xrv import import_torchvision
+
 #: Side of the tiny models' input images, in pixels (4x4 patches of 16 pixels).
 IMAGE_SIZE = 64
 
@@ -35,6 +37,8 @@ class TinyModels:
 def build_tiny_vit(folder: Path, *, seed: int = 0) -> Path:
     """Save a 2-layer, 32-wide ``ViTModel`` and a ``ViTImageProcessorPil`` into ``folder``."""
     import torch
+
+    import_torchvision()  # before transformers (see miemss_node/pipeline/xrv.py)
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
     torch.manual_seed(seed)
@@ -58,6 +62,8 @@ def build_tiny_blip(folder: Path, *, seed: int = 0) -> Path:
     tokens, so the caption of any image is a few words (random weights would often end at once).
     """
     import torch
+
+    import_torchvision()
     from transformers import (
         BertTokenizer,
         BlipConfig,

@@ -20,6 +20,14 @@ CODES_OUTSIDE_PYDICOM = {
     ("UCUM", "{pixels}"),
     # TID 1500 row 12 "Qualitative Evaluations" container concept (PS3.16 TID 1500).
     ("UMLS", "C0034375"),
+    # Chest classifier findings (sr/chest_pathologies.json) that no DICOM context group lists; their SNOMED CT
+    # sources are in dicom_templates/README.md.
+    ("SCT", "46621007"),  # Atelectasis
+    ("SCT", "95436008"),  # Lung consolidation
+    ("SCT", "87433001"),  # Pulmonary emphysema
+    ("SCT", "233604007"),  # Pneumonia
+    ("SCT", "8186001"),  # Cardiomegaly
+    ("SCT", "125605004"),  # Fracture of bone
 }
 
 
