@@ -10,7 +10,6 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from io import BytesIO
-from pathlib import Path
 
 from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,8 +28,8 @@ from miemss_node.pipeline.runner import analyse_dataset
 from miemss_node.queue import repository
 from miemss_node.queue.models import Job
 from miemss_node.queue.retry import RetryPolicy
-from miemss_node.receive.spool import write_atomically
-from miemss_node.thumbnails import thumbnail_dir, write_thumbnails
+from miemss_node.storage import StorageLayout, write_atomically
+from miemss_node.thumbnails import write_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class Worker:
 
     def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork, context: EncodeContext) -> None:
         """Save the dashboard's thumbnails beside the results; a failure only costs the pictures."""
-        folder = thumbnail_dir(self.config.node.storage_dir, study_uid, job.id)
+        folder = StorageLayout(self.config.node.storage_dir).thumbnail_dir(study_uid, job.id)
         try:
             capture = load_templates(context.templates_dir).capture
             write_thumbnails(folder, work.sources, work.analyses, capture)
@@ -149,7 +148,7 @@ class Worker:
         storage = self.config.node.storage_dir
         for sop_uid, path in instances:
             try:
-                ds = read_dicom_file(storage / path)
+                ds = read_dicom_file(StorageLayout(storage).resolve(path))
                 if not is_image_dataset(ds):
                     work.skipped.append((sop_uid, "not an image (stored, not processed)"))
                     continue
@@ -170,10 +169,11 @@ class Worker:
         return work
 
     def _write_result(self, job: Job, study_uid: str, kind: str, ds: Dataset) -> repository.ResultRecord:
-        relative = Path("results") / study_uid / f"job-{job.id}" / f"{kind}_{ds.SOPInstanceUID}.dcm"
+        layout = StorageLayout(self.config.node.storage_dir)
+        relative = layout.result_path(study_uid, job.id, kind, str(ds.SOPInstanceUID))
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        write_atomically(self.config.node.storage_dir / relative, buffer.getvalue())
+        write_atomically(layout.resolve(relative), buffer.getvalue())
         return repository.ResultRecord(
             kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), path=relative.as_posix()
         )

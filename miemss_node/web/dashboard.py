@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from miemss_node.config import HttpSettings
 from miemss_node.queue import repository
 from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState, Result, Study
-from miemss_node.thumbnails import Thumbnail, read_thumbnails, thumbnail_dir
+from miemss_node.storage import StorageLayout
+from miemss_node.thumbnails import Thumbnail, read_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class Dashboard:
     def _thumbnails(self, study_uid: str, job: Job | None) -> list[Thumbnail]:
         if job is None:
             return []
-        return read_thumbnails(thumbnail_dir(self.storage_dir, study_uid, job.id))
+        return read_thumbnails(StorageLayout(self.storage_dir).thumbnail_dir(study_uid, job.id))
 
     def thumbnail_path(self, session: Session, job_id: int, name: str) -> Path | None:
         """The file of a listed thumbnail that may be shown, else None."""
@@ -209,7 +210,7 @@ class Dashboard:
         study = repository.study_of_job(session, job)
         for thumbnail in self._thumbnails(study.study_instance_uid, job):
             if name == thumbnail.heatmap or (name == thumbnail.overlay and self._may_show(thumbnail)):
-                return thumbnail_dir(self.storage_dir, study.study_instance_uid, job.id) / name
+                return StorageLayout(self.storage_dir).thumbnail_dir(study.study_instance_uid, job.id) / name
         return None
 
     def _job_section(self, session: Session, study: Study, job: Job) -> str:
