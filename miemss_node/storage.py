@@ -157,22 +157,37 @@ def write_atomically(target: Path, data: bytes | memoryview) -> None:
         raise StorageError(f"cannot write {target.name}: {exc.strerror or exc}") from exc
 
 
-def place_file(source: Path, target: Path) -> None:
+def sync_file(path: Path) -> None:
+    """fsync a file's data, e.g. a received file before :func:`place_file` (outside any lock).
+
+    Raises
+    ------
+    StorageError
+        When the disk refuses.
+    """
+    try:
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
+
+
+def place_file(source: Path, target: Path, *, synced: bool = False) -> None:
     """Move a received file into place durably, without copying it when it is on the same disk.
 
-    The source (a temporary file the receiver wrote) is fsynced, hard-linked under a temporary
-    name beside the target and renamed over it; across disks it is copied instead. The source
-    itself is left for its owner to delete.
+    The source (a temporary file the receiver wrote) is fsynced unless ``synced`` says
+    :func:`sync_file` did it, hard-linked under a temporary name beside the target and renamed
+    over it; across disks it is copied instead. The source itself is left for its owner to delete.
 
     Raises
     ------
     StorageError
         When the folder cannot be created or the disk refuses the write.
     """
+    if not synced:
+        sync_file(source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with source.open("rb") as handle:
-            os.fsync(handle.fileno())
         temp = target.with_name(f".incoming-{uuid.uuid4().hex}.part")
         try:
             os.link(source, temp)

@@ -36,7 +36,7 @@ from miemss_node.receive.status import (
     STATUS_TOO_LARGE,
 )
 from miemss_node.receive.transport import ConnectionSlots, release_connection, remove_file
-from miemss_node.storage import StorageLayout, free_bytes, is_valid_uid, place_file
+from miemss_node.storage import StorageLayout, free_bytes, is_valid_uid, place_file, sync_file
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -223,6 +223,7 @@ class InstanceStore:
     def _claim_and_place(self, record: repository.InstanceRecord, source: Path) -> None:
         """Insert the row (the claim), place the file, commit; undo the file if the commit fails."""
         target = self.layout.resolve(record.path)
+        sync_file(source)  # the slow part, before the database's write lock is taken
         placed = False
         try:
             with self.sessions.begin() as session:
@@ -235,7 +236,7 @@ class InstanceStore:
                 if not repository.claim_instance(session, study, record, now):
                     raise _LostClaim
                 # Only the claimant gets here: the row (uncommitted, locked) stands for this file.
-                place_file(source, target)
+                place_file(source, target, synced=True)
                 placed = True
         except SQLAlchemyError:
             if placed:
