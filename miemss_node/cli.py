@@ -336,6 +336,11 @@ def _healthcheck(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     status = assoc.send_c_echo()
     assoc.release()
-    ok = "Status" in status and status.Status == 0
-    print("healthy" if ok else "unhealthy: C-ECHO did not answer Success")
-    return EXIT_OK if ok else EXIT_FAILURE
+    if not ("Status" in status and status.Status == 0):
+        print("unhealthy: C-ECHO did not answer Success")
+        return EXIT_FAILURE
+    from miemss_node.storage import disk_problem
+
+    problem = disk_problem(config.node.storage_dir, config.node.min_free_disk_mb * 2**20)
+    print(f"unhealthy: {problem}" if problem else "healthy")
+    return EXIT_FAILURE if problem else EXIT_OK

@@ -157,6 +157,10 @@ class HttpSettings:
     show_patient_data: bool = False
     #: How many of the most recent studies the dashboard lists.
     recent_studies: int = 50
+    #: A connection with no request in progress for this long is closed (s).
+    idle_timeout_seconds: float = 10.0
+    #: Open connections at most; more wait in the listen queue until some close.
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -577,6 +581,9 @@ def _validate_http(http: HttpSettings, problems: list[str]) -> None:
     if http.token and len(http.token) < MIN_TOKEN_LENGTH:
         problems.append(f"[http] token must be at least {MIN_TOKEN_LENGTH} characters (empty disables retries)")
     _check_positive("[http] recent_studies", http.recent_studies, problems)
+    if http.idle_timeout_seconds < 1:
+        problems.append("[http] idle_timeout_seconds must be >= 1")
+    _check_positive("[http] max_connections", http.max_connections, problems)
 
 
 def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: str = "[pipeline]") -> None:

@@ -19,11 +19,12 @@ from miemss_node.receive.scp import start_receiver, stop_receiver
 from miemss_node.retention import Janitor
 from miemss_node.send import Sender
 from miemss_node.settle import Settler
+from miemss_node.storage import disk_problem
 from miemss_node.tls import server_context
 from miemss_node.worker import Worker
 
 if TYPE_CHECKING:
-    from pynetdicom.transport import ThreadedAssociationServer
+    from miemss_node.receive.transport import ReceiverServer
 
     from miemss_node.web.server import HttpServer
 
@@ -51,7 +52,7 @@ class Node:
         self._children: list[BaseProcess] = []
         self.engine = create_database_engine(config.database_url)
         self.sessions = session_factory(self.engine)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: ReceiverServer | None = None
         self.http: HttpServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -136,7 +137,11 @@ class Node:
         from miemss_node.web.server import HttpServer
 
         self.http = HttpServer(
-            self.config.http, self.sessions, self.config.node.storage_dir, receiver_problem=self.receiver_problem
+            self.config.http,
+            self.sessions,
+            self.config.node.storage_dir,
+            receiver_problem=self.receiver_problem,
+            disk_problem=self.disk_problem,
         )
         self.http.start()
 
@@ -152,6 +157,10 @@ class Node:
             listening = server.socket is not None and server.socket.fileno() != -1
             return None if listening else "the receiver's socket is closed"
         return echo_problem(self.config.node.host, self.port, self.config.node.ae_title)
+
+    def disk_problem(self) -> str | None:
+        """None when the storage disk has at least ``min_free_disk_mb`` free, else what is wrong."""
+        return disk_problem(self.config.node.storage_dir, self.config.node.min_free_disk_mb * 2**20)
 
     def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
         thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)

@@ -15,7 +15,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydicom import Dataset, dcmread
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,10 +35,21 @@ from miemss_node.receive.status import (
     STATUS_SUCCESS,
     STATUS_TOO_LARGE,
 )
-from miemss_node.receive.transport import ConnectionSlots, release_connection, remove_file
-from miemss_node.storage import StorageLayout, free_bytes, is_valid_uid, place_file, sync_file
+from miemss_node.receive.transport import (
+    ConnectionSlots,
+    release_connection,
+    remove_file,
+)
+from miemss_node.storage import (
+    StorageLayout,
+    free_bytes,
+    is_valid_uid,
+    place_file,
+    sync_file,
+)
 
 if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.events import Event
 
 __all__ = [
@@ -388,7 +399,7 @@ def _parse_header(path: Path, sop_class_uid: str, sop_instance_uid: str) -> _Hea
     try:
         header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         raws = {tag: _raw_value(header, tag) for tag in _HEADER_TAGS}
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes can fail a parser in any way; never 0xC211
+    except Exception as exc:
         raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {type(exc).__name__}") from exc
     missing = [tag for tag in _UID_TAGS if raws[tag] in (None, b"", b"\x00")]
     if missing:
@@ -427,13 +438,13 @@ def handle_store(event: Event, store: InstanceStore, slots: ConnectionSlots) -> 
     The dataset was streamed to a file by the connection's filter (:mod:`miemss_node.receive.transport`),
     which may already have refused it (too large, disk full).
     """
-    request = event.request
+    request = cast("C_STORE", event.request)
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     calling_aet = _calling_aet(event)
     log_extra = {"calling_aet": calling_aet, "sop_instance_uid": sop_instance_uid}
     requestor = event.assoc.requestor
     pdu_filter = slots.filter_of((str(requestor.address), int(requestor.port)))
-    received = pdu_filter.take(int(request.MessageID)) if pdu_filter is not None else None
+    received = pdu_filter.take(int(request.MessageID or 0)) if pdu_filter is not None else None
     try:
         if received is None or (received.path is None and received.refusal is None):
             raise RejectedInstance(STATUS_CANNOT_UNDERSTAND, "no dataset received")

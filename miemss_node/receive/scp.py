@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from miemss_node.receive.handlers import (
@@ -37,7 +37,7 @@ def build_receiver_ae(node: NodeSettings) -> AE:
     """
     ae = AE(ae_title=node.ae_title)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cast(str, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.require_called_aet = node.require_called_aet
     ae.require_calling_aet = list(node.allowed_calling_aets)
@@ -66,7 +66,6 @@ def start_receiver(
         spool_dir=store.layout.clear_incoming(),
     )
     ae = build_receiver_ae(node)
-    server: ReceiverServer
     handlers: list[tuple[Any, ...]] = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_ESTABLISHED, handle_association, ["established"]),
@@ -74,13 +73,16 @@ def start_receiver(
         (evt.EVT_RELEASED, handle_association, ["released"]),
         (evt.EVT_ABORTED, handle_association, ["aborted"]),
     ]
-    server = ae.make_server(
+    server = cast(
+        ReceiverServer,
+        ae.make_server(
         (node.host, node.port),
         evt_handlers=handlers,
         server_class=ReceiverServer,
         limits=limits,
         max_connections=node.max_associations * CONNECTIONS_PER_ASSOCIATION,
         tls_context=ssl_context,
+        ),
     )
     server.bind(evt.EVT_C_STORE, handle_store, [store, server.slots])
     server.bind(evt.EVT_CONN_CLOSE, handle_connection_closed, [server.slots])

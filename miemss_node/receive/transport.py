@@ -49,7 +49,11 @@ from pydicom.uid import UID
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from miemss_node.receive.status import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_TOO_LARGE
+from miemss_node.receive.status import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_TOO_LARGE,
+)
 from miemss_node.storage import free_bytes, is_valid_uid
 
 logger = logging.getLogger(__name__)
@@ -196,7 +200,7 @@ class PduFilter:
             except _Drop as drop:
                 self._drop(drop)
                 return b""
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop(_Drop(f"no data for {self.limits.network_timeout:g} s in the middle of a PDU"))
                 return b""
             except OSError as exc:
@@ -531,11 +535,11 @@ class _GuardedSocketMixin:
         super().close()  # type: ignore[misc]
 
 
-class GuardedTcpSocket(_GuardedSocketMixin, socket.socket):
+class GuardedTcpSocket(_GuardedSocketMixin, socket.socket):  # type: ignore[misc]
     """A plain TCP connection of the receiver."""
 
 
-class GuardedTlsSocket(_GuardedSocketMixin, ssl.SSLSocket):
+class GuardedTlsSocket(_GuardedSocketMixin, ssl.SSLSocket):  # type: ignore[misc]
     """A TLS connection of the receiver (made by an ``SSLContext`` whose ``sslsocket_class`` it is)."""
 
 
@@ -606,13 +610,22 @@ class ReceiverServer(ThreadedAssociationServer):
 
     def __init__(
         self,
-        *args: Any,
+        ae: Any,
+        address: tuple[str, int],
+        ae_title: str,
+        contexts: list[Any],
+        ssl_context: ssl.SSLContext | None = None,
+        evt_handlers: list[Any] | None = None,
+        *,
         limits: ReceiveLimits,
         max_connections: int,
         tls_context: ssl.SSLContext | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, request_handler=GuardedRequestHandler, **kwargs)
+        if ssl_context is not None:
+            raise ValueError("pass the TLS context as tls_context: the handshake must not run in the accept loop")
+        super().__init__(
+            ae, address, ae_title, contexts, None, evt_handlers=evt_handlers, request_handler=GuardedRequestHandler
+        )
         self.limits = limits
         self.slots = ConnectionSlots(max_connections)
         self.tls_context = tls_context
@@ -675,6 +688,7 @@ def _handshake(context: ssl.SSLContext, raw: socket.socket, timeout: float) -> G
     assert isinstance(tls, GuardedTlsSocket)
     deadline = time.monotonic() + timeout
     tls.setblocking(False)
+    wait: tuple[list[socket.socket], list[socket.socket]]
     try:
         while True:
             try:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import _config
 from sqlalchemy import select
@@ -23,8 +22,8 @@ from miemss_node.receive.handlers import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_SUCCESS,
 )
-from tests.support.paths import SHARED_DATA
 from tests.support.fuzzing import mutate, node_is_serving, send_raw
+from tests.support.paths import SHARED_DATA
 from tests.support.peers import store_files
 
 #: What a receiver may answer to broken input: stored (then skipped by the worker) or refused; a

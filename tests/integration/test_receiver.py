@@ -25,8 +25,8 @@ from miemss_node.receive.handlers import (
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
-    InstanceStore,
     STATUS_TOO_LARGE,
+    InstanceStore,
     RejectedInstance,
 )
 from miemss_node.receive.scp import start_receiver

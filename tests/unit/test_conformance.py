@@ -13,7 +13,7 @@ from miemss_node import conformance
 from miemss_node.config import ENV_OVERRIDES, RESULT_TYPES, Config, load_config
 from miemss_node.conformance import RESULT_SOP_CLASSES, conformance_statement, status_constants
 from miemss_node.encode import EncodeContext, encode_study
-from miemss_node.receive import handlers
+from miemss_node.receive import status as handlers
 from miemss_node.receive.scp import build_receiver_ae
 from miemss_node.send import SendOutcome
 from tests.integration.test_encode_dciodvfy import PERSON_NAME_WARNING
