@@ -74,7 +74,7 @@ def test_statement_follows_the_configuration(tmp_path: Path) -> None:
     assert "from `site.toml`" in text and str(tmp_path) not in text
     assert "| Calling AE titles accepted | `MODALITY`, `PACS` |" in text
     assert "| Called AE title | must be `NODE` |" in text
-    assert "| Maximum PDU received | 65536 bytes |" in text
+    assert "| Maximum PDU received | 65536 bytes (a longer PDU aborts the association) |" in text
     assert "TLS only (TLS 1.2 or later, PS3.15 B.9); client certificates required" in text
     assert "TLS (1.2 or later) to `old`" in text
     assert "| `main` | `PACS` | `pacs.local:11112` | no | SEG, SR, PM |" in text
