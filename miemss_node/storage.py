@@ -34,12 +34,12 @@ INCOMING = ".incoming"
 
 #: A DICOM UID (PS3.5 9.1): components of digits separated by dots, no leading zero in a
 #: component (except "0" itself), at most 64 characters.
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 def is_valid_uid(value: str) -> bool:
     """True for a syntactically valid UID of at most 64 characters (PS3.5 9.1)."""
-    return len(value) <= 64 and UID_PATTERN.match(value) is not None
+    return len(value) <= 64 and UID_PATTERN.fullmatch(value) is not None  # "$" would let a final "\n" through
 
 
 def _checked(*uids: str) -> None:
