@@ -73,6 +73,10 @@ MAX_OTHER_DATASET = 1 << 20
 #: one message at a time, so more means a peer that is not waiting for answers).
 MAX_PENDING_INSTANCES = 16
 
+#: Seconds a connection may exist without a live association before the sweep closes it
+#: (covers the time between the handshake and the association thread's start).
+ORPHAN_GRACE_SECONDS = 5.0
+
 #: How often (bytes written) the free disk is measured while an instance streams in.
 DISK_CHECK_BYTES = 1 << 20
 
@@ -80,6 +84,7 @@ DISK_CHECK_BYTES = 1 << 20
 ABORT_UNEXPECTED_PDU_PARAMETER = 0x05
 ABORT_INVALID_PDU_PARAMETER_VALUE = 0x06
 
+_A_ASSOCIATE_RQ = 0x01
 _P_DATA_TF = 0x04
 _A_ASSOCIATE_AC = 0x02
 _C_STORE_RQ = 0x0001
@@ -284,6 +289,9 @@ class PduFilter:
         body = self._read(length, deadline)
         if body is None:
             return None
+        if pdu_type == _A_ASSOCIATE_RQ and len(body) >= 36 and not (body[4:20].strip() and body[20:36].strip()):
+            # pynetdicom's state machine raises on a blank AE title and its DUL thread dies.
+            raise _Drop("A-ASSOCIATE-RQ with a blank AE title", abort=ABORT_INVALID_PDU_PARAMETER_VALUE)
         if pdu_type == _P_DATA_TF:
             body = self._filter_pdata(body)
         return header[:2] + struct.pack(">L", len(body)) + body
@@ -550,6 +558,7 @@ class ConnectionSlots:
         self.cap = cap
         self._lock = threading.Lock()
         self._open: dict[tuple[str, int], PduFilter | None] = {}
+        self._sockets: dict[tuple[str, int], tuple[socket.socket, float]] = {}
 
     def admit(self, peer: tuple[str, int]) -> bool:
         """Take a slot for a new connection; False when every slot is taken."""
@@ -559,15 +568,27 @@ class ConnectionSlots:
             self._open[peer] = None
             return True
 
-    def attach(self, peer: tuple[str, int], pdu_filter: PduFilter) -> None:
-        """Remember the filter of an admitted connection."""
+    def attach(self, peer: tuple[str, int], pdu_filter: PduFilter, sock: socket.socket) -> None:
+        """Remember the filter and socket of an admitted connection."""
         with self._lock:
             self._open[peer] = pdu_filter
+            self._sockets[peer] = (sock, time.monotonic())
 
     def release(self, peer: tuple[str, int]) -> None:
         """Free a connection's slot."""
         with self._lock:
             self._open.pop(peer, None)
+            self._sockets.pop(peer, None)
+
+    def orphans(self, live: set[tuple[str, int]], grace: float) -> list[tuple[PduFilter | None, socket.socket]]:
+        """Connections older than ``grace`` seconds whose peer has no live association."""
+        now = time.monotonic()
+        with self._lock:
+            return [
+                (self._open.get(peer), sock)
+                for peer, (sock, since) in self._sockets.items()
+                if peer not in live and now - since > grace
+            ]
 
     def filter_of(self, peer: tuple[str, int]) -> PduFilter | None:
         """The filter of a connected peer, if any."""
@@ -628,6 +649,7 @@ class ReceiverServer(ThreadedAssociationServer):
         )
         self.limits = limits
         self.slots = ConnectionSlots(max_connections)
+        self._next_sweep = 0.0
         self.tls_context = tls_context
         if tls_context is not None:
             tls_context.sslsocket_class = GuardedTlsSocket
@@ -667,8 +689,35 @@ class ReceiverServer(ThreadedAssociationServer):
             guarded.raw_recv, guarded.sendall, guarded.settimeout, limits, label, lambda: self.slots.release(peer)
         )
         guarded.pdu_filter = pdu_filter
-        self.slots.attach(peer, pdu_filter)
+        self.slots.attach(peer, pdu_filter, guarded)
         return guarded
+
+    def service_actions(self) -> None:
+        """Once a second (from the accept loop): close connections whose association is gone.
+
+        A race in pynetdicom's state machine (an A-ASSOCIATE response primitive arriving in Sta13
+        after the peer aborted; cf. pydicom/pynetdicom#721) can end the DUL thread with an
+        InvalidEventError, leaving its socket open and its slot taken; this frees them.
+        """
+        super().service_actions()
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        live = {
+            (str(assoc.requestor.address), int(assoc.requestor.port))
+            for assoc in self.active_associations
+            if assoc.is_alive() and assoc.dul.is_alive()
+        }
+        for pdu_filter, sock in self.slots.orphans(live, grace=ORPHAN_GRACE_SECONDS):
+            logger.info(
+                "closing connection %s: its association ended without closing it",
+                pdu_filter.peer if pdu_filter else "?",
+                extra={"action": "receive.orphan_closed"},
+            )
+            if pdu_filter is not None:
+                pdu_filter.close()
+            _close_quietly(sock)
 
     def shutdown(self) -> None:
         # AssociationServer.shutdown also deregisters the server from the AE's private list of
