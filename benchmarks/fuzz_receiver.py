@@ -7,10 +7,12 @@ Two kinds of input (``--kind``):
   ``tests/support/pdus.py``): A-ASSOCIATE-RQ, P-DATA-TF with C-ECHO and C-STORE messages,
   A-RELEASE-RQ, A-ABORT, lying lengths, flipped bits, cut PDUs, garbage, connections left open.
 
-Counts inputs tried, crashes (0xC211 = an exception escaped our handler, an ERROR logged by the
-node, an uncaught exception in one of its threads, or the node no longer answering C-ECHO), hangs
-(a connection the node neither answered nor closed within --hang-seconds), and the node's RSS
-(this process: the node runs in it) at the start, after the warm-up and at the end.
+The node runs as `miemss-node serve` in a child process. Counts inputs tried, crashes (0xC211 = an
+exception escaped our handler, an ERROR logged by the node, an uncaught exception in one of its
+threads with our code in its traceback, or the node not answering C-ECHO for 15 s), hangs (a
+connection the node neither answered nor closed within --hang-seconds), threads of pynetdicom that
+died (counted apart: a library race the receiver's sweep cleans up after), and the node's RSS at the
+start, after the warm-up and at the end.
 
     .venv/bin/python benchmarks/fuzz_receiver.py --kind pdus --minutes 10
 """
@@ -20,31 +22,33 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import re
+import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-from pydicom.data import get_testdata_file
-from pynetdicom import _config
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from pynetdicom import _config  # noqa: E402
 
-from miemss_node.config import load_config
-from miemss_node.node import Node
-from tests.support.fuzzing import mutate, node_is_serving, send_raw
-from tests.support.hostile import rss_bytes
-from tests.support.pdus import association_sequences, play
+from tests.support.fuzzing import mutate, node_is_serving, send_raw  # noqa: E402
+from tests.support.hostile import rss_bytes  # noqa: E402
+from tests.support.net import free_port, wait_for_port  # noqa: E402
+from tests.support.pdus import association_sequences, play  # noqa: E402
 
 SEEDS = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "RG1_J2KI.dcm"]
+
+#: The last line of a traceback: the exception and its message.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Warning)\b")
 
 #: The node's network timeout while fuzzing: connections left open end after it.
 NETWORK_TIMEOUT = 2.0
@@ -53,31 +57,28 @@ NETWORK_TIMEOUT = 2.0
 class Tally:
     """What happened, counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
         self.outcomes: Counter[str] = Counter()
         self.tried = self.crashes = self.hangs = 0
-        self.errors: list[str] = []
         self.rss: list[int] = []
-
-
-class ErrorLog(logging.Handler):
-    """Counts ERROR records of the node (our loggers) and pynetdicom's "Exception in ..." errors."""
-
-    def __init__(self, tally: Tally) -> None:
-        super().__init__(logging.ERROR)
-        self.tally = tally
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.name.startswith("miemss_node") or "Exception in" in message:
-            self.tally.errors.append(f"{record.name}: {message[:120]}")
 
 
 class TimeUp(Exception):
     """The fuzzing time is over."""
 
 
-def fuzz_files(node: Node, tally: Tally, deadline: float, folder: Path, seed: int, hang_seconds: float) -> None:
+def still_serving(port: int) -> bool:
+    """C-ECHO answered within 15 s (the fuzzer's own connections may hold every slot a moment)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if node_is_serving(port):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def fuzz_files(port: int, tally: Tally, deadline: float, folder: Path, seed: int, hang_seconds: float) -> None:
     """Mutated real files, each sent raw in one C-STORE."""
     _config.STORE_SEND_CHUNKED_DATASET = True  # the SCU sends the file's bytes without decoding them
     rng = random.Random(seed)
@@ -89,17 +90,17 @@ def fuzz_files(node: Node, tally: Tally, deadline: float, folder: Path, seed: in
         flips = [rng.randrange(len(data) * 8) for _ in range(rng.randint(0, 16))]
         path.write_bytes(mutate(data, cut=cut, flips=flips))
         started = time.monotonic()
-        status = send_raw(path, node.port, timeout=hang_seconds)
+        status = send_raw(path, port, timeout=hang_seconds)
         tally.tried += 1
         if time.monotonic() - started >= hang_seconds:
             tally.hangs += 1
-        if status == 0xC211 or not node_is_serving(node.port):
+        if status == 0xC211 or not still_serving(port):
             tally.crashes += 1
         tally.outcomes["file: not sent (SCU refused)" if status is None else f"file: 0x{status & 0xFFFF:04X}"] += 1
         sample(tally)
 
 
-def fuzz_pdus(node: Node, tally: Tally, deadline: float, hang_seconds: float) -> None:
+def fuzz_pdus(port: int, tally: Tally, deadline: float, hang_seconds: float) -> None:
     """Generated PDUs and association sequences, played on raw sockets."""
 
     @settings(
@@ -115,14 +116,14 @@ def fuzz_pdus(node: Node, tally: Tally, deadline: float, hang_seconds: float) ->
         if time.monotonic() >= deadline:
             raise TimeUp
         steps, half_close = sequence
-        played = play(node.port, steps, half_close, hang_seconds=hang_seconds)
+        played = play(port, steps, half_close, hang_seconds=hang_seconds)
         tally.tried += 1
         if played.closed_after is None:
             tally.hangs += 1
         reply = {None: "nothing", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
                  0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}.get(played.first_reply, "other")
         tally.outcomes[f"pdus: first reply {reply}"] += 1
-        if tally.tried % 25 == 0 and not node_is_serving(node.port):
+        if tally.tried % 25 == 0 and not still_serving(port):
             tally.crashes += 1
         sample(tally)
 
@@ -134,7 +135,27 @@ def fuzz_pdus(node: Node, tally: Tally, deadline: float, hang_seconds: float) ->
 
 def sample(tally: Tally) -> None:
     if tally.tried % 50 == 0:
-        tally.rss.append(rss_bytes())
+        tally.rss.append(rss_bytes(tally.pid))
+
+
+def thread_deaths(log: str) -> tuple[list[str], Counter[str]]:
+    """Uncaught thread exceptions in the node's stderr: (ours, pynetdicom's by exception)."""
+    ours: list[str] = []
+    library: Counter[str] = Counter()
+    for block in log.split("Exception in thread")[1:]:
+        lines = block.splitlines()
+        end = next((i for i, line in enumerate(lines) if EXCEPTION_LINE.match(line)), len(lines) - 1)
+        exception = lines[end][:120] if lines else "?"
+        if any("/miemss_node/" in line for line in lines[:end]):
+            ours.append(exception)
+        else:
+            library[exception] += 1
+    return ours, library
+
+
+def node_errors(log: str) -> list[str]:
+    """ERROR records of the node's own loggers (pynetdicom's, e.g. "Network timeout reached", are not)."""
+    return [line for line in log.splitlines() if " ERROR " in line and " pynetdicom." not in line]
 
 
 def main() -> None:
@@ -145,53 +166,56 @@ def main() -> None:
     parser.add_argument("--hang-seconds", type=float, default=30.0)
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # the mutants' invalid values make pydicom warn on every read
-    tally = Tally()
-    logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger().addHandler(ErrorLog(tally))
-    thread_errors: list[str] = []
-    library_errors: Counter[str] = Counter()
-
-    def thread_hook(hook_args: Any) -> None:
-        frames = traceback.extract_tb(hook_args.exc_traceback)
-        name = f"{hook_args.exc_type.__name__}: {str(hook_args.exc_value)[:80]}"
-        if any("miemss_node" in frame.filename for frame in frames):
-            thread_errors.append(name)
-        else:  # a thread of pynetdicom died; the receiver's sweep closes what it left open
-            library_errors[name] += 1
-
-    threading.excepthook = thread_hook
+    logging.disable(logging.CRITICAL)  # the SCU side's own errors are not the node's
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         config_path = Path(folder) / "config.toml"
         config_path.write_text(
-            "[node]\nport = 0\nstorage_dir = 'storage'\nmax_pdu = 16384\n"
+            f"[node]\nport = {port}\nstorage_dir = 'storage'\nmax_pdu = 16384\n"
             f"network_timeout_seconds = {NETWORK_TIMEOUT}\nacse_timeout_seconds = {NETWORK_TIMEOUT}\n"
-            "[worker]\ncount = 0\n[logging]\nlevel = 'ERROR'\n"
+            "[worker]\ncount = 0\n[logging]\nlevel = 'WARNING'\n"
         )
-        node = Node(load_config(config_path, environ={}))
-        node.start()
-        tally.rss.append(rss_bytes())
-        started = time.monotonic()
-        end = started + args.minutes * 60
+        log_path = Path(folder) / "serve.log"
+        with log_path.open("wb") as log:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "miemss_node", "serve", "--config", str(config_path)],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        tally = Tally(serve.pid)
         try:
+            wait_for_port(port, process=serve)
+            tally.rss.append(rss_bytes(serve.pid))
+            started = time.monotonic()
+            end = started + args.minutes * 60
             if args.kind in ("pdus", "all"):
-                fuzz_pdus(node, tally, end if args.kind == "pdus" else started + args.minutes * 30, args.hang_seconds)
+                fuzz_pdus(port, tally, end if args.kind == "pdus" else started + args.minutes * 30, args.hang_seconds)
             if args.kind in ("files", "all"):
-                fuzz_files(node, tally, end, Path(folder), args.seed, args.hang_seconds)
-            if not node_is_serving(node.port):
+                fuzz_files(port, tally, end, Path(folder), args.seed, args.hang_seconds)
+            if not still_serving(port):
                 tally.crashes += 1
+            tally.rss.append(rss_bytes(serve.pid))
         finally:
-            node.stop()
-    crashes = tally.crashes + len(tally.errors) + len(thread_errors)
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+        text = log_path.read_text(errors="replace")
+    errors = node_errors(text)
+    ours, library = thread_deaths(text)
+    crashes = tally.crashes + len(errors) + len(ours)
     mb = [value / 2**20 for value in tally.rss]
     print(f"inputs tried: {tally.tried} in {args.minutes:g} min ({args.kind}); crashes: {crashes}; hangs: {tally.hangs}")
     if mb:
         warm = mb[min(2, len(mb) - 1)]
-        print(f"RSS MB: start {mb[0]:.1f}, after warm-up {warm:.1f}, max {max(mb):.1f}, end {mb[-1]:.1f}")
+        print(f"serve RSS MB: start {mb[0]:.1f}, after warm-up {warm:.1f}, max {max(mb):.1f}, end {mb[-1]:.1f}")
     for outcome, count in tally.outcomes.most_common():
         print(f"  {outcome}: {count}")
-    for error in (tally.errors + thread_errors)[:10]:
-        print(f"  error: {error}")
-    for error, count in library_errors.most_common():
+    for error in (errors + ours)[:10]:
+        print(f"  error: {error[:200]}")
+    for error, count in library.most_common():
         print(f"  pynetdicom thread died ({count}x): {error}")
     raise SystemExit(1 if crashes or tally.hangs else 0)
 
