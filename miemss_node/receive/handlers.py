@@ -35,11 +35,8 @@ from miemss_node.receive.status import (
     STATUS_SUCCESS,
     STATUS_TOO_LARGE,
 )
-from miemss_node.receive.transport import (
-    ConnectionSlots,
-    release_connection,
-    remove_file,
-)
+from miemss_node.receive.stream import remove_file
+from miemss_node.receive.transport import ConnectionSlots, release_connection
 from miemss_node.storage import (
     StorageLayout,
     free_bytes,

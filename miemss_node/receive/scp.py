@@ -17,7 +17,8 @@ from miemss_node.receive.handlers import (
     handle_echo,
     handle_store,
 )
-from miemss_node.receive.transport import ReceiveLimits, ReceiverServer
+from miemss_node.receive.stream import ReceiveLimits
+from miemss_node.receive.transport import ReceiverServer
 
 if TYPE_CHECKING:
     from miemss_node.config import NodeSettings

@@ -338,7 +338,7 @@ def test_invalid_uids_are_refused_as_received(
     ds = dcmread(CT_SMALL)
     tag = Tag("StudyInstanceUID")
     padded = raw_uid + (b"\x00" if len(raw_uid) % 2 else b"")
-    ds._dict[tag] = RawDataElement(tag, "UI", len(padded), padded, 0, False, True)  # bytes as a sender wrote them
+    ds[tag] = RawDataElement(tag, "UI", len(padded), padded, 0, False, True)  # bytes as a sender wrote them
     answer = store_each([ds], node.port)[0]
     assert answer.Status == STATUS_CANNOT_UNDERSTAND and "StudyInstanceUID" in answer.ErrorComment
     assert stored_rows(node) == []
