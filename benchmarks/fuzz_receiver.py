@@ -62,6 +62,7 @@ class Tally:
         self.outcomes: Counter[str] = Counter()
         self.tried = self.crashes = self.hangs = 0
         self.rss: list[int] = []
+        self.threads: list[int] = []
 
 
 class TimeUp(Exception):
@@ -133,6 +134,12 @@ def fuzz_pdus(port: int, tally: Tally, deadline: float, hang_seconds: float) -> 
         pass
 
 
+def thread_count(pid: int) -> int:
+    """Threads of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
 def sample(tally: Tally) -> None:
     if tally.tried % 50 == 0:
         tally.rss.append(rss_bytes(tally.pid))
@@ -187,6 +194,7 @@ def main() -> None:
         try:
             wait_for_port(port, process=serve)
             tally.rss.append(rss_bytes(serve.pid))
+            tally.threads.append(thread_count(serve.pid))
             started = time.monotonic()
             end = started + args.minutes * 60
             if args.kind in ("pdus", "all"):
@@ -195,7 +203,9 @@ def main() -> None:
                 fuzz_files(port, tally, end, Path(folder), args.seed, args.hang_seconds)
             if not still_serving(port):
                 tally.crashes += 1
+            time.sleep(NETWORK_TIMEOUT * 3)  # let the last connections end before counting threads
             tally.rss.append(rss_bytes(serve.pid))
+            tally.threads.append(thread_count(serve.pid))
         finally:
             serve.send_signal(signal.SIGTERM)
             try:
@@ -209,8 +219,10 @@ def main() -> None:
     mb = [value / 2**20 for value in tally.rss]
     print(f"inputs tried: {tally.tried} in {args.minutes:g} min ({args.kind}); crashes: {crashes}; hangs: {tally.hangs}")
     if mb:
-        warm = mb[min(2, len(mb) - 1)]
-        print(f"serve RSS MB: start {mb[0]:.1f}, after warm-up {warm:.1f}, max {max(mb):.1f}, end {mb[-1]:.1f}")
+        quarters = ", ".join(f"{mb[min(len(mb) - 1, round(q * (len(mb) - 1)))]:.1f}" for q in (0.25, 0.5, 0.75))
+        print(f"serve RSS MB: start {mb[0]:.1f}, after 100 inputs {mb[min(2, len(mb) - 1)]:.1f}, "
+              f"at 1/4, 1/2, 3/4 of the run {quarters}, max {max(mb):.1f}, end {mb[-1]:.1f}; "
+              f"threads: start {tally.threads[0]}, end {tally.threads[-1]}")
     for outcome, count in tally.outcomes.most_common():
         print(f"  {outcome}: {count}")
     for error in (errors + ours)[:10]:

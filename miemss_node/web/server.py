@@ -151,10 +151,14 @@ class HttpServer:
         if self._server is None:
             return
         server, self._server = self._server, None
-        # As webtest's StopableWSGIServer does: closing every channel of the map ends waitress's loop.
-        server.close()
-        for channel in list(self._map.values()):
-            channel.close()
+
+        def close_everything() -> None:
+            # Runs in waitress's loop thread (closing sockets from another thread races its select):
+            # with every channel closed, the listening socket and the trigger included, the loop ends.
+            for channel in list(self._map.values()):
+                channel.close()
+
+        server.trigger.pull_trigger(close_everything)
         server.task_dispatcher.shutdown()
         if self._thread is not None:
             self._thread.join(10)
