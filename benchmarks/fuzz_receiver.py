@@ -181,6 +181,8 @@ def main() -> None:
             f"[node]\nport = {port}\nstorage_dir = 'storage'\nmax_pdu = 16384\n"
             f"network_timeout_seconds = {NETWORK_TIMEOUT}\nacse_timeout_seconds = {NETWORK_TIMEOUT}\n"
             "[worker]\ncount = 0\n[logging]\nlevel = 'WARNING'\n"
+            # serve needs a destination; with no worker, nothing is ever sent to it.
+            f"[[destinations]]\nname = 'pacs'\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = {free_port()}\n"
         )
         log_path = Path(folder) / "serve.log"
         with log_path.open("wb") as log:

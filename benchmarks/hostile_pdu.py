@@ -65,6 +65,8 @@ def main() -> None:
         config.write_text(
             f"[node]\nport = {port}\nstorage_dir = 'storage'\nmax_pdu = 16384\n[worker]\ncount = 0\n"
             "[logging]\nlevel = 'WARNING'\n"
+            # serve needs a destination; with no worker, nothing is ever sent to it.
+            f"[[destinations]]\nname = 'pacs'\nae_title = 'PACS'\nhost = '127.0.0.1'\nport = {free_port()}\n"
         )
         env = {**os.environ, "PYTHONPATH": str(args.repo)}
         serve = subprocess.Popen(

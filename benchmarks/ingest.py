@@ -162,7 +162,11 @@ class Miemss(Peer):
     def start(self, folder: Path) -> int:
         port = free_port()
         config = folder / "config.toml"
-        config.write_text(f"[node]\nport={port}\nstorage_dir='store'\nmax_associations=20\n[worker]\ncount=0\n[logging]\nlevel='WARNING'\n")
+        # serve needs a destination; with no worker nothing is processed, so nothing is ever sent to it.
+        config.write_text(
+            f"[node]\nport={port}\nstorage_dir='store'\nmax_associations=20\n[worker]\ncount=0\n[logging]\nlevel='WARNING'\n"
+            "[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport=11113\n"
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "miemss_node", "serve", "--config", str(config)],
             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

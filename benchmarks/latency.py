@@ -30,8 +30,6 @@ from tests.support.peers import PacsScp, store_datasets  # noqa: E402
 from tests.support.studies import copies_as_new_study  # noqa: E402
 
 
-
-
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a process, in MB; 0 when it is gone."""
     try:

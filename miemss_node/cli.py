@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from miemss_node import __version__
-from miemss_node.config import Config, load_config
+from miemss_node.config import RESULT_TYPES, Config, load_config
 from miemss_node.errors import ConfigError, MiemssError
 from miemss_node.logconfig import configure_logging
 
@@ -46,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MiemssError as exc:
         _print_error(exc, verbose=args.verbose)
         return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: the cause, with the traceback under -v
+        _print_error(exc, verbose=args.verbose)
+        if not args.verbose:
+            print("miemss-node: this is a bug; run with -v for the traceback and report it", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _print_error(exc: BaseException, *, verbose: bool) -> None:
@@ -54,7 +60,8 @@ def _print_error(exc: BaseException, *, verbose: bool) -> None:
     cause: BaseException | None = exc
     prefix = "miemss-node: "
     while cause is not None:
-        print(f"{prefix}{cause}", file=sys.stderr)
+        text = str(cause) if isinstance(cause, MiemssError) else f"{type(cause).__name__}: {cause}"
+        print(f"{prefix}{text}", file=sys.stderr)
         cause, prefix = cause.__cause__, "  caused by: "
 
 
@@ -91,6 +98,14 @@ def _build_parser() -> argparse.ArgumentParser:
     with_config(process)
     process.add_argument("--input", type=Path, required=True, help="PNG/JPEG/DICOM file or a folder of them")
     process.add_argument("--output", type=Path, required=True, help="folder for the outputs")
+    process.add_argument(
+        "--result-types",
+        dest="result_types",
+        type=_result_types,
+        default=None,
+        help="DICOM results to write for a DICOM input, comma-separated, of "
+        f"{','.join(RESULT_TYPES)} (env MIEMSS_RESULT_TYPES; default: all of them)",
+    )
 
     check = command("check-config", _check_config, "validate a config file and print every problem")
     with_config(check, required=True)
@@ -158,15 +173,19 @@ def _load(args: argparse.Namespace, **overrides: object) -> Config:
 
 def _serve(args: argparse.Namespace) -> int:
     from miemss_node.node import Node
+    from miemss_node.preflight import check_ready
 
     config = _load(args, port=args.port, ae_title=args.ae_title)
+    check_ready(config, sends=True)
     return _run_until_signal(Node(config))
 
 
 def _worker(args: argparse.Namespace) -> int:
     from miemss_node.node import Node
+    from miemss_node.preflight import check_ready
 
     config = _load(args)
+    check_ready(config, sends=False)
     return _run_until_signal(Node(config, with_receiver=False, worker_count=args.concurrency))
 
 
@@ -181,7 +200,11 @@ def _run_until_signal(node: Node) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
-    node.start()
+    try:
+        node.start()
+    except BaseException:
+        node.stop()  # whatever had started (a receiver, threads) stops before the error is reported
+        raise
     while not received and not node.wait(0.5):
         pass
     if received:
@@ -190,20 +213,43 @@ def _run_until_signal(node: Node) -> int:
     return EXIT_OK
 
 
+def _result_types(text: str) -> frozenset[str]:
+    """Parse ``--result-types``: comma-separated names of :data:`RESULT_TYPES`."""
+    kinds = frozenset(part.strip().upper() for part in text.split(",") if part.strip())
+    unknown = sorted(kinds - set(RESULT_TYPES))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown result type(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(RESULT_TYPES)}"
+        )
+    return kinds
+
+
 def _process(args: argparse.Namespace) -> int:
+    """Exit 0 when some input was processed; 2 when none was (each refused file named on one line)."""
     from miemss_node.process import process_path
 
     config = _load(args)
+    kinds = args.result_types
+    if kinds is None and os.environ.get("MIEMSS_RESULT_TYPES"):
+        try:
+            kinds = _result_types(os.environ["MIEMSS_RESULT_TYPES"])
+        except argparse.ArgumentTypeError as exc:
+            print(f"miemss-node: MIEMSS_RESULT_TYPES: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if not args.input.exists():
-        print(f"miemss-node: input not found: {args.input}", file=sys.stderr)
+        print(f"miemss-node: {args.input}: input not found", file=sys.stderr)
         return EXIT_USAGE
     from miemss_node.pipeline.models import load_models
 
-    done = process_path(args.input, args.output, config.pipeline, load_models(config.models))
+    done = process_path(args.input, args.output, config.pipeline, load_models(config.models), kinds=kinds)
     for item in done:
-        status = f"refused: {item.error}" if item.error else f"{item.regions} region(s)"
-        print(f"{item.source}: {status} -> {item.output_dir}")
-    return EXIT_FAILURE if all(item.error for item in done) else EXIT_OK
+        if item.error:
+            print(f"miemss-node: {item.source}: {item.error}", file=sys.stderr)
+        else:
+            print(f"{item.source}: {item.regions} region(s) -> {item.output_dir}")
+    if not done:
+        print(f"miemss-node: {args.input}: no file to process", file=sys.stderr)
+    return EXIT_USAGE if all(item.error for item in done) else EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -244,7 +290,10 @@ def _models_fetch(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from miemss_node.preflight import check_ready
+
     config = _load(args)
+    check_ready(config, sends=True)
     print(f"{config.source}: ok")
     print(f"  receiver {config.node.ae_title} on {config.node.host}:{config.node.port}")
     print(f"  storage {config.node.storage_dir}")
@@ -270,12 +319,15 @@ def _conformance(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     from miemss_node.queue import repository
-    from miemss_node.queue.db import create_database_engine, session_factory
+    from miemss_node.queue.db import open_database_read_only, session_factory
 
     config = _load(args)
-    sessions = session_factory(create_database_engine(config.database_url))
-    with sessions() as session:
-        rows = repository.list_jobs(session, limit=args.limit)
+    engine = open_database_read_only(config.database_url)  # reads only: never creates or migrates
+    try:
+        with session_factory(engine)() as session:
+            rows = repository.list_jobs(session, limit=args.limit)
+    finally:
+        engine.dispose()
     print(f"{'job':>5} {'state':<10} {'tries':>5}  study / last error")
     for job, study_uid in rows:
         print(f"{job.id:>5} {job.state.value:<10} {job.attempts:>2}/{job.max_attempts:<2}  {study_uid} v{job.version}")
@@ -323,21 +375,12 @@ def _resend(args: argparse.Namespace) -> int:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from miemss_node.probe import receiver_problem
 
     config = _load(args)
-    ae = AE(ae_title="MIEMSS-HEALTH")
-    ae.add_requested_context(Verification)
-    host = "127.0.0.1" if config.node.host in ("0.0.0.0", "") else config.node.host
-    assoc = ae.associate(host, config.node.port, ae_title=config.node.ae_title)
-    if not assoc.is_established:
-        print(f"unhealthy: no association with {config.node.ae_title}@{host}:{config.node.port}; is `serve` running?")
-        return EXIT_FAILURE
-    status = assoc.send_c_echo()
-    assoc.release()
-    if not ("Status" in status and status.Status == 0):
-        print("unhealthy: C-ECHO did not answer Success")
+    problem = receiver_problem(config)  # the same probe as /healthz
+    if problem is not None:
+        print(f"unhealthy: {problem}")
         return EXIT_FAILURE
     from miemss_node.storage import disk_problem
 

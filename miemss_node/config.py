@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from miemss_node.errors import ConfigError
 from miemss_node.pipeline.base import PipelineSettings
+from miemss_node.result_kinds import (
+    DEFAULT_RESULT_TYPES,
+    DEFAULT_SERIES_NUMBERS,
+    RESULT_KINDS,
+    RESULT_TYPES,
+    series_number_problems,
+)
+
+__all__ = ["DEFAULT_RESULT_TYPES", "RESULT_TYPES", "Config", "ConfigError", "load_config"]
 
 #: Values of ``[logging] format``.
 LOG_FORMATS = ("text", "json")
 
-DENOISE_METHODS = ("vst_wavelet", "jinv_wavelet", "wavelet", "bilateral", "tv", "nlmeans", "none")
-
 #: ``[pipeline] score_scale`` values (see ``pipeline.anomaly``).
 SCORE_SCALES = ("robust", "minmax")
-
-#: Result types a destination can ask for: Segmentation, Structured Report, Secondary Capture,
-#: Parametric Map, Encapsulated PDF, Key Object Selection.
-RESULT_TYPES = ("SEG", "SR", "SC", "PM", "PDF", "KO")
-
-#: What a destination gets when its table names no ``result_types``.
-DEFAULT_RESULT_TYPES = ("SEG", "SR", "SC")
 
 #: Environment variables that override a key of the file: (section, key) -> variable.
 ENV_OVERRIDES: dict[tuple[str, str], str] = {
@@ -108,13 +109,14 @@ class WorkerSettings:
 class ResultSettings:
     """The DICOM results we produce (``[results]``)."""
 
-    seg_series_number: int = 9001
-    sr_series_number: int = 9002
-    sc_series_number: int = 9003
-    pm_series_number: int = 9004
-    pdf_series_number: int = 9005
-    ko_series_number: int = 9006
+    #: (kind, Series Number of its first version) for every kind of :data:`RESULT_KINDS`; the file
+    #: sets them as ``seg_series_number = 9001``, ... (a tuple, so the config pickles to workers).
+    series_numbers: tuple[tuple[str, int], ...] = tuple(DEFAULT_SERIES_NUMBERS.items())
     institution_name: str = ""
+
+    def series_number_map(self) -> dict[str, int]:
+        """Each kind's first-version Series Number."""
+        return dict(self.series_numbers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,10 +305,12 @@ def load_config(
     problems += [f"unknown section [{name}]" for name in sorted(unknown)]
 
     modality_tables = _pop_modality_tables(raw.get("pipeline"), problems)
+    series_numbers = _pop_series_numbers(raw.get("results"), problems)
     sections = {
         name: _build_section(f"[{name}]", cls, raw.get(name, {}), problems) or cls()
         for name, cls in _SECTIONS.items()
     }
+    sections["results"] = replace(sections["results"], series_numbers=series_numbers)
     sections["pipeline"] = _with_modalities(sections["pipeline"], modality_tables, base_dir, problems)
     destinations = _build_destinations(raw.get("destinations", []), problems)
     node: NodeSettings = sections["node"]
@@ -413,7 +417,7 @@ def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, 
 
 
 def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
-    resolved = {
+    resolved: dict[str, Any] = {
         name: str(base_dir / value) if value and not Path(value).is_absolute() else value
         for name in ("certificate", "private_key", "ca_certificates")
         if (value := getattr(tls, name)) is not None
@@ -422,7 +426,7 @@ def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
 
 
 def _resolve_models(models: ModelSettings, base_dir: Path) -> ModelSettings:
-    resolved = {
+    resolved: dict[str, Any] = {
         name: str((base_dir / value).resolve())
         for name in ("vit", "blip")
         if (value := getattr(models, name))
@@ -479,11 +483,7 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
     _validate_pipeline(sections["pipeline"], problems)
 
     results: ResultSettings = sections["results"]
-    series = {name: getattr(results, name) for name in _SERIES_NUMBERS}
-    for name, number in series.items():
-        _check_positive(f"[results] {name}", number, problems)
-    if len(set(series.values())) != len(series):
-        problems.append(f"[results] the series numbers must differ: {', '.join(_SERIES_NUMBERS)}")
+    problems += [f"[results] {problem}" for problem in series_number_problems(results.series_number_map())]
     if len(results.institution_name) > 64:
         problems.append("[results] institution_name must be at most 64 characters (VR LO)")
 
@@ -557,16 +557,6 @@ def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], probl
             problems.append(f"[tls] {name} {value!r} is not a file")
 
 
-#: Series number keys of ``[results]``, one per result type.
-_SERIES_NUMBERS = (
-    "seg_series_number",
-    "sr_series_number",
-    "sc_series_number",
-    "pm_series_number",
-    "pdf_series_number",
-    "ko_series_number",
-)
-
 #: Range of ``[node] max_pdu`` (PS3.8 D.1: 0 would announce "no limit", which we refuse).
 MIN_PDU, MAX_PDU = 4096, 1 << 24
 
@@ -599,8 +589,10 @@ def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: s
 
 
 def _validate_pipeline_values(pipeline: PipelineSettings, problems: list[str], label: str) -> None:
-    if pipeline.denoise_method not in DENOISE_METHODS:
-        problems.append(f"{label} denoise_method {pipeline.denoise_method!r} is not one of {DENOISE_METHODS}")
+    if pipeline.denoise_method != PipelineSettings.denoise_method:
+        methods = denoise_methods()
+        if pipeline.denoise_method not in methods:
+            problems.append(f"{label} denoise_method {pipeline.denoise_method!r} is not one of {methods}")
     if not 0.0 < pipeline.threshold < 1.0:
         problems.append(f"{label} threshold must be between 0 and 1")
     for name in ("analysis_max_side", "patch_size", "n_estimators"):
@@ -618,6 +610,36 @@ def _validate_pipeline_values(pipeline: PipelineSettings, problems: list[str], l
             f"{label} reference_model {pipeline.reference_model} does not exist: make one with "
             "`miemss-node reference fit DIR --output FILE`, or set reference_model = \"\""
         )
+
+
+def denoise_methods() -> tuple[str, ...]:
+    """The ``denoise_method`` values: the enhance stage's methods (``pipeline.enhance.METHODS``).
+
+    Imported only when a config names a method other than the default, because the enhance stage
+    imports scikit-image (0.7 s), which ``healthcheck`` and ``check-config`` should not wait for.
+    """
+    from miemss_node.pipeline.enhance import METHODS
+
+    return tuple(METHODS)
+
+
+def _pop_series_numbers(results_table: Any, problems: list[str]) -> tuple[tuple[str, int], ...]:
+    """Take the ``<kind>_series_number`` keys out of ``[results]``: one per kind of :data:`RESULT_KINDS`."""
+    numbers = dict(DEFAULT_SERIES_NUMBERS)
+    if not isinstance(results_table, dict):
+        return tuple(numbers.items())
+    if "series_numbers" in results_table:
+        del results_table["series_numbers"]
+        problems.append("[results] unknown key 'series_numbers' (use seg_series_number = 9001, ...)")
+    for kind in RESULT_KINDS:
+        if kind.series_number_key not in results_table:
+            continue
+        value = results_table.pop(kind.series_number_key)
+        if _coerce(value, "int") is _INVALID:
+            problems.append(f"[results] {kind.series_number_key} = {value!r}: expected int")
+            continue
+        numbers[kind.name] = value
+    return tuple(numbers.items())
 
 
 def _pop_modality_tables(pipeline_table: Any, problems: list[str]) -> dict[str, Any]:

@@ -18,15 +18,7 @@ from types import ModuleType
 
 import pydicom
 import pynetdicom
-from pydicom.uid import (
-    UID,
-    Comprehensive3DSRStorage,
-    EncapsulatedPDFStorage,
-    KeyObjectSelectionDocumentStorage,
-    ParametricMapStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
@@ -36,6 +28,7 @@ from miemss_node.config import RESULT_TYPES, Config
 from miemss_node.queue.retry import RetryPolicy
 from miemss_node.receive import status as receive_status
 from miemss_node.receive.scp import CONNECTIONS_PER_ASSOCIATION, build_receiver_ae
+from miemss_node.result_kinds import RESULT_KINDS
 from miemss_node.send import (
     PROPOSED_TRANSFER_SYNTAXES,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
@@ -44,16 +37,9 @@ from miemss_node.send import (
     classify_status,
 )
 
-#: The SOP class of each result type (:data:`miemss_node.config.RESULT_TYPES`); a test checks these
-#: against what :func:`~miemss_node.encode.encode_study` builds.
-RESULT_SOP_CLASSES: dict[str, UID] = {
-    "SEG": SegmentationStorage,
-    "SC": SecondaryCaptureImageStorage,
-    "PM": ParametricMapStorage,
-    "SR": Comprehensive3DSRStorage,
-    "PDF": EncapsulatedPDFStorage,
-    "KO": KeyObjectSelectionDocumentStorage,
-}
+#: The SOP class of each result type (:data:`miemss_node.result_kinds.RESULT_KINDS`); a test checks
+#: these against what :func:`~miemss_node.encode.encode_study` builds.
+RESULT_SOP_CLASSES: dict[str, UID] = {kind.name: UID(kind.sop_class_uid) for kind in RESULT_KINDS}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,16 @@ class MiemssError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line naming an exception and its causes: ``EncodeError: ... (caused by ValueError: ...)``."""
+    parts: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(parts) < 5:
+        parts.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__
+    return " (caused by ".join(parts) + ")" * (len(parts) - 1)
+
+
 class ConfigError(MiemssError):
     """The configuration is invalid: fix every listed problem and run `miemss-node check-config`."""
 
@@ -24,6 +34,18 @@ class ConfigError(MiemssError):
 
 class StorageError(MiemssError):
     """An instance could not be persisted: check that the storage folder is writable and has space."""
+
+
+class OutOfSpaceError(StorageError):
+    """The storage folder's disk is below ``[node] min_free_disk_mb`` free: free some space.
+
+    Work that needs the disk waits and resumes by itself once there is room; nothing is lost.
+    """
+
+    def __init__(self, message: str | None = None, *, free_bytes: int | None = None) -> None:
+        #: Free bytes on the disk when this was raised, None when unknown (ENOSPC from the OS).
+        self.free_bytes = free_bytes
+        super().__init__(message)
 
 
 class DecodeError(MiemssError):

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -54,6 +54,32 @@ class _RedactLibraryText(logging.Filter):
         return True
 
 
+#: The logger of pydicom's pixel decoding (``pydicom/pixels/decoders/base.py``), pydicom 3.
+PIXEL_DECODER_LOGGER = "pydicom.pixels.decoders.base"
+
+
+class _DecoderFallbackToDebug(logging.Filter):
+    """Log a pixel decoder that failed before another one was tried at DEBUG, not ERROR.
+
+    pydicom tries its decoding plugins in turn (GDCM first, which cannot read 12-bit JPEG Extended)
+    and logs each failure with ``LOGGER.exception``, although the next plugin may well succeed.
+    Whether the image could be decoded at all is our decode stage's to say (``DecodeError``): the
+    worker logs an image that nothing decodes at ERROR, ``process`` names it and exits 2.
+    """
+
+    def __init__(self, *, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.funcName != "_decode_frame" or record.levelno < logging.ERROR:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.action = "decode.plugin_fallback"
+        record.msg, record.args = "a pixel decoder failed; the next one is tried: %s", (record.msg,)
+        return self.verbose
+
+
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -67,7 +93,7 @@ class JsonLinesFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "action": getattr(record, "action", record.name),
             "logger": record.name,
@@ -114,4 +140,8 @@ def configure_logging(level: str = "INFO", *, verbose: bool = False, log_format:
     ours.setLevel("DEBUG" if verbose else level.upper())
     # pynetdicom logs dataset dumps at DEBUG/INFO (patient data): keep it at WARNING unless -v.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if verbose else logging.WARNING)
+    pydicom_logger = logging.getLogger(PIXEL_DECODER_LOGGER)
+    for old in [f for f in pydicom_logger.filters if isinstance(f, _DecoderFallbackToDebug)]:
+        pydicom_logger.removeFilter(old)
+    pydicom_logger.addFilter(_DecoderFallbackToDebug(verbose=verbose))
     logging.captureWarnings(True)

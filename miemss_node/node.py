@@ -6,18 +6,21 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from miemss_node.config import Config
+from miemss_node.encode.templates import load_templates
+from miemss_node.errors import ConfigError
 from miemss_node.pipeline.models import NO_MODELS, load_models
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.receive.handlers import InstanceStore
 from miemss_node.receive.scp import start_receiver, stop_receiver
 from miemss_node.retention import Janitor
-from miemss_node.send import Sender
+from miemss_node.send import Sender, refuse_unconfigured_deliveries
 from miemss_node.settle import Settler
 from miemss_node.storage import disk_problem
 from miemss_node.tls import server_context
@@ -25,13 +28,15 @@ from miemss_node.worker import Worker
 
 if TYPE_CHECKING:
     from miemss_node.receive.transport import ReceiverServer
-
     from miemss_node.web.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
 WORKER_RESTART_SECONDS = 5.0
 """How often ``serve`` checks its worker processes, and so the pause before restarting a dead one."""
+
+UNCONFIGURED_CHECK_SECONDS = 60.0
+"""How often ``serve`` fails deliveries to destinations that were removed from the config."""
 
 
 class Node:
@@ -70,9 +75,14 @@ class Node:
         # Once per process, before anything starts: building a ViT/BLIP takes seconds, and a model
         # that cannot be loaded stops the start here (a ModelError naming the fix).
         models = load_models(self.config.models) if in_process else NO_MODELS
-        # Received images are patient data: only the node's user may read them.
-        self.config.node.storage_dir.mkdir(parents=True, exist_ok=True)
-        self.config.node.storage_dir.chmod(0o700)
+        load_templates()  # checked once, before anything runs: a broken template stops the start here
+        storage = self.config.node.storage_dir
+        try:
+            # Received images are patient data: only the node's user may read them.
+            storage.mkdir(parents=True, exist_ok=True)
+            storage.chmod(0o700)
+        except OSError as exc:
+            raise ConfigError([f"[node] storage_dir {storage}: {exc.strerror or exc}"]) from exc
         if self.with_receiver:
             store = InstanceStore(
                 self.config.node.storage_dir,
@@ -80,18 +90,10 @@ class Node:
                 min_free_bytes=self.config.node.min_free_disk_mb * 2**20,
                 max_instance_bytes=self.config.node.max_instance_mb * 2**20,
             )
-            self.server = start_receiver(self.config.node, store, server_context(self.config.tls))
+            self.server = self._start_receiver(store)
             settler = Settler(self.sessions, self.config.study, self.config.worker)
             self._spawn("settler", settler.run_once, min(1.0, max(self.config.study.settle_seconds / 4, 0.05)))
-            sender = Sender(
-                self.sessions,
-                self.config.node.storage_dir,
-                self.config.destinations,
-                self.config.delivery,
-                self.config.node.ae_title,
-                tls=self.config.tls,
-            )
-            self._spawn("sender", sender.run_once, self.config.delivery.poll_seconds)
+            self._start_senders()
             janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
             self._spawn("retention", janitor.run_once, 600.0)
             if self.config.http.port:
@@ -105,6 +107,38 @@ class Node:
         for index in range(self.worker_count):
             worker = Worker(self.sessions, self.config, models)
             self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
+
+    def _start_receiver(self, store: InstanceStore) -> ReceiverServer:
+        node = self.config.node
+        try:
+            context = server_context(self.config.tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"[tls] certificate/private_key cannot be loaded: {exc}"]) from exc
+        try:
+            return start_receiver(node, store, context)
+        except OSError as exc:
+            raise ConfigError(
+                [f"[node] cannot listen on {node.host}:{node.port} ({exc.strerror or exc}); is another node running there?"]
+            ) from exc
+
+    def _start_senders(self) -> None:
+        """One sender thread per destination, so a destination that hangs delays only its own results."""
+        for destination in self.config.destinations:
+            sender = Sender(
+                self.sessions,
+                self.config.node.storage_dir,
+                destination,
+                self.config.delivery,
+                self.config.node.ae_title,
+                tls=self.config.tls,
+            )
+            self._spawn(f"sender-{destination.name}", sender.run_once, self.config.delivery.poll_seconds)
+        destinations = self.config.destinations
+        self._spawn(
+            "sender-unconfigured",
+            lambda: refuse_unconfigured_deliveries(self.sessions, destinations),
+            UNCONFIGURED_CHECK_SECONDS,
+        )
 
     def _start_child(self, index: int) -> BaseProcess:
         child = multiprocessing.get_context("spawn").Process(
@@ -146,17 +180,12 @@ class Node:
         self.http.start()
 
     def receiver_problem(self) -> str | None:
-        """None when the receiver answers (a C-ECHO; with TLS, its socket is open), else why not."""
-        from miemss_node.web.health import echo_problem
+        """None when the receiver answers the health probe (as ``healthcheck`` runs it), else why not."""
+        from miemss_node.probe import receiver_problem
 
-        server = self.server
-        if server is None:
+        if self.server is None:
             return "the receiver is not running"
-        if self.config.tls.enabled:
-            # The probe has no client certificate for a TLS receiver: check the listening socket.
-            listening = server.socket is not None and server.socket.fileno() != -1
-            return None if listening else "the receiver's socket is closed"
-        return echo_problem(self.config.node.host, self.port, self.config.node.ae_title)
+        return receiver_problem(self.config, port=self.port)
 
     def disk_problem(self) -> str | None:
         """None when the storage disk has at least ``min_free_disk_mb`` free, else what is wrong."""

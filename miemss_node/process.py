@@ -10,17 +10,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from miemss_node.encode.context import DEFAULT_TEMPLATES_DIR
+from miemss_node.encode.context import KINDS
 from miemss_node.encode.overlay import render_analysis_overlay
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import CaptureTemplate, load_templates
-from miemss_node.errors import DecodeError
+from miemss_node.errors import DecodeError, MiemssError
 from miemss_node.pipeline.base import ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.caption import study_caption
-from miemss_node.pipeline.decode import decode_image_file, is_image_dataset, read_dicom_file
+from miemss_node.pipeline.decode import (
+    decode_image_file,
+    is_image_dataset,
+    read_dicom_file,
+)
 from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset, analyse_image
+from miemss_node.pipeline.score import study_abnormality_score
 
 logger = logging.getLogger(__name__)
 
@@ -38,31 +43,44 @@ class ProcessedFile:
 
 
 def process_path(
-    input_path: Path, output_dir: Path, settings: PipelineSettings, models: ModelSet = NO_MODELS
+    input_path: Path,
+    output_dir: Path,
+    settings: PipelineSettings,
+    models: ModelSet = NO_MODELS,
+    *,
+    kinds: frozenset[str] | None = None,
 ) -> list[ProcessedFile]:
     """Process a file, or every file under a folder, writing one output folder per input.
 
-    ``models`` are loaded once by the caller (``[models]`` of ``--config``) and used for every file.
+    ``models`` are loaded once by the caller (``[models]`` of ``--config``) and used for every file;
+    ``kinds`` are the DICOM results written for a DICOM input (None: every kind).
     """
     files = sorted(p for p in input_path.rglob("*") if p.is_file()) if input_path.is_dir() else [input_path]
     done = []
     for path in files:
         target = output_dir / path.stem if input_path.is_dir() else output_dir
         try:
-            done.append(process_file(path, target, settings, models))
-        except DecodeError as exc:
-            logger.warning("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
-            done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=str(exc)))
+            done.append(process_file(path, target, settings, models, kinds=kinds))
+        except MiemssError as exc:
+            # The caller names the file and the reason (``process`` prints one line per file).
+            logger.debug("%s not processed: %s", path.name, exc, extra={"action": "process.skipped"})
+            done.append(ProcessedFile(source=path, output_dir=target, regions=0, error=_one_line(exc)))
     return done
 
 
 def process_file(
-    path: Path, output_dir: Path, settings: PipelineSettings, models: ModelSet = NO_MODELS
+    path: Path,
+    output_dir: Path,
+    settings: PipelineSettings,
+    models: ModelSet = NO_MODELS,
+    *,
+    kinds: frozenset[str] | None = None,
 ) -> ProcessedFile:
     """Run the pipeline on one PNG/JPEG or DICOM file and write its outputs.
 
     With a ViT, ``attention.png`` holds its attention rollout; ``report.txt`` names the models
-    that ran (or says none did).
+    that ran (or says none did). A DICOM input also gets the DICOM results named by ``kinds``
+    (None: every kind, ``encode.context.KINDS``), as ``<KIND>_<SOP Instance UID>.dcm``.
 
     Raises
     ------
@@ -79,18 +97,27 @@ def process_file(
             raise DecodeError(f"{path.name} is not an image (SOP class {source.get('SOPClassUID', '?')})")
         analyses = analyse_dataset(source, settings, models)
     report = build_report(analyses, caption=study_caption(analyses), models=models.runs)
-    capture = load_templates(DEFAULT_TEMPLATES_DIR).capture
+    capture = load_templates().capture
     for index, analysis in enumerate(analyses, start=1):
         suffix = "" if len(analyses) == 1 else f"_frame{index:03d}"
         _write_images(analysis, capture, output_dir, suffix)
     (output_dir / "report.txt").write_text(report.text + "\n", encoding="utf-8")
     (output_dir / "findings.json").write_text(json.dumps(_findings(analyses), indent=2) + "\n", encoding="utf-8")
     if source is not None:
-        context = EncodeContext(job_key=f"process/{source.get('SOPInstanceUID', path.name)}", models=report.models)
+        context = EncodeContext(
+            job_key=f"process/{source.get('SOPInstanceUID', path.name)}",
+            models=report.models,
+            kinds=frozenset(KINDS) if kinds is None else kinds,
+        )
         for item in encode_study([source], analyses, report, context):
             item.dataset.save_as(output_dir / f"{item.kind}_{item.dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
     regions = sum(len(a.region_map.regions) for a in analyses)
     return ProcessedFile(source=path, output_dir=output_dir, regions=regions)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The reason on one line (our errors' messages already say what went wrong and where)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _write_images(analysis: ImageAnalysis, capture: CaptureTemplate, output_dir: Path, suffix: str) -> None:
@@ -109,30 +136,40 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
-def _findings(analyses: list[ImageAnalysis]) -> list[dict[str, object]]:
-    return [
-        {
-            "sop_instance_uid": a.decoded.sop_instance_uid,
-            "frame_number": a.decoded.frame_number,
-            "rows": int(a.decoded.pixels.shape[0]),
-            "columns": int(a.decoded.pixels.shape[1]),
-            "pixel_spacing_mm": a.decoded.pixel_spacing_mm,
-            "stage_seconds": {k: round(v, 4) for k, v in a.stage_seconds.items()},
-            "findings": list(a.findings),
-            "caption": a.caption,
-            "regions": [
-                {
-                    "label": r.label,
-                    "location": r.location,
-                    "area_px": r.area_px,
-                    "area_mm2": r.area_mm2,
-                    "centroid": list(r.centroid),
-                    "bbox": list(r.bbox),
-                    "mean_score": r.mean_score,
-                    "max_score": r.max_score,
-                }
-                for r in a.region_map.regions
-            ],
-        }
-        for a in analyses
-    ]
+def _findings(analyses: list[ImageAnalysis]) -> dict[str, object]:
+    """``findings.json``: the study's abnormality score, and per image its measures and regions."""
+    return {
+        "abnormality_score": round(study_abnormality_score(analyses), 4),
+        "images": [_image_findings(analysis) for analysis in analyses],
+    }
+
+
+def _image_findings(a: ImageAnalysis) -> dict[str, object]:
+    return {
+        "sop_instance_uid": a.decoded.sop_instance_uid,
+        "frame_number": a.decoded.frame_number,
+        "rows": int(a.decoded.pixels.shape[0]),
+        "columns": int(a.decoded.pixels.shape[1]),
+        "pixel_spacing_mm": a.decoded.pixel_spacing_mm,
+        "abnormality_score": round(float(a.abnormality_score), 4),
+        "devices": [] if a.anatomy is None else list(a.anatomy.devices),
+        "stage_seconds": {k: round(v, 4) for k, v in a.stage_seconds.items()},
+        "findings": list(a.findings),
+        "caption": a.caption,
+        "regions": [
+            {
+                "label": r.label,
+                "location": r.location,
+                "side": r.side,
+                "zone": r.zone,
+                "kind": r.kind,
+                "area_px": r.area_px,
+                "area_mm2": r.area_mm2,
+                "centroid": list(r.centroid),
+                "bbox": list(r.bbox),
+                "mean_score": r.mean_score,
+                "max_score": r.max_score,
+            }
+            for r in a.region_map.regions
+        ],
+    }

@@ -9,20 +9,25 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import DeliverySettings, Destination, TlsSettings
+from miemss_node.errors import describe_error
 from miemss_node.metrics import DELIVERIES
 from miemss_node.queue import repository
-from miemss_node.queue.retry import RetryPolicy
+from miemss_node.queue.lease import LeaseKeeper, lease_owner_id
+from miemss_node.queue.models import DeliveryState
+from miemss_node.queue.retry import PROGRAMMING_ERRORS, RetryDecision, RetryPolicy
 from miemss_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -75,10 +80,18 @@ def send_files(
     calling_aet: str,
     timeout_seconds: float,
     ssl_context: ssl.SSLContext | None = None,
+    on_stored: Callable[[int], bool] | None = None,
 ) -> SendReport:
     """Send DICOM files in one association (over TLS when ``ssl_context`` is given).
 
-    Stops at the first object not delivered.
+    Stops at the first object not delivered. ``on_stored(index)`` is called after the destination
+    stored ``paths[index]``; when it returns False (the delivery's lease was lost), sending stops
+    and the report says RETRY.
+
+    Raises
+    ------
+    pydicom.errors.InvalidDicomError, OSError
+        When a file cannot be read; the caller's error boundary records it.
     """
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_aet)
@@ -90,47 +103,67 @@ def send_files(
     if not assoc.is_established:
         return SendReport(outcome=SendOutcome.RETRY, status=None, detail="association not established")
     try:
-        for ds in datasets:
-            response = assoc.send_c_store(ds)
-            status = int(response.Status) if "Status" in response else None
-            outcome = classify_status(status)
-            if status is not None and 0xB000 <= status <= 0xBFFF:
-                logger.warning(
-                    "%s stored %s with warning 0x%04X",
-                    destination.name,
-                    ds.SOPInstanceUID,
-                    status,
-                    extra={"action": "send.warning", "destination": destination.name},
-                )
-            if outcome is not SendOutcome.DELIVERED:
-                what = "no response" if status is None else f"status 0x{status:04X}"
-                return SendReport(outcome=outcome, status=status, detail=f"{ds.SOPInstanceUID}: {what}")
+        for index, ds in enumerate(datasets):
+            report = _store_one(assoc.send_c_store(ds), ds, destination)
+            if report is not None:
+                return report
+            if on_stored is not None and not on_stored(index):
+                return SendReport(outcome=SendOutcome.RETRY, status=None, detail="lease lost to another sender")
     finally:
         if assoc.is_established:
             assoc.release()
     return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
 
 
+def _store_one(response: Dataset, ds: Dataset, destination: Destination) -> SendReport | None:
+    """None when the destination stored ``ds``, else the report that stops the send."""
+    status = int(response.Status) if "Status" in response else None
+    if status is not None and 0xB000 <= status <= 0xBFFF:
+        logger.warning(
+            "%s stored %s with warning 0x%04X",
+            destination.name,
+            ds.SOPInstanceUID,
+            status,
+            extra={"action": "send.warning", "destination": destination.name},
+        )
+    if classify_status(status) is SendOutcome.DELIVERED:
+        return None
+    what = "no response" if status is None else f"status 0x{status:04X}"
+    return SendReport(outcome=classify_status(status), status=status, detail=f"{ds.SOPInstanceUID}: {what}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeliveryWork:
-    """A claimed delivery and the result files it sends."""
+    """A claimed delivery and the result files it still has to send."""
 
     delivery_id: int
     job_id: int
     destination: str
     attempts: int
     created_at: datetime
-    paths: list[str]
+    #: (result id, path under the storage folder) of each result not yet acknowledged.
+    results: list[tuple[int, str]]
+
+
+#: Send errors that fail the delivery at once: a result file that is not DICOM stays so, and so
+#: does a bug in our code. Everything else (network, disk) is retried up to ``max_attempts``.
+PERMANENT_SEND_ERRORS: tuple[type[BaseException], ...] = (InvalidDicomError, *PROGRAMMING_ERRORS)
 
 
 class Sender:
-    """Delivers encoded jobs' results, retrying with backoff while a destination is down."""
+    """Delivers encoded jobs' results to one destination, retrying with backoff while it is down.
+
+    ``serve`` runs one sender per destination, each in its own thread, so a destination that hangs
+    delays only its own deliveries. A delivery is claimed with a lease that is renewed while its
+    objects are sent, and every acknowledged object is recorded, so no other sender (on this node
+    or another sharing the database) sends the same object again.
+    """
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         storage_dir: Path,
-        destinations: tuple[Destination, ...],
+        destination: Destination,
         settings: DeliverySettings,
         calling_aet: str,
         *,
@@ -138,21 +171,27 @@ class Sender:
     ) -> None:
         self.sessions = sessions
         self.storage_dir = storage_dir
-        self.destinations = {destination.name: destination for destination in destinations}
+        self.destination = destination
         self.settings = settings
         self.calling_aet = calling_aet
         self.tls = tls or TlsSettings()
+        self.owner = lease_owner_id()
+        #: The lease of a delivery being sent: renewed every third of it (and at every object).
+        self.lease_seconds = settings.timeout_seconds * 4
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             backoff_seconds=settings.backoff_seconds,
             max_backoff_seconds=settings.max_backoff_seconds,
+            permanent=PERMANENT_SEND_ERRORS,
         )
 
     def run_once(self) -> int:
-        """Send every due delivery once; returns how many were attempted."""
-        hold = self.settings.timeout_seconds * 4
+        """Send every due delivery to this destination once; returns how many were attempted."""
+        name = self.destination.name
         with self.sessions.begin() as session:
-            due = repository.claim_due_deliveries(session, now=utcnow(), hold_seconds=hold)
+            due = repository.claim_due_deliveries(
+                session, owner=self.owner, lease_seconds=self.lease_seconds, now=utcnow(), destination=name
+            )
             work = [
                 DeliveryWork(
                     delivery_id=d.id,
@@ -160,8 +199,8 @@ class Sender:
                     destination=d.destination,
                     attempts=d.attempts,
                     created_at=d.created_at,
-                    paths=[
-                        r.path for r in repository.job_results(session, d.job_id) if self._takes(d.destination, r.kind)
+                    results=[
+                        (r.id, r.path) for r in repository.unsent_results(session, d) if self._takes(r.kind)
                     ],
                 )
                 for d in due
@@ -170,58 +209,148 @@ class Sender:
             self._deliver(item)
         return len(work)
 
-    def _takes(self, name: str, kind: str) -> bool:
-        """Whether destination ``name`` gets results of ``kind`` (an unknown one is refused later)."""
-        destination = self.destinations.get(name)
-        return destination is None or kind in destination.result_types
+    def _takes(self, kind: str) -> bool:
+        """Whether this destination gets results of ``kind``."""
+        return kind in self.destination.result_types
 
     def _deliver(self, item: DeliveryWork) -> None:
-        name = item.destination
-        destination = self.destinations.get(name)
-        if destination is None:
-            report = SendReport(outcome=SendOutcome.REFUSED, status=None, detail=f"destination {name!r} not configured")
-        elif not item.paths:
-            # Its result types changed since the job was encoded, and the job has none of them.
-            types = ", ".join(destination.result_types)
-            detail = f"0 object(s): no result of type {types}"
-            report = SendReport(outcome=SendOutcome.DELIVERED, status=None, detail=detail)
-        else:
-            try:
+        """Send one delivery: the sender's error boundary (any exception is recorded as the attempt's outcome)."""
+        if not item.results:
+            # Everything was acknowledged already, or its result types changed since the job was
+            # encoded and the job has none of them.
+            types = ", ".join(self.destination.result_types)
+            report = SendReport(outcome=SendOutcome.DELIVERED, status=None, detail=f"nothing (left) of type {types}")
+            self._record(item, report, None)
+            return
+        keeper = LeaseKeeper(
+            lambda: self._renew(item.delivery_id), self.lease_seconds / 3, name=f"lease of delivery {item.delivery_id}"
+        )
+        try:
+            with keeper:
                 report = send_files(
-                    [self.storage_dir / path for path in item.paths],
-                    destination,
+                    [self.storage_dir / path for _, path in item.results],
+                    self.destination,
                     calling_aet=self.calling_aet,
                     timeout_seconds=self.settings.timeout_seconds,
-                    ssl_context=client_context(self.tls) if destination.tls else None,
+                    ssl_context=client_context(self.tls) if self.destination.tls else None,
+                    on_stored=lambda index: not keeper.lost and self._sent(item, item.results[index][0]),
                 )
-            except (OSError, RuntimeError, ValueError) as exc:
-                report = SendReport(outcome=SendOutcome.RETRY, status=None, detail=f"{type(exc).__name__}: {exc}")
-        self._record(item, report)
+        except Exception as exc:  # noqa: BLE001 - the delivery's error boundary: recorded, then the policy decides
+            self._record(item, None, exc)
+            return
+        self._record(item, report, None)
 
-    def _record(self, item: DeliveryWork, report: SendReport) -> None:
+    def _renew(self, delivery_id: int) -> bool:
+        with self.sessions.begin() as session:
+            return repository.renew_delivery_lease(
+                session, delivery_id=delivery_id, owner=self.owner, lease_seconds=self.lease_seconds, now=utcnow()
+            )
+
+    def _sent(self, item: DeliveryWork, result_id: int) -> bool:
+        """Record one acknowledged object and renew the lease; False when the lease was lost."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            held = repository.record_object_sent(
+                session, delivery_id=item.delivery_id, result_id=result_id, owner=self.owner, now=now
+            )
+            return held and repository.renew_delivery_lease(
+                session, delivery_id=item.delivery_id, owner=self.owner, lease_seconds=self.lease_seconds, now=now
+            )
+
+    def _decide(self, attempt: int, report: SendReport, error: BaseException | None) -> RetryDecision:
+        """Retry or not: the policy classifies an exception; a refusal or a delivery ends the delivery."""
+        if error is not None:
+            return self.policy.decide(error, attempt)
+        if report.outcome is not SendOutcome.RETRY:
+            return RetryDecision.GIVE_UP
+        return RetryDecision.RETRY if self.policy.should_retry(attempt) else RetryDecision.GIVE_UP
+
+    def _record(self, item: DeliveryWork, report: SendReport | None, error: BaseException | None) -> None:
         now = utcnow()
         attempt, job_id, name = item.attempts + 1, item.job_id, item.destination
+        if report is None:
+            report = SendReport(outcome=SendOutcome.RETRY, status=None, detail=describe_error(error or RuntimeError()))
+        decision = self._decide(attempt, report, error)
         retry_at = None
         young = now - item.created_at < timedelta(hours=self.settings.max_age_hours)
-        if report.outcome is SendOutcome.RETRY and self.policy.should_retry(attempt) and young:
+        if decision is RetryDecision.RETRY and young:
             retry_at = now + timedelta(seconds=self.policy.delay(attempt))
-        elif report.outcome is SendOutcome.RETRY and not young:
+        elif decision is RetryDecision.RETRY:
             report = replace(report, detail=f"{report.detail}; gave up after {self.settings.max_age_hours:g} h")
+        delivered = report.outcome is SendOutcome.DELIVERED and error is None
         with self.sessions.begin() as session:
             state = repository.record_delivery_outcome(
                 session,
                 delivery_id=item.delivery_id,
-                delivered=report.outcome is SendOutcome.DELIVERED,
+                delivered=delivered,
                 retry_at=retry_at,
                 status=report.status,
-                error=None if report.outcome is SendOutcome.DELIVERED else report.detail,
+                error=None if delivered else report.detail,
+                now=now,
+                owner=self.owner,
+            )
+        extra = {"job_id": job_id, "destination": name, "attempt": attempt}
+        if state is None:
+            logger.warning(
+                "job %d to %s: the delivery's lease was lost to another sender; it records the outcome",
+                job_id,
+                name,
+                extra={"action": "send.lease_lost", **extra},
+            )
+            return
+        _log_outcome(state, report, job_id, name, extra, retry_at is not None, error)
+
+
+def _log_outcome(
+    state: DeliveryState,
+    report: SendReport,
+    job_id: int,
+    name: str,
+    extra: dict[str, object],
+    will_retry: bool,
+    error: BaseException | None,
+) -> None:
+    extra = {"action": f"send.{state.value}", **extra}
+    DELIVERIES.labels(destination=name, outcome=state.value).inc()
+    if state is DeliveryState.DELIVERED:
+        logger.info("job %d delivered to %s: %s", job_id, name, report.detail, extra=extra)
+    elif will_retry:
+        logger.info("job %d to %s will retry: %s", job_id, name, report.detail, extra=extra)
+    else:
+        logger.error(
+            "job %d to %s failed: %s (kept on disk; use resend)",
+            job_id,
+            name,
+            report.detail,
+            extra=extra,
+            exc_info=error,
+        )
+
+
+def refuse_unconfigured_deliveries(sessions: sessionmaker[Session], configured: tuple[Destination, ...]) -> int:
+    """Fail pending deliveries to destinations no longer in the config (``resend`` once it is back).
+
+    Returns how many were failed.
+    """
+    names = [destination.name for destination in configured]
+    now = utcnow()
+    with sessions.begin() as session:
+        orphans = repository.unconfigured_deliveries(session, configured=names)
+        for delivery in orphans:
+            repository.record_delivery_outcome(
+                session,
+                delivery_id=delivery.id,
+                delivered=False,
+                retry_at=None,
+                status=None,
+                error=f"destination {delivery.destination!r} not configured",
                 now=now,
             )
-        extra = {"action": f"send.{state.value}", "job_id": job_id, "destination": name, "attempt": attempt}
-        DELIVERIES.labels(destination=name, outcome=state.value).inc()
-        if report.outcome is SendOutcome.DELIVERED:
-            logger.info("job %d delivered to %s: %s", job_id, name, report.detail, extra=extra)
-        elif retry_at is not None:
-            logger.info("job %d to %s will retry: %s", job_id, name, report.detail, extra=extra)
-        else:
-            logger.error("job %d to %s failed: %s (kept on disk; use resend)", job_id, name, report.detail, extra=extra)
+    for delivery in orphans:
+        logger.error(
+            "job %d to %s failed: destination not configured (kept on disk; add it and use resend)",
+            delivery.job_id,
+            delivery.destination,
+            extra={"action": "send.failed", "job_id": delivery.job_id, "destination": delivery.destination},
+        )
+    return len(orphans)

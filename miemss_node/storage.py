@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from miemss_node.errors import StorageError
+from miemss_node.errors import OutOfSpaceError, StorageError
 
 INSTANCES = "instances"
 RESULTS = "results"
@@ -137,8 +137,10 @@ def write_atomically(target: Path, data: bytes | memoryview) -> None:
 
     Raises
     ------
+    OutOfSpaceError
+        When the disk is full.
     StorageError
-        When the folder cannot be created or the disk refuses the write.
+        When the folder cannot be created or the disk refuses the write otherwise.
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ def write_atomically(target: Path, data: bytes | memoryview) -> None:
             raise
         _fsync_directory(target.parent)
     except OSError as exc:
-        raise StorageError(f"cannot write {target.name}: {exc.strerror or exc}") from exc
+        raise _storage_error(target, exc) from exc
 
 
 def sync_file(path: Path) -> None:
@@ -169,7 +171,7 @@ def sync_file(path: Path) -> None:
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
     except OSError as exc:
-        raise StorageError(f"cannot write {path.name}: {exc.strerror or exc}") from exc
+        raise _storage_error(path, exc) from exc
 
 
 def place_file(source: Path, target: Path, *, synced: bool = False) -> None:
@@ -204,7 +206,13 @@ def place_file(source: Path, target: Path, *, synced: bool = False) -> None:
             raise
         _fsync_directory(target.parent)
     except OSError as exc:
-        raise StorageError(f"cannot write {target.name}: {exc.strerror or exc}") from exc
+        raise _storage_error(target, exc) from exc
+
+
+def _storage_error(target: Path, exc: OSError) -> StorageError:
+    """A full disk is an :class:`OutOfSpaceError` (work waits for room), anything else a StorageError."""
+    message = f"cannot write {target.name}: {exc.strerror or exc}"
+    return OutOfSpaceError(message) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError(message)
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
-import socket
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from io import BytesIO
 
@@ -16,9 +13,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import DEFAULT_RESULT_TYPES, Config
+from miemss_node.encode.context import PredecessorDocument
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import load_templates
-from miemss_node.errors import DecodeError, MiemssError, StageError
+from miemss_node.encode.uids import series_uid
+from miemss_node.errors import (
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    MiemssError,
+    OutOfSpaceError,
+    StageError,
+    TemplateError,
+    describe_error,
+)
 from miemss_node.pipeline.base import ImageAnalysis, Report
 from miemss_node.pipeline.caption import study_caption
 from miemss_node.pipeline.decode import is_image_dataset, read_dicom_file
@@ -26,9 +34,10 @@ from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
 from miemss_node.pipeline.runner import analyse_dataset
 from miemss_node.queue import repository
-from miemss_node.queue.models import Job
-from miemss_node.queue.retry import RetryPolicy
-from miemss_node.storage import StorageLayout, write_atomically
+from miemss_node.queue.lease import LeaseKeeper, lease_owner_id
+from miemss_node.queue.models import Job, JobState
+from miemss_node.queue.retry import PROGRAMMING_ERRORS, RetryDecision, RetryPolicy
+from miemss_node.storage import StorageLayout, free_bytes, write_atomically
 from miemss_node.thumbnails import write_thumbnails
 
 logger = logging.getLogger(__name__)
@@ -36,6 +45,14 @@ logger = logging.getLogger(__name__)
 
 class NothingToProcess(MiemssError):
     """The study has no image this node can decode: its instances stay stored, nothing is sent."""
+
+
+#: Job errors that fail at once: building our objects or reading our templates fails the same way
+#: again, and so does a bug in our code. Everything else is retried up to ``max_attempts``.
+PERMANENT_JOB_ERRORS: tuple[type[BaseException], ...] = (EncodeError, TemplateError, ConfigError, *PROGRAMMING_ERRORS)
+
+#: Job errors that wait, without using up attempts, until the resource is back.
+WAITING_JOB_ERRORS: tuple[type[BaseException], ...] = (OutOfSpaceError,)
 
 
 @dataclass(kw_only=True)
@@ -48,11 +65,6 @@ class StudyWork:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def worker_id() -> str:
-    """A name unique to this worker: host, process and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Worker:
     """Runs queued jobs one at a time."""
 
@@ -61,13 +73,22 @@ class Worker:
         self.config = config
         #: Loaded once per worker process (see ``Node.start``) and shared by its worker threads.
         self.models = models
-        self.owner = worker_id()
+        self.owner = lease_owner_id()
         self.policy = RetryPolicy(
-            max_attempts=config.worker.max_attempts, backoff_seconds=config.worker.retry_backoff_seconds
+            max_attempts=config.worker.max_attempts,
+            backoff_seconds=config.worker.retry_backoff_seconds,
+            permanent=PERMANENT_JOB_ERRORS,
+            waiting=WAITING_JOB_ERRORS,
         )
+        #: Checked once here; a broken template stops the worker before it takes any job.
+        self.templates = load_templates()
 
     def run_once(self) -> int:
-        """Claim and run one job; returns 1 when a job ran, 0 when none was due."""
+        """Claim and run one job; returns 1 when a job ran, 0 when none was due.
+
+        This is the job's error boundary: whatever an attempt raises ends the attempt, with its
+        cause recorded in the job, and the retry policy decides whether and when it runs again.
+        """
         with self.sessions.begin() as session:
             job = repository.claim_job(
                 session, owner=self.owner, lease_seconds=self.config.worker.lease_seconds, now=utcnow()
@@ -77,21 +98,42 @@ class Worker:
             study = repository.study_of_job(session, job)
             instances = [(i.sop_instance_uid, i.path) for i in repository.study_instances(session, study.id)]
             study_uid = study.study_instance_uid
+            previous = repository.previous_report(session, job)
+            predecessor = None if previous is None else predecessor_document(study_uid, *previous)
         extra = {"job_id": job.id, "study_uid": study_uid, "worker": self.owner}
         logger.info("job %d started (attempt %d)", job.id, job.attempts, extra={"action": "job.started", **extra})
         started = time.perf_counter()
         timings: list[tuple[str, float]] = []
-        with LeaseKeeper(self.sessions, job.id, self.owner, self.config.worker.lease_seconds):
+        lease = self.config.worker.lease_seconds
+        with LeaseKeeper(lambda: self._renew(job.id), lease / 3, name=f"lease of job {job.id}"):
             try:
-                results = self._process(job, study_uid, instances, timings)
+                self._check_free_space()
+                results = self._process(job, study_uid, instances, timings, predecessor)
             except NothingToProcess as exc:
                 self._finish(job, [], extra, started, note=str(exc))
                 return 1
-            except (MiemssError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the job's error boundary: recorded, then the policy decides
                 self._fail(job, exc, extra)
                 return 1
         self._finish(job, results, extra, started, timings=timings)
         return 1
+
+    def _renew(self, job_id: int) -> bool:
+        with self.sessions.begin() as session:
+            return repository.renew_lease(
+                session, job_id=job_id, owner=self.owner, lease_seconds=self.config.worker.lease_seconds, now=utcnow()
+            )
+
+    def _check_free_space(self) -> None:
+        """Raise OutOfSpaceError while the storage disk has less than ``[node] min_free_disk_mb`` free."""
+        minimum = self.config.node.min_free_disk_mb * 2**20
+        free = free_bytes(self.config.node.storage_dir)
+        if free < minimum:
+            raise OutOfSpaceError(
+                f"{free / 2**20:.0f} MB free on the storage disk, below [node] min_free_disk_mb = "
+                f"{self.config.node.min_free_disk_mb}; the job waits until there is room",
+                free_bytes=free,
+            )
 
     def result_kinds(self) -> frozenset[str]:
         """The result types to encode: every type some destination gets (the default with none)."""
@@ -99,7 +141,12 @@ class Worker:
         return frozenset(wanted or DEFAULT_RESULT_TYPES)
 
     def _process(
-        self, job: Job, study_uid: str, instances: list[tuple[str, str]], timings: list[tuple[str, float]]
+        self,
+        job: Job,
+        study_uid: str,
+        instances: list[tuple[str, str]],
+        timings: list[tuple[str, float]],
+        predecessor: PredecessorDocument | None,
     ) -> list[repository.ResultRecord]:
         """Analyse, encode and write a job's results; ``timings`` receives (stage, seconds) pairs."""
         work = self._analyse(instances)
@@ -110,13 +157,10 @@ class Worker:
         report = build_report(work.analyses, caption=study_caption(work.analyses), models=runs)
         report = with_skipped_instances(report, work.skipped)
         context = EncodeContext(
-            job_key=f"{study_uid}/{job.version}",
-            seg_series_number=self.config.results.seg_series_number,
-            sr_series_number=self.config.results.sr_series_number,
-            sc_series_number=self.config.results.sc_series_number,
-            pm_series_number=self.config.results.pm_series_number,
-            pdf_series_number=self.config.results.pdf_series_number,
-            ko_series_number=self.config.results.ko_series_number,
+            job_key=job_key(study_uid, job.version),
+            series_numbers=self.config.results.series_number_map(),
+            version=job.version,
+            predecessor=predecessor,
             kinds=self.result_kinds(),
             institution_name=self.config.results.institution_name or None,
             # The report's models: these and the reference model that scored the patches, if any.
@@ -126,15 +170,15 @@ class Worker:
         encoding = time.perf_counter()
         encoded = encode_study(work.sources, work.analyses, report, context)
         timings.append(("encode", time.perf_counter() - encoding))
-        self._write_thumbnails(job, study_uid, work, context)
+        self._check_free_space()
+        self._write_thumbnails(job, study_uid, work)
         return [self._write_result(job, study_uid, item.kind, item.dataset) for item in encoded]
 
-    def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork, context: EncodeContext) -> None:
+    def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork) -> None:
         """Save the dashboard's thumbnails beside the results; a failure only costs the pictures."""
         folder = StorageLayout(self.config.node.storage_dir).thumbnail_dir(study_uid, job.id)
         try:
-            capture = load_templates(context.templates_dir).capture
-            write_thumbnails(folder, work.sources, work.analyses, capture)
+            write_thumbnails(folder, work.sources, work.analyses, self.templates.capture)
         except (OSError, ValueError, MiemssError) as exc:
             logger.warning(
                 "job %d: thumbnails not written: %s",
@@ -155,8 +199,10 @@ class Worker:
                 max_frames = self.config.worker.max_frames or None
                 analyses = analyse_dataset(ds, self.config.pipeline, self.models, max_frames=max_frames)
             except (DecodeError, StageError) as exc:
-                # One bad image must not cost the study its other images' results.
-                logger.warning(
+                # One bad image must not cost the study its other images' results. An image that
+                # no decoder can read is a final failure for that image, so it is an ERROR.
+                logger.log(
+                    logging.ERROR if isinstance(exc, DecodeError) else logging.WARNING,
                     "instance %s not processed: %s",
                     sop_uid,
                     exc,
@@ -173,7 +219,12 @@ class Worker:
         relative = layout.result_path(study_uid, job.id, kind, str(ds.SOPInstanceUID))
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        write_atomically(layout.resolve(relative), buffer.getvalue())
+        try:
+            write_atomically(layout.resolve(relative), buffer.getvalue())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpaceError(f"the storage disk is full writing {relative}; the job waits") from exc
+            raise
         return repository.ResultRecord(
             kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), path=relative.as_posix()
         )
@@ -217,22 +268,55 @@ class Worker:
         )
 
     def _fail(self, job: Job, exc: BaseException, extra: dict[str, object]) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        """End a failed attempt: record its cause and let the retry policy decide what comes next."""
+        error = describe_error(exc)
+        decision = self.policy.decide(exc, job.attempts)
         with self.sessions.begin() as session:
             state = repository.fail_job(
-                session, job_id=job.id, owner=self.owner, error=error, policy=self.policy, retryable=True, now=utcnow()
+                session,
+                job_id=job.id,
+                owner=self.owner,
+                error=error,
+                decision=decision,
+                delay_seconds=self.policy.delay(max(job.attempts, 1)),
+                now=utcnow(),
             )
-        level = logging.ERROR if state is not None and state.value == "failed" else logging.INFO
-        logger.log(
-            level,
-            "job %d attempt %d failed (%s): %s",
-            job.id,
-            job.attempts,
-            state.value if state else "lease lost",
-            error,
-            extra={"action": "job.failed" if level == logging.ERROR else "job.retry", **extra},
-            exc_info=level == logging.ERROR,
-        )
+        if state is None:
+            logger.warning("job %d lost its lease before failing: %s", job.id, error, extra={"action": "job.lease_lost", **extra})
+        elif state is JobState.FAILED:
+            logger.error(
+                "job %d attempt %d failed for good: %s",
+                job.id,
+                job.attempts,
+                error,
+                extra={"action": "job.failed", "decision": decision.value, **extra},
+                exc_info=exc,
+            )
+        elif decision is RetryDecision.WAIT:
+            logger.warning("job %d waits: %s", job.id, error, extra={"action": "job.waiting", **extra})
+        else:
+            logger.info(
+                "job %d attempt %d failed, will retry: %s",
+                job.id,
+                job.attempts,
+                error,
+                extra={"action": "job.retry", **extra},
+            )
+
+
+def job_key(study_uid: str, version: int) -> str:
+    """The key a job's result UIDs derive from: the study and the version of its results."""
+    return f"{study_uid}/{version}"
+
+
+def predecessor_document(study_uid: str, version: int, sop_class_uid: str, sop_instance_uid: str) -> PredecessorDocument:
+    """The SR that version ``version`` of a study's results sent (its series UID is derived from the job)."""
+    return PredecessorDocument(
+        study_instance_uid=study_uid,
+        series_instance_uid=str(series_uid(job_key(study_uid, version), "SR")),
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+    )
 
 
 def with_skipped_instances(report: Report, skipped: list[tuple[str, str]]) -> Report:
@@ -241,36 +325,3 @@ def with_skipped_instances(report: Report, skipped: list[tuple[str, str]]) -> Re
         return report
     lines = [f"Instance {uid} was not analysed: {reason}." for uid, reason in skipped]
     return replace(report, text="\n".join([report.text, *lines]))
-
-
-class LeaseKeeper:
-    """Renews a job's lease in the background while the job runs (a heartbeat)."""
-
-    def __init__(self, sessions: sessionmaker[Session], job_id: int, owner: str, lease_seconds: float) -> None:
-        self.sessions = sessions
-        self.job_id = job_id
-        self.owner = owner
-        self.lease_seconds = lease_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            try:
-                with self.sessions.begin() as session:
-                    held = repository.renew_lease(
-                        session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds, now=utcnow()
-                    )
-            except Exception:  # noqa: BLE001 - a failed heartbeat is retried at the next beat
-                logger.warning("lease renewal of job %d failed", self.job_id, extra={"action": "job.lease_renew_failed"})
-                continue
-            if not held:
-                return

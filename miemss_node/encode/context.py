@@ -2,23 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 from pydicom import Dataset
 
 import miemss_node
+from miemss_node.encode.templates import package_templates
 from miemss_node.pipeline.base import ModelRun
+from miemss_node.result_kinds import (
+    DEFAULT_RESULT_TYPES,
+    DEFAULT_SERIES_NUMBERS,
+    RESULT_TYPES,
+    series_number_problems,
+    versioned_series_number,
+)
 
-#: The templates shipped with the package (installed editable, so the repository's folder).
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "dicom_templates"
+#: The templates shipped with the package (package data, ``miemss_node.dicom_templates``).
+DEFAULT_TEMPLATES_DIR = package_templates()
 
-#: Kinds of result objects, in the order :func:`encode_study` returns them: per image its SEG, SC
-#: and Parametric Map, then the study's SR, Encapsulated PDF and Key Object Selection.
-KINDS = ("SEG", "SC", "PM", "SR", "PDF", "KO")
+#: Kinds of result objects (:data:`miemss_node.result_kinds.RESULT_KINDS`). :func:`encode_study`
+#: returns per image its SEG, SC and Parametric Map, then the study's SR, PDF and KO.
+KINDS = RESULT_TYPES
 
 #: What a job encodes when nothing else is asked for.
-DEFAULT_KINDS = frozenset({"SEG", "SR", "SC"})
+DEFAULT_KINDS = frozenset(DEFAULT_RESULT_TYPES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredecessorDocument:
+    """The SR of the previous version of a study's results, which a new SR names in its
+    Predecessor Documents Sequence (PS3.3 C.17.2.3)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+    def as_dataset(self) -> Dataset:
+        """The four attributes highdicom's ``previous_versions`` reads."""
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        return ds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,12 +56,12 @@ class EncodeContext:
 
     #: Stable per job: the same key gives the same UIDs, so a retry never duplicates an object.
     job_key: str
-    seg_series_number: int = 9001
-    sr_series_number: int = 9002
-    sc_series_number: int = 9003
-    pm_series_number: int = 9004
-    pdf_series_number: int = 9005
-    ko_series_number: int = 9006
+    #: Each kind's Series Number for version 1 (``[results]``); later versions add to it.
+    series_numbers: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
+    #: Which version of the study's results this is: 1 for the first job, 2 after late instances, ...
+    version: int = 1
+    #: The previous version's SR, named by this version's SR; None for a first version.
+    predecessor: PredecessorDocument | None = None
     #: The kinds of result to return (see :data:`KINDS`); an SR still has its SEGs built.
     kinds: frozenset[str] = DEFAULT_KINDS
     #: Institution Name (0008,0080) recorded in our Contributing Equipment, or None.
@@ -40,26 +69,29 @@ class EncodeContext:
     #: Models that ran; empty means none did, and the SR says so.
     models: tuple[ModelRun, ...] = ()
     pipeline_version: str = miemss_node.__version__
-    templates_dir: Path = field(default=DEFAULT_TEMPLATES_DIR)
+    templates_dir: Traversable = field(default=DEFAULT_TEMPLATES_DIR)
 
     def __post_init__(self) -> None:
         if not self.job_key:
             raise ValueError("EncodeContext.job_key must not be empty")
-        numbers = (
-            self.seg_series_number,
-            self.sr_series_number,
-            self.sc_series_number,
-            self.pm_series_number,
-            self.pdf_series_number,
-            self.ko_series_number,
-        )
-        if any(not 0 < number < 2**31 for number in numbers):
-            raise ValueError(f"series numbers must be positive IS values, got {numbers}")
-        if len(set(numbers)) != len(numbers):
-            raise ValueError(f"SEG, SR, SC, PM, PDF and KO series numbers must differ, got {numbers}")
+        missing = sorted(set(KINDS) - set(self.series_numbers))
+        problems = series_number_problems(self.series_numbers)
+        if missing or problems:
+            raise ValueError("; ".join(problems + ([f"no series number for {missing}"] if missing else [])))
+        if self.version < 1:
+            raise ValueError(f"EncodeContext.version starts at 1, got {self.version}")
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {sorted(self.kinds)}")
+
+    def series_number(self, kind: str) -> int:
+        """The Series Number of this version's ``kind`` series."""
+        return versioned_series_number(self.series_numbers[kind], self.version)
+
+    def series_description(self, description: str) -> str:
+        """A template's Series Description with this version in it (LO: at most 64 characters)."""
+        suffix = f" v{self.version}"
+        return description[: 64 - len(suffix)] + suffix
 
 
 @dataclass(frozen=True, kw_only=True)

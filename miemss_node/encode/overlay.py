@@ -37,7 +37,7 @@ def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., np.newaxis], 3, axis=-1)
 
 
-def _outline(labels: np.ndarray) -> np.ndarray:
+def outline_pixels(labels: np.ndarray) -> np.ndarray:
     """Region boundaries, about 1 pixel per 512 pixels of the shorter side, at least 1."""
     boundaries = find_boundaries(labels, mode="inner")
     width = max(1, round(min(labels.shape) / 512))
@@ -112,12 +112,12 @@ def render_overlay(
     alpha = (np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0) * opacity)[..., np.newaxis]
     blended = base * (1.0 - alpha) + heat_colours(heatmap) * alpha
     rgb = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    rgb[_outline(labels)] = np.array(outline_rgb, dtype=np.uint8)
+    rgb[outline_pixels(labels)] = np.array(outline_rgb, dtype=np.uint8)
     if attention is not None:
         if attention.shape != pixels.shape:
             raise ValueError(f"attention {attention.shape} must have the shape of pixels {pixels.shape}")
         attended = (np.nan_to_num(attention) >= ATTENTION_LEVEL).astype(np.uint8)
-        rgb[_outline(attended)] = np.array(ATTENTION_RGB, dtype=np.uint8)
+        rgb[outline_pixels(attended)] = np.array(ATTENTION_RGB, dtype=np.uint8)
         text = (*text, ATTENTION_TEXT)
     image = Image.fromarray(rgb)
     _draw_text(image, text, text_rgb)
@@ -125,7 +125,11 @@ def render_overlay(
 
 
 def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
-    """The overlay of one analysed image, drawn as ``sc/secondary_capture.json`` says (uint8 RGB)."""
+    """The overlay of one analysed image, drawn as ``sc/secondary_capture.json`` says (uint8 RGB).
+
+    The burned-in text is the template's lines and the image's abnormality score.
+    """
+    score_line = template.abnormality_score_format.format(score=float(analysis.abnormality_score))
     return render_overlay(
         analysis.decoded.pixels,
         analysis.region_map.heatmap,
@@ -133,6 +137,6 @@ def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) 
         opacity=template.heatmap_opacity,
         outline_rgb=template.outline_rgb,
         text_rgb=template.text_rgb,
-        text=template.burned_in_text,
+        text=(*template.burned_in_text, score_line),
         attention=None if analysis.attention is None else analysis.attention.heatmap,
     )

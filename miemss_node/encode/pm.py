@@ -6,10 +6,11 @@ UCUM "1" (no units) and whose quantity is the template's (DCM 130404 "Saliency",
 
 The IOD requires a patient coordinate system (Frame of Reference module, Plane Position and Plane
 Orientation functional groups), which a projection radiograph does not have. For such a source
-the map declares a Frame of Reference of its own, derived from the source's SOP Instance UID, with
-the image plane at the origin: it relates the map to nothing but its source, which the Derivation
-Image Sequence references pixel for pixel (Spatial Locations Preserved YES). Sources with a Frame
-of Reference (CT, enhanced MR) keep theirs.
+the map takes the plane the SEG of the same image has (:mod:`~miemss_node.encode.plane`): the
+Frame of Reference derived from the source's SOP Instance UID and its orientation, with the plane
+at the origin and the source's pixel spacing. The Derivation Image Sequence references the source
+pixel for pixel (Spatial Locations Preserved YES). Sources with a Frame of Reference (CT, enhanced
+MR) keep theirs.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from highdicom.pm import ParametricMap, RealWorldValueMapping
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
+from miemss_node.encode.equipment import (
+    Equipment,
+    enhanced_equipment_arguments,
+    processing_equipment,
+)
+from miemss_node.encode.plane import (
+    PROJECTION_ORIENTATION,
+    projection_frame_of_reference_uid,
+)
+from miemss_node.encode.series_attributes import copy_laterality
 from miemss_node.encode.templates import ParametricMapTemplate
-from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis
 
@@ -38,9 +47,6 @@ logger = logging.getLogger(__name__)
 
 #: Dimension Index Pointer of Frame Label (0020,9453).
 _FRAME_LABEL = Tag("FrameLabel")
-
-#: Row and column direction cosines of the image plane in our own Frame of Reference.
-_IDENTITY_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 #: Pixel Spacing (mm) written when the source's is unknown: Type 1 in Pixel Measures, and only
 #: meaningful within the map's own Frame of Reference.
@@ -121,9 +127,9 @@ def _geometry(source: Dataset, analysis: ImageAnalysis) -> tuple[Dataset, dict[s
         frame_of_reference = str(source.FrameOfReferenceUID)
     else:
         position = [0.0, 0.0, 0.0]
-        orientation = list(_IDENTITY_ORIENTATION)
+        orientation = list(PROJECTION_ORIENTATION)
         spacing = list(_spacing(analysis))
-        frame_of_reference = str(derive_uid("parametric-map-frame-of-reference", uid))
+        frame_of_reference = str(projection_frame_of_reference_uid(uid))
     if "NumberOfFrames" in source:
         # A multi-frame IOD: highdicom reads one frame's plane from the functional groups.
         header[Tag("NumberOfFrames")] = DataElement(Tag("NumberOfFrames"), "IS", 1)
@@ -170,12 +176,6 @@ def _reference_frame(pm: Dataset, frame_number: int) -> None:
             items.extend(derivation.get("SourceImageSequence", []))
     for item in items:
         item.ReferencedFrameNumber = frame_number
-
-
-def _copy_laterality(source: Dataset, pm: Dataset) -> None:
-    """Laterality (General Series, Type 2C): the source's R or L, else empty (unknown)."""
-    laterality = source.get("Laterality")
-    pm.add_new("Laterality", "CS", laterality if laterality in ("R", "L") else "")
 
 
 def build_parametric_map(request: PmRequest) -> ParametricMap:
@@ -242,7 +242,7 @@ def build_parametric_map(request: PmRequest) -> ParametricMap:
     frame = analysis.decoded.frame_number
     if frame is not None:
         _reference_frame(pm, frame)
-    _copy_laterality(source, pm)
+    copy_laterality(source, pm)
     logger.info(
         "PM encoded for %s",
         uid,

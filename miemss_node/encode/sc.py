@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from miemss_node.encode.equipment import Equipment, processing_equipment
 from miemss_node.encode.overlay import render_analysis_overlay
+from miemss_node.encode.series_attributes import copy_laterality
 from miemss_node.encode.templates import CaptureTemplate
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis
@@ -54,17 +55,6 @@ def _source_reference(source: Dataset, frame_number: int | None) -> Dataset:
     purpose.CodeMeaning = codes.DCM.SourceImageForImageProcessingOperation.meaning
     item.PurposeOfReferenceCodeSequence = [purpose]
     return item
-
-
-def _copy_laterality(source: Dataset, sc: SCImage) -> None:
-    """Laterality (General Series, PS3.3 C.7.3.1): the source's R or L, else empty (unknown).
-
-    Laterality is Type 2C, required for a paired body part. Body Part Examined is not copied
-    (it names the source's series, and validators disagree on which parts are paired), so
-    whether the part is paired is unknown and Laterality is always sent.
-    """
-    laterality = source.get("Laterality")
-    sc.add_new("Laterality", "CS", laterality if laterality in ("R", "L") else "")
 
 
 def _copy_lossy_flag(source: Dataset, sc: SCImage) -> None:
@@ -130,7 +120,7 @@ def build_secondary_capture(request: ScRequest) -> SCImage:
     sc.add_new("PatientOrientation", "CS", orientation)
     if orientation and "AnatomicalOrientationType" in source:
         sc.AnatomicalOrientationType = source.AnatomicalOrientationType
-    _copy_laterality(source, sc)
+    copy_laterality(source, sc)
     sc.ConversionType = template.conversion_type
     sc.DerivationDescription = template.derivation_description
     if analysis.attention is not None:

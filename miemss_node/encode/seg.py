@@ -1,24 +1,49 @@
 """The Segmentation (SEG) of the anomalous regions of one analysed image or frame.
 
-One BINARY segment per :class:`~miemss_node.pipeline.base.Region` (PS3.3 A.51, C.8.20), each
+One segment per :class:`~miemss_node.pipeline.base.Region` (BINARY; FRACTIONAL 0/1 where 1-bit
+frames would not start on a byte, see :func:`segmentation_type`) (PS3.3 A.51, C.8.20), each
 referencing its source image (and frame). An image without any region gets no SEG: an empty
 Segmentation carries no information and some viewers reject a SEG without segments; the SR
 says for that image that no anomalous region was found.
+
+A source without a Frame of Reference (a projection radiograph) is segmented through highdicom's
+path for such images: the Derivation Image functional group ties each SEG pixel to a source pixel,
+and no Pixel Measures or Plane Position is invented. The SEG then also carries the Frame of
+Reference and Plane Orientation (Patient) of the source's plane (:mod:`~miemss_node.encode.plane`),
+which the IOD allows next to Derivation Image and OHIF's loader needs.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from highdicom import PlanePositionSequence
-from highdicom.seg import Segmentation, SegmentationTypeValues
+from highdicom.seg import (
+    Segmentation,
+    SegmentationFractionalTypeValues,
+    SegmentationTypeValues,
+)
 from pydicom import DataElement, Dataset
 from pydicom.tag import Tag
 
-from miemss_node.encode.equipment import Equipment, enhanced_equipment_arguments, processing_equipment
-from miemss_node.encode.templates import SegmentTemplate, algorithm_identification, segment_description
+from miemss_node.encode.equipment import (
+    Equipment,
+    enhanced_equipment_arguments,
+    processing_equipment,
+)
+from miemss_node.encode.plane import (
+    has_frame_of_reference,
+    projection_frame_of_reference_uid,
+    projection_plane_orientation,
+)
+from miemss_node.encode.templates import (
+    SegmentTemplate,
+    algorithm_identification,
+    segment_description,
+)
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun
@@ -94,7 +119,23 @@ def _frame_source(
     Frame of Reference the frame's Plane Position is passed. Without one (XA, a multi-frame CR
     or SC), highdicom allows a single frame only, so it is given a header that says one frame and
     the frame reference is written into the SEG afterwards (:func:`_reference_frame`).
+
+    A source without a Frame of Reference is given without its pixel spacing: highdicom would
+    copy it into a Pixel Measures group, which within the SEG's Frame of Reference would need a
+    Slice Thickness (PS3.3 C.7.6.16.2.1) that a projection does not have. The Derivation Image
+    group ties each SEG pixel to a source pixel, whose spacing the source states.
     """
+    if not has_frame_of_reference(source) and ("PixelSpacing" in source or "ImagerPixelSpacing" in source):
+        # A shallow copy shares the source's elements: delete or replace elements, never assign values.
+        without_spacing = Dataset()
+        without_spacing.update(source)
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            if keyword in without_spacing:
+                del without_spacing[keyword]
+        file_meta = getattr(source, "file_meta", None)
+        if file_meta is not None:
+            without_spacing.file_meta = file_meta
+        source = without_spacing
     if frame_number is None:
         return source, None
     if "FrameOfReferenceUID" in source and "PerFrameFunctionalGroupsSequence" in source:
@@ -133,6 +174,39 @@ def _reference_frame(seg: Segmentation, frame_number: int) -> None:
             items.extend(derivation.get("SourceImageSequence", []))
     for item in items:
         item.ReferencedFrameNumber = frame_number
+
+
+def segmentation_type(shape: tuple[int, int], n_segments: int) -> dict[str, Any]:
+    """The segmentation type arguments: BINARY, or FRACTIONAL when 1-bit frames would not align.
+
+    BINARY frames are 1 bit per pixel, packed one after the other with no padding between frames
+    (PS3.5 8.1.1), so when Rows x Columns is not a multiple of 8 every frame after the first starts
+    inside a byte. OHIF's loader (``@cornerstonejs/adapters`` 5.14, ``getBitmapFramesFromDataset``)
+    then takes the even-padded Pixel Data for byte-aligned frames and shifts every segment after
+    the first by a few pixels. Such a SEG is written FRACTIONAL instead (8 bits per pixel, OCCUPANCY,
+    Maximum Fractional Value 1, so every pixel is 0 or 1): the same mask, byte-aligned.
+    """
+    rows, columns = shape
+    if n_segments > 1 and (rows * columns) % 8:
+        return {
+            "segmentation_type": SegmentationTypeValues.FRACTIONAL,
+            "fractional_type": SegmentationFractionalTypeValues.OCCUPANCY,
+            "max_fractional_value": 1,
+        }
+    return {"segmentation_type": SegmentationTypeValues.BINARY}
+
+
+def _add_projection_plane(seg: Segmentation, source: Dataset) -> None:
+    """Add the Frame of Reference and Plane Orientation (Patient) of a projection image's plane.
+
+    Both are optional for a SEG with the Derivation Image functional group (PS3.3 Tables A.51-1 and
+    A.51-2); highdicom leaves them out for a source without a Frame of Reference and refuses a
+    plane orientation there, so they are added to what it built. OHIF's Cornerstone3D loader
+    compares this orientation with the one it assumes for the source (``checkOrientation``).
+    """
+    seg.FrameOfReferenceUID = projection_frame_of_reference_uid(str(source.SOPInstanceUID))
+    seg.PositionReferenceIndicator = ""
+    seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = projection_plane_orientation()
 
 
 def _segment_frames(seg: Segmentation) -> dict[int, int]:
@@ -196,14 +270,14 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         for region in regions
     ]
     labels = analysis.region_map.labels
-    stacked = np.stack([labels == region.label for region in regions], axis=-1)[np.newaxis].astype(np.uint8)
+    stacked = np.stack([labels == region.label for region in regions], axis=-1)[np.newaxis].astype(np.float32)
     header, plane_positions = _frame_source(source, frame_number)
     equipment = request.equipment
     try:
         seg = Segmentation(
             source_images=[header],
             pixel_array=stacked,
-            segmentation_type=SegmentationTypeValues.BINARY,
+            **segmentation_type(labels.shape, len(regions)),
             segment_descriptions=descriptions,
             series_instance_uid=request.series_uid,
             series_number=request.series_number,
@@ -222,10 +296,11 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
     if header is not source and frame_number is not None:
         _reference_frame(seg, frame_number)
         _drop_empty_pixel_measures(seg)
-    if "PlaneOrientationSequence" not in seg.SharedFunctionalGroupsSequence[0]:
+    if not has_frame_of_reference(source):
         # Type 2C in General Image when there is no Image Orientation/Position (PS3.3 C.7.6.1):
         # the projection radiographs we segment have none; highdicom leaves it out.
         seg.add_new("PatientOrientation", "CS", source.get("PatientOrientation", "") or "")
+        _add_projection_plane(seg, source)
     logger.info(
         "SEG encoded for %s with %d segment(s)",
         source_uid,

@@ -4,13 +4,20 @@ Content tree (PS3.16 TID 1500), built with highdicom's templates:
 
 - Observation Context (TID 1001): a device observer, the MIEMSS node (TID 1004).
 - Procedure Reported, from the template.
-- Imaging Measurements: per SEG segment, a Planar ROI group (TID 1410) referencing the segment
-  (Referenced Segmentation Frame), with Area (mm² when the spacing is known, else pixels) and the
-  mean and maximum anomaly score; per analysed image without a region, a Measurement Group
-  (TID 1501) with the image's maximum score. Each group carries Algorithm Identification (TID 4019)
-  with the pipeline version and the models that ran.
-- Qualitative Evaluations (TID 1500 rows 12-14): the report text, the caption, the findings, the
-  "no anomalous region" statements, which models ran (or that none did) and a disclaimer, as TEXT.
+- Imaging Measurements:
+  - per SEG segment, a Measurement Group (TID 1501) with Area (mm² when the spacing is known, else
+    pixels) INFERRED FROM the region's outline, a closed POLYLINE SCOORD on its source image that
+    viewers draw, and from the SEG frame holding the segment (TID 300, TID 320); the mean and
+    maximum anomaly score; and, on a frontal chest film whose region lies on one side, its Finding
+    Site (lung, with laterality);
+  - per analysed image, a Measurement Group (TID 1501) with the image's abnormality score (and,
+    for an image without a region, its maximum anomaly score);
+  - one Measurement Group (TID 1501) with the study's abnormality score.
+  Each group carries Algorithm Identification (TID 4019) with the pipeline version and the models
+  that ran. Groups are SEPARATE containers, so dsr2html names each measurement.
+- Qualitative Evaluations (TID 1500 rows 12-14): the report text, the caption, the findings, where
+  each region is, which devices were seen, the abnormality scores, the "no anomalous region"
+  statements, which models ran (or that none did) and a disclaimer, as TEXT.
 
 The document is UNVERIFIED and PRELIMINARY, and COMPLETE (nothing of the analysis is left out).
 """
@@ -29,17 +36,19 @@ from highdicom.sr import (
     Comprehensive3DSR,
     ContainerContentItem,
     ContentSequence,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    GraphicTypeValues,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
-    PlanarROIMeasurementsAndQualitativeEvaluations,
-    ReferencedSegmentationFrame,
     RelationshipTypeValues,
+    SourceImageForMeasurement,
     SourceImageForMeasurementGroup,
-    SourceImageForSegmentation,
+    SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
 )
@@ -52,11 +61,13 @@ from miemss_node.encode.equipment import (
     processing_equipment,
     software_versions_value,
 )
+from miemss_node.encode.outline import region_outline
 from miemss_node.encode.seg import SegmentFrames
 from miemss_node.encode.templates import ReportTemplate
 from miemss_node.encode.uids import derive_uid
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun, Region, Report
+from miemss_node.pipeline.score import study_abnormality_score
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +95,9 @@ class SrRequest:
     series_number: int
     pipeline_version: str
     models: tuple[ModelRun, ...]
+    #: The previous versions of this SR (StudyInstanceUID, SeriesInstanceUID, SOPClassUID and
+    #: SOPInstanceUID each), for its Predecessor Documents Sequence.
+    predecessors: tuple[Dataset, ...] = ()
 
 
 def image_name(entry: ImageEntry) -> str:
@@ -144,11 +158,59 @@ def _score(template: ReportTemplate, value: float, derivation: CodedConcept) -> 
     )
 
 
-def _area(template: ReportTemplate, region: Region) -> Measurement:
+def _area(
+    template: ReportTemplate,
+    region: Region,
+    outline: CoordinatesForMeasurement,
+    segment: SourceImageForMeasurement,
+) -> Measurement:
+    """The region's Area, INFERRED FROM its outline and its SEG segment (TID 300, TID 320)."""
     if region.area_mm2 is not None:
-        area = round(float(region.area_mm2), AREA_DECIMALS)
-        return Measurement(name=template.area, value=area, unit=template.unit_mm2)
-    return Measurement(name=template.area, value=float(region.area_px), unit=template.unit_pixels)
+        value, unit = round(float(region.area_mm2), AREA_DECIMALS), template.unit_mm2
+    else:
+        value, unit = float(region.area_px), template.unit_pixels
+    return Measurement(
+        name=template.area,
+        value=value,
+        unit=unit,
+        referenced_coordinates=[outline],
+        referenced_images=[segment],
+    )
+
+
+def _outline(entry: ImageEntry, region: Region) -> CoordinatesForMeasurement:
+    """The region's outline: a closed POLYLINE on its source image (and frame)."""
+    source = entry.source
+    return CoordinatesForMeasurement(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=region_outline(entry.analysis.region_map.labels, region.label),
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=_frame_numbers(entry),
+        ),
+    )
+
+
+def _finding_sites(template: ReportTemplate, entry: ImageEntry, region: Region) -> list[FindingSite] | None:
+    """The lung and its laterality, for a region in a lung zone of a frontal chest film."""
+    anatomy = entry.analysis.anatomy
+    if region.zone is None or region.side not in ("right", "left"):
+        return None
+    if anatomy is not None and not anatomy.chest_frontal:
+        return None
+    laterality = template.right if region.side == "right" else template.left
+    return [FindingSite(anatomic_location=template.lung, laterality=laterality)]
+
+
+def _separate(group: Sequence[Dataset]) -> None:
+    """Make a measurement group a SEPARATE container (PS3.3 C.18.8 Continuity of Content).
+
+    highdicom's templates make CONTINUOUS containers, which state that the items read as one
+    running text; measurements are separate items, and dcmtk's dsr2html names each one only in a
+    SEPARATE container.
+    """
+    group[0].ContinuityOfContent = "SEPARATE"
 
 
 def _frame_numbers(entry: ImageEntry) -> list[int] | None:
@@ -156,22 +218,39 @@ def _frame_numbers(entry: ImageEntry) -> list[int] | None:
     return None if frame is None else [frame]
 
 
-def _drop_segment_number(reference: ReferencedSegmentationFrame) -> None:
-    """Keep only the frame in the reference to the SEG (PS3.3 Table 10-3).
+def _segment_reference(entry: ImageEntry, region: Region) -> SourceImageForMeasurement:
+    """The SEG frame that holds the region's segment (each of our SEG frames holds one segment)."""
+    assert entry.segments is not None
+    seg = entry.segments.seg
+    return SourceImageForMeasurement(
+        referenced_sop_class_uid=seg.SOPClassUID,
+        referenced_sop_instance_uid=seg.SOPInstanceUID,
+        referenced_frame_numbers=[entry.segments.frame_of_segment[region.label]],
+    )
 
-    Referenced Segment Number is Type 1C "required if ... Referenced Frame Number is not present",
-    and may not be sent with it; highdicom writes both. Each SEG frame holds one segment, so the
-    frame alone identifies the segment.
-    """
-    for item in reference:
-        for sop_item in item.get("ReferencedSOPSequence", []):
-            if "ReferencedFrameNumber" in sop_item and "ReferencedSegmentNumber" in sop_item:
-                del sop_item.ReferencedSegmentNumber
+
+def _source_of_group(entry: ImageEntry) -> list[SourceImageForMeasurementGroup]:
+    source = entry.source
+    return [
+        SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+            referenced_frame_numbers=_frame_numbers(entry),
+        )
+    ]
 
 
 def _region_groups(
     request: SrRequest, entry: ImageEntry, index: int, algorithm: AlgorithmIdentification
-) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+) -> list[MeasurementsAndQualitativeEvaluations]:
+    """One Measurement Group (TID 1501) per region.
+
+    The Area is INFERRED FROM both the region's outline on the source image (a SCOORD viewers
+    draw) and the SEG frame holding its segment (TID 300 rows 8-9, TID 320). TID 1410, whose ROI
+    is either a segment or an image region but not both, and whose measurements may not carry
+    coordinates, cannot hold the two side by side; and OHIF's SR loaders read a measurement's
+    outline from the SCOORD its first NUM is inferred from.
+    """
     if entry.segments is None:
         return []
     seg = entry.segments.seg
@@ -181,64 +260,102 @@ def _region_groups(
     groups = []
     for region in sorted(entry.analysis.region_map.regions, key=lambda r: r.label):
         segment_item = seg.SegmentSequence[region.label - 1]
-        reference = ReferencedSegmentationFrame(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            frame_number=entry.segments.frame_of_segment[region.label],
-            segment_number=region.label,
-            source_image=SourceImageForSegmentation(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-                referenced_frame_numbers=_frame_numbers(entry),
-            ),
-        )
-        _drop_segment_number(reference)
         tracking = TrackingIdentifier(
             uid=derive_uid(
                 request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, region.label
             ),
             identifier=f"Image {index} {segment_item.SegmentLabel}",
         )
-        groups.append(
-            PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking,
-                referenced_segment=reference,
-                finding_type=template.finding_type,
-                finding_category=template.finding_category,
-                algorithm_id=algorithm,
-                measurements=[
-                    _area(template, region),
-                    _score(template, region.mean_score, template.mean),
-                    _score(template, region.max_score, template.maximum),
-                ],
-            )
+        group = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_type=template.finding_type,
+            finding_category=template.finding_category,
+            algorithm_id=algorithm,
+            finding_sites=_finding_sites(template, entry, region),
+            measurements=[
+                _area(template, region, _outline(entry, region), _segment_reference(entry, region)),
+                _score(template, region.mean_score, template.mean),
+                _score(template, region.max_score, template.maximum),
+            ],
+            source_images=_source_of_group(entry),
         )
+        _separate(group)
+        groups.append(group)
     return groups
+
+
+def _abnormality(template: ReportTemplate, value: float) -> Measurement:
+    return Measurement(
+        name=template.abnormality_score,
+        value=round(float(value), SCORE_DECIMALS),
+        unit=template.abnormality_unit,
+    )
 
 
 def _image_group(
     request: SrRequest, entry: ImageEntry, index: int, algorithm: AlgorithmIdentification
 ) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group of an image without region: its maximum anomaly score."""
+    """TID 1501 group of an image: its abnormality score, and without region its maximum anomaly score."""
     source = entry.source
-    heatmap = entry.analysis.region_map.heatmap
-    maximum = float(np.nanmax(heatmap)) if heatmap.size else 0.0
+    template = request.template
+    measurements = [_abnormality(template, entry.analysis.abnormality_score)]
+    if entry.segments is None:
+        heatmap = entry.analysis.region_map.heatmap
+        maximum = float(np.nanmax(heatmap)) if heatmap.size else 0.0
+        measurements.append(_score(template, maximum, template.maximum))
     frame = entry.analysis.decoded.frame_number
-    return MeasurementsAndQualitativeEvaluations(
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derive_uid(request.job_key, "SR", "tracking", str(source.SOPInstanceUID), frame, "image"),
-            identifier=f"Image {index} (no anomalous region)",
+            identifier=template.abnormality_image_format.format(index=index),
         ),
         algorithm_id=algorithm,
-        measurements=[_score(request.template, maximum, request.template.maximum)],
-        source_images=[
-            SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-                referenced_frame_numbers=_frame_numbers(entry),
-            )
-        ],
+        measurements=measurements,
+        source_images=_source_of_group(entry),
     )
+    _separate(group)
+    return group
+
+
+def _study_group(request: SrRequest, algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of the study: its abnormality score (``pipeline/score.py``)."""
+    template = request.template
+    score = study_abnormality_score([entry.analysis for entry in request.entries])
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derive_uid(request.job_key, "SR", "tracking", "study"),
+            identifier=template.abnormality_study_identifier,
+        ),
+        algorithm_id=algorithm,
+        measurements=[_abnormality(template, score)],
+    )
+    _separate(group)
+    return group
+
+
+def _region_statements(request: SrRequest) -> list[str]:
+    """Where each region is, in words, and which devices each image shows."""
+    template = request.template
+    statements = []
+    for index, entry in enumerate(request.entries, start=1):
+        for region in sorted(entry.analysis.region_map.regions, key=lambda r: r.label):
+            statements.append(
+                template.region_location.format(
+                    label=region.label, index=index, location=region.location, kind=region.kind
+                )
+            )
+        anatomy = entry.analysis.anatomy
+        if anatomy is not None and anatomy.devices:
+            statements.append(template.devices_seen.format(index=index, devices=", ".join(anatomy.devices)))
+    return statements
+
+
+def _scores_statement(request: SrRequest) -> str:
+    analyses = [entry.analysis for entry in request.entries]
+    images = "; ".join(
+        f"image {index} {analysis.abnormality_score:.2f}" for index, analysis in enumerate(analyses, start=1)
+    )
+    return request.template.abnormality_scores.format(study=f"{study_abnormality_score(analyses):.2f}", images=images)
 
 
 def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
@@ -251,6 +368,8 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
         texts.append((template.caption, report.caption.strip()))
         texts.append((template.caption, caption_statement(request.models)))
     texts.extend((template.finding, finding) for finding in report.findings if finding.strip())
+    texts.extend((template.finding, statement) for statement in _region_statements(request))
+    texts.append((template.finding, _scores_statement(request)))
     without = [entry for entry in request.entries if entry.segments is None]
     if len(without) == len(request.entries):
         if template.no_region_in_study not in report.findings:  # the pipeline may have said it already
@@ -270,6 +389,7 @@ def _qualitative_evaluations(request: SrRequest) -> ContainerContentItem:
     container = ContainerContentItem(
         name=request.template.evaluations_container,
         relationship_type=RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
     )
     container.ContentSequence = ContentSequence(
         [
@@ -323,12 +443,11 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
     if not request.entries:
         raise EncodeError("an SR needs at least one analysed image")
     algorithm = _algorithm(request)
-    groups: list[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = []
+    groups: list[MeasurementsAndQualitativeEvaluations] = []
     for index, entry in enumerate(request.entries, start=1):
-        if entry.segments is None:
-            groups.append(_image_group(request, entry, index, algorithm))
-        else:
-            groups.extend(_region_groups(request, entry, index, algorithm))
+        groups.append(_image_group(request, entry, index, algorithm))
+        groups.extend(_region_groups(request, entry, index, algorithm))
+    groups.append(_study_group(request, algorithm))
     template = request.template
     equipment = request.equipment
     evidence = [entry.source for entry in request.entries]
@@ -362,6 +481,7 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
             software_versions=software_versions_value(equipment),
             device_serial_number=equipment.device_serial_number,
             contributing_equipment=[processing_equipment(equipment)],
+            previous_versions=list(request.predecessors) or None,
             **kwargs,
         )
     except (ValueError, TypeError, AttributeError) as exc:

@@ -1,5 +1,5 @@
 """Encode the results of one study: a SEG, an SC and a PM per analysed image (or frame); one SR,
-one Encapsulated PDF and one KO. ``EncodeContext.kinds`` says which of them a job asks for.
+one Encapsulated PDF, one KO and one GSPS. ``EncodeContext.kinds`` says which of them a job asks for.
 
 All objects are in the sources' study, each kind in its own new series, with UIDs derived from the
 job key (a retry reproduces them). Sources are repaired first (:mod:`~miemss_node.encode.repair`),
@@ -11,12 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 
 from pydicom import Dataset
 
 from miemss_node.encode.context import EncodeContext, EncodedResult
 from miemss_node.encode.equipment import Equipment, equipment_for
-from miemss_node.encode.ko import KeyImage, KoRequest, build_key_object_selection, key_image_index
+from miemss_node.encode.gsps import GspsRequest, build_presentation_state
+from miemss_node.encode.ko import (
+    KeyImage,
+    KoRequest,
+    build_key_object_selection,
+    key_image_index,
+)
 from miemss_node.encode.pdf import PdfRequest, build_encapsulated_pdf
 from miemss_node.encode.pm import PmRequest, build_parametric_map
 from miemss_node.encode.repair import repair_source
@@ -82,7 +89,7 @@ def encode_study(
     -------
     list of EncodedResult
         In the order of ``analyses``: the image's SEG (only when it has a region), SC and PM;
-        then the SR, the PDF and the KO. Only the kinds in ``context.kinds``; the SEGs are built
+        then the SR, the PDF, the KO and the GSPS (only when an image is grayscale). Only the kinds in ``context.kinds``; the SEGs are built
         for an SR (it references their segments) even when they are not returned.
 
     Raises
@@ -94,7 +101,7 @@ def encode_study(
         When a template in ``context.templates_dir`` is missing or invalid.
     """
     started = time.perf_counter()
-    templates = load_templates(context.templates_dir)
+    templates = versioned_templates(load_templates(context.templates_dir), context)
     if not analyses:
         raise EncodeError("no analysis to encode: the SR would have nothing to report")
     by_uid = _index_sources(sources)
@@ -135,7 +142,7 @@ def encode_study(
                     job_key=context.job_key,
                     series_uid=seg_series,
                     sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
-                    series_number=context.seg_series_number,
+                    series_number=context.series_number("SEG"),
                     instance_number=sum(result.kind == "SEG" for result in results) + 1,
                     pipeline_version=context.pipeline_version,
                     models=context.models,
@@ -159,7 +166,7 @@ def encode_study(
                 equipment=equipment,
                 series_uid=series_uid(context.job_key, "PDF"),
                 sop_instance_uid=study_level_uid(context.job_key, "PDF", "document"),
-                series_number=context.pdf_series_number,
+                series_number=context.series_number("PDF"),
             )
         )
         results.append(EncodedResult(kind="PDF", dataset=pdf, source_sop_instance_uids=analysed))
@@ -171,11 +178,13 @@ def encode_study(
                 equipment=equipment,
                 series_uid=series_uid(context.job_key, "KO"),
                 sop_instance_uid=study_level_uid(context.job_key, "KO", "document"),
-                series_number=context.ko_series_number,
+                series_number=context.series_number("KO"),
             )
         )
         key = images[key_image_index([image.analysis for image in images])]
         results.append(EncodedResult(kind="KO", dataset=ko, source_sop_instance_uids=(str(key.source.SOPInstanceUID),)))
+    if "GSPS" in kinds:
+        results.extend(_encode_gsps(images, templates, equipment, context))
     logger.info(
         "study encoded: %d object(s) in %.2f s",
         len(results),
@@ -213,7 +222,7 @@ def _encode_image_extras(
                 equipment=equipment,
                 series_uid=sc_series,
                 sop_instance_uid=instance_uid(context.job_key, "SC", uid, frame),
-                series_number=context.sc_series_number,
+                series_number=context.series_number("SC"),
                 instance_number=index,
             )
         )
@@ -227,11 +236,34 @@ def _encode_image_extras(
                 equipment=equipment,
                 series_uid=pm_series,
                 sop_instance_uid=instance_uid(context.job_key, "PM", uid, frame),
-                series_number=context.pm_series_number,
+                series_number=context.series_number("PM"),
                 instance_number=index,
             )
         )
         results.append(EncodedResult(kind="PM", dataset=heatmap, source_sop_instance_uids=(uid,)))
+
+
+def _encode_gsps(
+    images: list[KeyImage], templates: Templates, equipment: Equipment, context: EncodeContext
+) -> list[EncodedResult]:
+    gsps = build_presentation_state(
+        GspsRequest(
+            images=tuple(images),
+            template=templates.presentation_state,
+            equipment=equipment,
+            series_uid=series_uid(context.job_key, "GSPS"),
+            sop_instance_uid=study_level_uid(context.job_key, "GSPS", "document"),
+            series_number=context.series_number("GSPS"),
+        )
+    )
+    if gsps is None:
+        return []
+    referenced = tuple(
+        str(item.ReferencedSOPInstanceUID)
+        for series in gsps.ReferencedSeriesSequence
+        for item in series.ReferencedImageSequence
+    )
+    return [EncodedResult(kind="GSPS", dataset=gsps, source_sop_instance_uids=referenced)]
 
 
 def _encode_sr(
@@ -251,9 +283,20 @@ def _encode_sr(
             job_key=context.job_key,
             series_uid=series_uid(context.job_key, "SR"),
             sop_instance_uid=study_level_uid(context.job_key, "SR", "document"),
-            series_number=context.sr_series_number,
+            series_number=context.series_number("SR"),
             pipeline_version=context.pipeline_version,
             models=context.models,
+            predecessors=() if context.predecessor is None else (context.predecessor.as_dataset(),),
         )
     )
     return EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed)
+
+
+def versioned_templates(templates: Templates, context: EncodeContext) -> Templates:
+    """The templates with each Series Description saying which version of the results it holds."""
+    changes = {
+        item.name: replace(template, series_description=context.series_description(template.series_description))
+        for item in fields(templates)
+        if hasattr(template := getattr(templates, item.name), "series_description")
+    }
+    return replace(templates, **changes)

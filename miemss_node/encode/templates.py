@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from highdicom import AlgorithmIdentificationSequence
@@ -23,12 +24,16 @@ from miemss_node.errors import TemplateError
 
 logger = logging.getLogger(__name__)
 
+#: The package that ships the repository's ``dicom_templates/`` folder (mapped in ``setup.py``).
+TEMPLATES_PACKAGE = "miemss_node.dicom_templates"
+
 SEGMENT_TEMPLATE = "seg/anomaly_segment.json"
 REPORT_TEMPLATE = "sr/measurement_report.json"
 CAPTURE_TEMPLATE = "sc/secondary_capture.json"
 PARAMETRIC_MAP_TEMPLATE = "pm/parametric_map.json"
 KEY_OBJECTS_TEMPLATE = "ko/key_object_selection.json"
 PDF_REPORT_TEMPLATE = "pdf/encapsulated_report.json"
+PRESENTATION_STATE_TEMPLATE = "pr/presentation_state.json"
 
 #: Each template and the schema (in ``schemas/``) it must satisfy.
 TEMPLATE_SCHEMAS: dict[str, str] = {
@@ -38,6 +43,7 @@ TEMPLATE_SCHEMAS: dict[str, str] = {
     PARAMETRIC_MAP_TEMPLATE: "parametric_map.schema.json",
     KEY_OBJECTS_TEMPLATE: "key_object_selection.schema.json",
     PDF_REPORT_TEMPLATE: "encapsulated_report.schema.json",
+    PRESENTATION_STATE_TEMPLATE: "presentation_state.schema.json",
 }
 
 #: Schemas that others reference by ``$id`` (registered, never fetched).
@@ -78,6 +84,16 @@ class ReportTemplate:
     score_unit: CodedConcept
     mean: CodedConcept
     maximum: CodedConcept
+    #: The abnormality score NUM of an image and of the study, unitless in [0, 1].
+    abnormality_score: CodedConcept
+    abnormality_unit: CodedConcept
+    #: Tracking Identifier of an image's score group; ``{index}`` is its position in the study.
+    abnormality_image_format: str
+    abnormality_study_identifier: str
+    #: Finding Site of a region in a lung zone, and the two lateralities.
+    lung: CodedConcept
+    right: CodedConcept
+    left: CodedConcept
     evaluations_container: CodedConcept
     report_text: CodedConcept
     finding: CodedConcept
@@ -91,6 +107,9 @@ class ReportTemplate:
     no_model: str
     models_ran: str
     disclaimer: str
+    region_location: str
+    devices_seen: str
+    abnormality_scores: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +123,27 @@ class CaptureTemplate:
     heatmap_opacity: float
     outline_rgb: tuple[int, int, int]
     text_rgb: tuple[int, int, int]
+    #: Burned-in line with the image's abnormality score (``{score}`` is replaced).
+    abnormality_score_format: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresentationStateTemplate:
+    """``pr/presentation_state.json``: what the GSPS draws and says."""
+
+    series_description: str
+    content_label: str
+    content_description: str
+    graphic_layer: str
+    graphic_layer_description: str
+    warning_layer: str
+    warning_layer_description: str
+    outline_rgb: tuple[int, int, int]
+    warning_rgb: tuple[int, int, int]
+    #: Text beside each outline (``{label}`` and ``{score}`` are replaced).
+    region_label_format: str
+    warning_text: str
+    abnormality_score_format: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,9 +194,15 @@ class Templates:
     parametric_map: ParametricMapTemplate
     key_objects: KeyObjectsTemplate
     pdf_report: PdfReportTemplate
+    presentation_state: PresentationStateTemplate
 
 
-def _read_json(path: Path) -> Any:
+def package_templates() -> Traversable:
+    """The templates folder installed with the package (package data, found by importlib.resources)."""
+    return resources.files(TEMPLATES_PACKAGE)
+
+
+def _read_json(path: Traversable) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -167,7 +213,7 @@ def _read_json(path: Path) -> Any:
         raise TemplateError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def _schema_registry(schemas_dir: Path) -> Any:
+def _schema_registry(schemas_dir: Traversable) -> Any:
     """Register the shared schemas by their ``$id`` so no ``$ref`` ever reaches the network."""
     from referencing import Registry, Resource
 
@@ -181,7 +227,7 @@ def _schema_registry(schemas_dir: Path) -> Any:
     return registry
 
 
-def load_template(templates_dir: Path, name: str) -> dict[str, Any]:
+def load_template(templates_dir: Traversable, name: str) -> dict[str, Any]:
     """Read one template and check it against its schema.
 
     Parameters
@@ -280,6 +326,13 @@ def _report_template(document: dict[str, Any]) -> ReportTemplate:
         score_unit=coded_concept(document["anomalyScore"]["unit"]),
         mean=coded_concept(document["anomalyScore"]["meanDerivation"]),
         maximum=coded_concept(document["anomalyScore"]["maximumDerivation"]),
+        abnormality_score=coded_concept(document["abnormalityScore"]["name"]),
+        abnormality_unit=coded_concept(document["abnormalityScore"]["unit"]),
+        abnormality_image_format=document["abnormalityScore"]["imageTrackingFormat"],
+        abnormality_study_identifier=document["abnormalityScore"]["studyTrackingIdentifier"],
+        lung=coded_concept(document["findingSite"]["lung"]),
+        right=coded_concept(document["findingSite"]["right"]),
+        left=coded_concept(document["findingSite"]["left"]),
         evaluations_container=coded_concept(evaluations["container"]),
         report_text=coded_concept(evaluations["reportText"]),
         finding=coded_concept(evaluations["finding"]),
@@ -293,6 +346,9 @@ def _report_template(document: dict[str, Any]) -> ReportTemplate:
         no_model=statements["noModel"],
         models_ran=statements["modelsRan"],
         disclaimer=statements["disclaimer"],
+        region_location=statements["regionLocation"],
+        devices_seen=statements["devicesSeen"],
+        abnormality_scores=statements["abnormalityScores"],
     )
 
 
@@ -305,6 +361,24 @@ def _capture_template(document: dict[str, Any]) -> CaptureTemplate:
         heatmap_opacity=float(document["heatmapOpacity"]),
         outline_rgb=_rgb(document["outlineRGBValue"]),
         text_rgb=_rgb(document["textRGBValue"]),
+        abnormality_score_format=document["abnormalityScoreFormat"],
+    )
+
+
+def _presentation_state_template(document: dict[str, Any]) -> PresentationStateTemplate:
+    return PresentationStateTemplate(
+        series_description=document["SeriesDescription"],
+        content_label=document["ContentLabel"],
+        content_description=document["ContentDescription"],
+        graphic_layer=document["GraphicLayer"],
+        graphic_layer_description=document["GraphicLayerDescription"],
+        warning_layer=document["warningLayer"],
+        warning_layer_description=document["warningLayerDescription"],
+        outline_rgb=_rgb(document["outlineRGBValue"]),
+        warning_rgb=_rgb(document["warningRGBValue"]),
+        region_label_format=document["regionLabelFormat"],
+        warning_text=document["warningText"],
+        abnormality_score_format=document["abnormalityScoreFormat"],
     )
 
 
@@ -344,13 +418,17 @@ def _pdf_report_template(document: dict[str, Any]) -> PdfReportTemplate:
     )
 
 
-def load_templates(templates_dir: Path) -> Templates:
-    """Load, check and convert every template of a ``dicom_templates`` folder.
+def load_templates(templates_dir: Traversable | None = None) -> Templates:
+    """Load, check and convert every template of a ``dicom_templates`` folder, once per folder.
+
+    A process validates its templates once (``serve`` at start, ``check-config``); later calls
+    return the same object.
 
     Parameters
     ----------
     templates_dir
-        The folder holding ``seg/``, ``sr/``, ``sc/``, ``pm/``, ``ko/``, ``pdf/`` and ``schemas/``.
+        The folder holding ``seg/``, ``sr/``, ``sc/``, ``pm/``, ``ko/``, ``pdf/``, ``pr/`` and ``schemas/``;
+        None means the templates installed with the package (:func:`package_templates`).
 
     Returns
     -------
@@ -362,6 +440,21 @@ def load_templates(templates_dir: Path) -> Templates:
     TemplateError
         When any template is missing or invalid; the message names the file.
     """
+    folder = package_templates() if templates_dir is None else templates_dir
+    return _load_templates(str(folder), folder)
+
+
+#: Templates already checked in this process, by folder.
+_CHECKED: dict[str, Templates] = {}
+
+
+def _load_templates(key: str, templates_dir: Traversable) -> Templates:
+    if key not in _CHECKED:
+        _CHECKED[key] = _read_templates(templates_dir)
+    return _CHECKED[key]
+
+
+def _read_templates(templates_dir: Traversable) -> Templates:
     return Templates(
         segment=_segment_template(load_template(templates_dir, SEGMENT_TEMPLATE)),
         report=_report_template(load_template(templates_dir, REPORT_TEMPLATE)),
@@ -369,6 +462,7 @@ def load_templates(templates_dir: Path) -> Templates:
         parametric_map=_parametric_map_template(load_template(templates_dir, PARAMETRIC_MAP_TEMPLATE)),
         key_objects=_key_objects_template(load_template(templates_dir, KEY_OBJECTS_TEMPLATE)),
         pdf_report=_pdf_report_template(load_template(templates_dir, PDF_REPORT_TEMPLATE)),
+        presentation_state=_presentation_state_template(load_template(templates_dir, PRESENTATION_STATE_TEMPLATE)),
     )
 
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from miemss_node.errors import MiemssError
 from miemss_node.pipeline.base import PipelineSettings
+
+if TYPE_CHECKING:
+    from miemss_node.pipeline.reference import ReferenceModel
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,6 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
     from miemss_node.evaluate.synthetic import (
         SyntheticPlan,
         evaluate_synthetic,
-        leave_one_out_references,
         load_images,
     )
 
@@ -114,7 +117,9 @@ def _files(paths: Iterable[Path]) -> Iterable[Path]:
             raise MiemssError(f"input not found: {path}")
 
 
-def _references(args: argparse.Namespace, images: list, settings: PipelineSettings) -> tuple[object, str]:
+def _references(
+    args: argparse.Namespace, images: list, settings: PipelineSettings
+) -> tuple[Callable[[int], ReferenceModel | None] | None, str]:
     from miemss_node.evaluate.synthetic import leave_one_out_references
     from miemss_node.pipeline.reference import fit_reference_model, images_in, load_reference_model
 

@@ -27,7 +27,6 @@ import logging
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import ndimage
 from skimage.feature import hessian_matrix, hessian_matrix_eigvals, hog
 from skimage.transform import resize
 

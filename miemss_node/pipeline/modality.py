@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
 from miemss_node.pipeline.features import working_shape
@@ -40,7 +41,7 @@ def settings_for_image(settings: PipelineSettings, image: DecodedImage) -> Pipel
         part other than the chest.
     """
     chosen = settings.for_modality(image.modality)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if chosen.patch_size_mm > 0 and image.pixel_spacing_mm is not None:
         rows, cols = image.pixels.shape[:2]
         work_rows, _ = working_shape((rows, cols), chosen.analysis_max_side)

@@ -230,7 +230,7 @@ def check_models(settings: ModelSettings) -> list[ModelCheck]:
             continue
         started = time.perf_counter()
         # One model at a time, so each load time is its own.
-        loaded = load_models(replace(settings, **{"blip" if role == "vit" else "vit": ""}))
+        loaded = load_models(replace(settings, blip="") if role == "vit" else replace(settings, vit=""))
         load_seconds = time.perf_counter() - started
         model: Any = loaded.vit if role == "vit" else loaded.blip
         output = ""

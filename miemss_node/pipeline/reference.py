@@ -179,7 +179,7 @@ def fit_on_vectors(
         n_images=count,
         n_patches=int(vectors.shape[0]),
         settings=used or {},
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 

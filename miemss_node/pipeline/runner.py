@@ -19,8 +19,8 @@ from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSetti
 from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features
-from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.modality import settings_for_image
+from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.regions import find_regions
 from miemss_node.pipeline.report import findings_sentences
 from miemss_node.pipeline.vit import attention_map, join_vit_features

@@ -7,9 +7,16 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from miemss_node.queue.migrate import upgrade
+from miemss_node.errors import MiemssError
+from miemss_node.queue.migrate import head_revision, upgrade
+
+
+class DatabaseNotReady(MiemssError):
+    """The database does not exist yet, or its schema is older than this version: start `miemss-node serve`
+    (or `worker`) once; it creates and migrates the schema."""
 
 
 def create_database_engine(url: str) -> Engine:
@@ -27,6 +34,43 @@ def create_database_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     upgrade(engine)
+    return engine
+
+
+def open_database_read_only(url: str) -> Engine:
+    """An engine for commands that only read (``jobs``): nothing is created and nothing migrated.
+
+    A SQLite file is opened read-only, so a typo in the path cannot leave an empty database behind.
+
+    Raises
+    ------
+    DatabaseNotReady
+        When the database does not exist, cannot be read, or its schema is not this version's.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not path.is_file():
+            raise DatabaseNotReady(
+                f"no database at {path}: the node has not run with this config yet (`miemss-node serve` creates it)"
+            )
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"timeout": 30})
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.connect() as connection:
+            from alembic.migration import MigrationContext
+
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseNotReady(f"the database did not answer ({type(exc).__name__})") from exc
+    if current != head_revision():
+        engine.dispose()
+        raise DatabaseNotReady(
+            f"the database schema is at revision {current or 'none'}, this version needs {head_revision()}: "
+            "start `miemss-node serve` once to migrate it"
+        )
     return engine
 
 

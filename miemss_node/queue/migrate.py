@@ -29,3 +29,13 @@ def upgrade(engine: Engine) -> None:
             # Several workers may start at once: one migrates, the others wait and find nothing to do.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         command.upgrade(alembic_config(connection), "head")
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of the node knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migration found in {MIGRATIONS}")
+    return head

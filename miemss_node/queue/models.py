@@ -193,9 +193,25 @@ class Delivery(Base):
     last_status: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+    #: The sender sending it now; its lease is renewed while it sends, so no other sender takes it.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
     job: Mapped[Job] = relationship(back_populates="deliveries")
 
     __table_args__ = (
         UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),
         Index("ix_deliveries_due", "state", "next_attempt_at"),
     )
+
+
+class SentObject(Base):
+    """One result object a destination acknowledged, so a later attempt of the delivery skips it."""
+
+    __tablename__ = "sent_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"))
+    sent_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("delivery_id", "result_id", name="uq_sent_objects_delivery_result"),)

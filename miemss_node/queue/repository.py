@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import CursorResult, case, delete, func, select, update
+from sqlalchemy import Result as Result_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,10 +27,11 @@ from miemss_node.queue.models import (
     JobState,
     ReceiveConflict,
     Result,
+    SentObject,
     StageDuration,
     Study,
 )
-from miemss_node.queue.retry import RetryPolicy
+from miemss_node.queue.retry import RetryDecision
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,7 +217,7 @@ def settle_due_studies(
             .where(Study.id == study.id, Study.unsettled.is_(True), Study.last_received_at == study.last_received_at)
             .values(unsettled=False)
         )
-        if taken.rowcount != 1:
+        if _rowcount(taken) != 1:
             continue  # another settler took it, or a new instance just arrived
         versions = session.execute(
             select(func.max(Job.version), func.count(Job.id).filter(Job.state == JobState.QUEUED)).where(
@@ -263,7 +265,7 @@ def claim_job(session: Session, *, owner: str, lease_seconds: float, now: dateti
                 updated_at=now,
             )
         )
-        if taken.rowcount == 1:
+        if _rowcount(taken) == 1:
             job = session.get_one(Job, job_id, populate_existing=True)
             _add_event(session, job, now, f"claimed by {owner} (attempt {job.attempts})")
             return job
@@ -277,7 +279,7 @@ def renew_lease(session: Session, *, job_id: int, owner: str, lease_seconds: flo
         .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == owner)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
     )
-    return renewed.rowcount == 1
+    return _rowcount(renewed) == 1
 
 
 def reclaim_expired_leases(session: Session, *, now: datetime) -> list[Job]:
@@ -299,6 +301,19 @@ def study_of_job(session: Session, job: Job) -> Study:
 def study_instances(session: Session, study_id: int) -> list[Instance]:
     """The stored instances of a study, in arrival order."""
     return list(session.scalars(select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)))
+
+
+def previous_report(session: Session, job: Job) -> tuple[int, str, str] | None:
+    """The SR of the latest earlier version of the job's study: (version, SOP Class UID, SOP
+    Instance UID), or None when no earlier job made one."""
+    row = session.execute(
+        select(Job.version, Result.sop_class_uid, Result.sop_instance_uid)
+        .join(Result, Result.job_id == Job.id)
+        .where(Job.study_id == job.study_id, Job.version < job.version, Result.kind == "SR")
+        .order_by(Job.version.desc(), Result.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
 def finish_job_encoded(
@@ -338,9 +353,17 @@ def finish_job_encoded(
 
 
 def fail_job(
-    session: Session, *, job_id: int, owner: str, error: str, policy: RetryPolicy, retryable: bool, now: datetime
+    session: Session,
+    *,
+    job_id: int,
+    owner: str,
+    error: str,
+    decision: RetryDecision,
+    delay_seconds: float,
+    now: datetime,
 ) -> JobState | None:
-    """Record a failed attempt: back to the queue after a backoff, or failed for good.
+    """Record a failed attempt as ``decision`` says: back to the queue after ``delay_seconds``
+    (RETRY while attempts remain; WAIT without using up the attempt), or failed for good.
 
     Returns the new state, or None when ``owner`` no longer holds the job.
     """
@@ -348,8 +371,11 @@ def fail_job(
     if job.state != JobState.RUNNING or job.lease_owner != owner:
         return None
     retry_at = None
-    if retryable and job.attempts < job.max_attempts:
-        retry_at = now + timedelta(seconds=policy.delay(job.attempts))
+    if decision is RetryDecision.WAIT:
+        job.attempts = max(job.attempts - 1, 0)  # waiting for a resource is not a failed try
+        retry_at = now + timedelta(seconds=delay_seconds)
+    elif decision is RetryDecision.RETRY and job.attempts < job.max_attempts:
+        retry_at = now + timedelta(seconds=delay_seconds)
     _retry_or_fail(session, job, error=error, retry_at=retry_at, now=now)
     return job.state
 
@@ -380,29 +406,92 @@ def requeue_job(session: Session, *, job_id: int, now: datetime) -> Job | None:
     return job
 
 
-def claim_due_deliveries(session: Session, *, now: datetime, hold_seconds: float, limit: int = 10) -> list[Delivery]:
-    """Take pending deliveries that are due, pushing their next attempt out while they are sent.
+def claim_due_deliveries(
+    session: Session,
+    *,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+    destination: str | None = None,
+    limit: int = 10,
+) -> list[Delivery]:
+    """Take pending, due deliveries (to ``destination``, or to any) with a lease for ``owner``.
 
-    Pushing ``next_attempt_at`` by ``hold_seconds`` is the claim: a second sender skips them, and a
-    sender that dies leaves them due again once the hold passes.
+    A delivery whose lease has not expired is being sent by someone: it is skipped. The sender
+    renews the lease while it sends (:func:`renew_delivery_lease`), so a slow destination never
+    makes a second sender send the same objects; a sender that dies leaves it due once its
+    lease expires.
     """
+    query = select(Delivery).where(
+        Delivery.state == DeliveryState.PENDING,
+        Delivery.next_attempt_at <= now,
+        (Delivery.lease_expires_at.is_(None)) | (Delivery.lease_expires_at < now),
+    )
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
     due = session.scalars(
-        select(Delivery)
-        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        query.order_by(Delivery.next_attempt_at, Delivery.id).limit(limit).with_for_update(skip_locked=True)
     ).all()
     claimed = []
     for delivery in due:
+        expired = (Delivery.lease_expires_at.is_(None)) | (Delivery.lease_expires_at < now)
         taken = session.execute(
             update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.next_attempt_at == delivery.next_attempt_at)
-            .values(next_attempt_at=now + timedelta(seconds=hold_seconds))
+            .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING, expired)
+            .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
         )
-        if taken.rowcount == 1:
-            claimed.append(delivery)
+        if _rowcount(taken) == 1:
+            claimed.append(session.get_one(Delivery, delivery.id, populate_existing=True))
     return claimed
+
+
+def renew_delivery_lease(
+    session: Session, *, delivery_id: int, owner: str, lease_seconds: float, now: datetime
+) -> bool:
+    """Extend the lease of a delivery being sent; False when ``owner`` no longer holds it."""
+    renewed = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING, Delivery.lease_owner == owner)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return _rowcount(renewed) == 1
+
+
+def unsent_results(session: Session, delivery: Delivery) -> list[Result]:
+    """The delivery's job's results that its destination has not acknowledged yet, in order."""
+    sent = select(SentObject.result_id).where(SentObject.delivery_id == delivery.id)
+    return list(
+        session.scalars(
+            select(Result).where(Result.job_id == delivery.job_id, Result.id.not_in(sent)).order_by(Result.id)
+        )
+    )
+
+
+def record_object_sent(session: Session, *, delivery_id: int, result_id: int, owner: str, now: datetime) -> bool:
+    """Record that the destination acknowledged one result; False (recording nothing) when
+    ``owner`` lost the delivery's lease, so the caller stops sending."""
+    delivery = session.get_one(Delivery, delivery_id, with_for_update=True, populate_existing=True)
+    if delivery.state != DeliveryState.PENDING or delivery.lease_owner != owner:
+        return False
+    exists = session.scalar(
+        select(SentObject.id).where(SentObject.delivery_id == delivery_id, SentObject.result_id == result_id)
+    )
+    if exists is None:
+        session.add(SentObject(delivery_id=delivery_id, result_id=result_id, sent_at=now))
+    return True
+
+
+def unconfigured_deliveries(session: Session, *, configured: list[str], limit: int = 100) -> list[Delivery]:
+    """Pending deliveries to destinations that are no longer configured."""
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.destination.not_in(configured))
+            .order_by(Delivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
 
 
 def job_results(session: Session, job_id: int) -> list[Result]:
@@ -419,9 +508,17 @@ def record_delivery_outcome(
     status: int | None,
     error: str | None,
     now: datetime,
-) -> DeliveryState:
-    """Record one delivery attempt and bring the job's state up to date."""
+    owner: str | None = None,
+) -> DeliveryState | None:
+    """Record one delivery attempt, release its lease and bring the job's state up to date.
+
+    With ``owner``, records nothing and returns None when that sender no longer holds the lease.
+    """
     delivery = session.get_one(Delivery, delivery_id, with_for_update=True, populate_existing=True)
+    if owner is not None and (delivery.state != DeliveryState.PENDING or delivery.lease_owner != owner):
+        return None
+    delivery.lease_owner = None
+    delivery.lease_expires_at = None
     delivery.attempts += 1
     delivery.last_status = status
     delivery.last_error = error
@@ -470,10 +567,7 @@ def reset_deliveries(session: Session, *, study_instance_uid: str, destination: 
         query = query.where(Delivery.destination == destination)
     deliveries = session.scalars(query).all()
     for delivery in deliveries:
-        delivery.state = DeliveryState.PENDING
-        delivery.attempts = 0
-        delivery.next_attempt_at = now
-        delivery.created_at = now
+        _make_pending_again(session, delivery, now)
     if deliveries:
         job.state = JobState.ENCODED
         job.updated_at = now
@@ -512,6 +606,8 @@ def studies_past_retention(session: Session, *, cutoff: datetime, limit: int = 1
 def delete_study(session: Session, study: Study) -> None:
     """Delete a study's rows: instances, jobs with their events, results and deliveries."""
     job_ids = select(Job.id).where(Job.study_id == study.id)
+    delivery_ids = select(Delivery.id).where(Delivery.job_id.in_(job_ids))
+    session.execute(delete(SentObject).where(SentObject.delivery_id.in_(delivery_ids)))
     for model in (JobEvent, Result, Delivery, StageDuration):
         session.execute(delete(model).where(model.job_id.in_(job_ids)))
     session.execute(delete(Job).where(Job.study_id == study.id))
@@ -617,15 +713,28 @@ def retry_delivery(session: Session, *, delivery_id: int, now: datetime) -> Deli
     delivery = session.get(Delivery, delivery_id, with_for_update=True, populate_existing=True)
     if delivery is None or delivery.state != DeliveryState.FAILED:
         return None
-    delivery.state = DeliveryState.PENDING
-    delivery.attempts = 0
-    delivery.next_attempt_at = now
-    delivery.created_at = now
+    _make_pending_again(session, delivery, now)
     job = session.get_one(Job, delivery.job_id)
     job.state = JobState.ENCODED
     job.updated_at = now
     _add_event(session, job, now, f"retry of the delivery to {delivery.destination} requested on the dashboard")
     return delivery
+
+
+def _make_pending_again(session: Session, delivery: Delivery, now: datetime) -> None:
+    """An operator's resend: every object is sent again, with a fresh attempt budget."""
+    session.execute(delete(SentObject).where(SentObject.delivery_id == delivery.id))
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = now
+    delivery.created_at = now
+    delivery.lease_owner = None
+    delivery.lease_expires_at = None
+
+
+def _rowcount(result: Result_[Any]) -> int:
+    """Rows an UPDATE matched: ``execute`` of an UPDATE returns a ``CursorResult``, typed as ``Result``."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _add_event(session: Session, job: Job, now: datetime, detail: str) -> None:

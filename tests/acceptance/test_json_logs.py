@@ -14,7 +14,7 @@ from pydicom import dcmread
 
 from tests.support.net import free_port, wait_for_port
 from tests.support.paths import shared_file
-from tests.support.peers import store_files
+from tests.support.peers import PacsScp, store_files
 
 CLI = [sys.executable, "-m", "miemss_node"]
 
@@ -22,10 +22,12 @@ CLI = [sys.executable, "-m", "miemss_node"]
 @pytest.mark.slow
 def test_serve_and_its_workers_log_json_lines(tmp_path: Path) -> None:
     port = free_port()
+    pacs = PacsScp(ae_title="PACS")
     config = tmp_path / "config.toml"
     config.write_text(
         f"[node]\nport={port}\nstorage_dir='store'\n[study]\nsettle_seconds=0.3\n"
-        "[worker]\ncount=1\nprocesses=true\npoll_seconds=0.2\n[logging]\nformat='json'\n",
+        "[worker]\ncount=1\nprocesses=true\npoll_seconds=0.2\n[logging]\nformat='json'\n"
+        f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n",
         encoding="utf-8",
     )
     paths = sorted(shared_file("dicom/xray/study_cr_cspine_16x16").glob("*.dcm"))
@@ -44,6 +46,7 @@ def test_serve_and_its_workers_log_json_lines(tmp_path: Path) -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+            pacs.stop()
     assert process.returncode == 0
     text = log_path.read_text(encoding="utf-8")
     records = []

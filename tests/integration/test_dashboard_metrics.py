@@ -36,6 +36,7 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.net import free_port
 from tests.support.paths import shared_file
 from tests.support.peers import PacsScp, store_files
+from tests.support.tools import tool
 
 SOURCE = "dicom/xray/dx_thorax_canine_fuji_mono1_8bit.dcm"
 TOKEN = "test-token-0123456789abcdef"
@@ -250,8 +251,7 @@ def test_dashboard_lists_the_study_by_uid_and_no_patient_data(running: Running) 
 
 
 def test_dashboard_screenshot_in_headless_chromium(running: Running, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium not found: apt-get install chromium (make system-deps)"
+    chromium = tool("chromium", "chromium", "chromium-browser")
     uid = str(running.source.StudyInstanceUID)
     for name, url in (("index", f"{running.base_url}/"), ("study", f"{running.base_url}/studies/{uid}")):
         shot = tmp_path / f"{name}.png"

@@ -1,5 +1,6 @@
-"""Every real X-ray of the corpus: SEG, SR and SC are built, round-trip through bytes, and pass
-dciodvfy with no error other than the listed defects of the input that cannot be repaired."""
+"""Every real X-ray of the corpus: every result type (SEG, SR, SC, PM, PDF, KO, GSPS) is built,
+round-trips through bytes, and passes dciodvfy with no error other than the listed defects of the
+input that cannot be repaired."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pydicom import Dataset
 from pydicom.data import get_testdata_file
 
 from miemss_node.encode import EncodeContext, encode_study
-from miemss_node.encode.context import EncodedResult
+from miemss_node.encode.context import KINDS, EncodedResult
 from tests.support.analysis_factory import make_analysis, make_report, read_source
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.paths import SHARED_DATA
@@ -105,13 +106,14 @@ def _round_trip(result: EncodedResult, folder: Path) -> tuple[Path, Dataset]:
 def _check_file(path: Path, tmp_path: Path) -> None:
     source = read_source(path)
     analyses = _analyses(source)
-    results = encode_study(
-        [source], analyses, make_report(analyses), EncodeContext(job_key=f"test/{path.name}")
-    )
+    context = EncodeContext(job_key=f"test/{path.name}", kinds=frozenset(KINDS))
+    results = encode_study([source], analyses, make_report(analyses), context)
     kinds = sorted(result.kind for result in results)
     n_images = len(analyses)
     n_segs = sum(1 for analysis in analyses if analysis.region_map.regions)
-    assert kinds == sorted(["SC"] * n_images + ["SEG"] * n_segs + ["SR"])
+    gsps = ["GSPS"] if source.get("PhotometricInterpretation") in ("MONOCHROME1", "MONOCHROME2") else []
+    per_image = ["SC"] * n_images + ["PM"] * n_images + ["SEG"] * n_segs
+    assert kinds == sorted([*per_image, "SR", "PDF", "KO", *gsps])
     allowed = KNOWN_INPUT_ERRORS.get(path.name, frozenset())
     for result in results:
         written, reread = _round_trip(result, tmp_path)

@@ -4,7 +4,6 @@ through bytes, checked by dciodvfy, and read back (float heatmap, PDF text, key 
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tests.integration.test_encode_dciodvfy import INVALID_UID_WARNING, KNOWN_IN
 from tests.support.analysis_factory import make_analysis, make_report, read_source
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.paths import shared_file
+from tests.support.tools import tool
 
 pytestmark = pytest.mark.filterwarnings(PERSON_NAME_WARNING)
 
@@ -79,9 +79,7 @@ def _round_trip(result: EncodedResult, folder: Path) -> tuple[Path, Dataset]:
 
 def pdf_text(document: bytes, folder: Path) -> str:
     """The text of a PDF as poppler's pdftotext reads it (a real reader, not our writer)."""
-    pdftotext = shutil.which("pdftotext")
-    if pdftotext is None:
-        raise RuntimeError("pdftotext not found: install poppler-utils (make system-deps)")
+    pdftotext = tool("pdftotext", "poppler-utils")
     path = folder / "report.pdf"
     path.write_bytes(document)
     done = subprocess.run([pdftotext, "-enc", "UTF-8", str(path), "-"], capture_output=True, check=True, timeout=60)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +17,10 @@ from miemss_node.encode import EncodeContext, encode_study
 from miemss_node.encode.context import EncodedResult
 from miemss_node.errors import EncodeError
 from miemss_node.pipeline.base import ModelRun
+from miemss_node.result_kinds import DEFAULT_SERIES_NUMBERS
 from tests.support.analysis_factory import make_analysis, make_report, read_source
 from tests.support.paths import shared_file
+from tests.support.tools import tool
 
 #: highdicom warns about single-component Person Names it copies (the CR study's referring
 #: physician is empty, but e.g. "ward" in RG1): valid real input.
@@ -175,7 +176,8 @@ def test_sr_holds_report_text_models_statement_and_measurements(cr_study: list[D
     assert any(text.startswith("No ViT or BLIP model ran") for text in texts)
     assert any(str(cr_study[2].SOPInstanceUID) in text and "No anomalous region" in text for text in texts)
     groups = sr.ContentSequence[-2].ContentSequence  # Imaging Measurements
-    assert len(groups) == 3 + 1  # one per segment (2 + 1) and one for the image without region
+    # Per image its score group, per segment (2 + 1) its region group, and the study's score group.
+    assert len(groups) == 3 + 3 + 1
 
 
 def test_sr_references_the_seg_segments(cr_study: list[Dataset]) -> None:
@@ -224,13 +226,13 @@ def test_no_region_study_has_sr_and_sc_but_no_seg(cr_study: list[Dataset]) -> No
     assert "No anomalous region was found." in texts
 
 
-@pytest.mark.skipif(shutil.which("dsr2html") is None, reason="dcmtk's dsr2html is not installed")
 def test_dsr2html_renders_report_and_model_statement(cr_study: list[Dataset], tmp_path: Path) -> None:
+    dsr2html = tool("dsr2html", "dcmtk")
     analyses, results = _encode(cr_study, [2, 0, 0])
     sr = next(result.dataset for result in results if result.kind == "SR")
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
-    html = subprocess.run(["dsr2html", str(path)], capture_output=True, check=True).stdout.decode(
+    html = subprocess.run([dsr2html, str(path)], capture_output=True, check=True).stdout.decode(
         "utf-8", "replace"
     )
     assert make_report(analyses).findings[0].split(" (")[0] in html
@@ -263,7 +265,7 @@ def test_no_analysis_is_refused(ct_source: Dataset) -> None:
 
 def test_context_refuses_equal_series_numbers() -> None:
     with pytest.raises(ValueError, match="series numbers must differ"):
-        EncodeContext(job_key="x", seg_series_number=5, sr_series_number=5)
+        EncodeContext(job_key="x", series_numbers={**DEFAULT_SERIES_NUMBERS, "SEG": 5, "SR": 5})
 
 
 def test_sources_are_not_modified(ct_source: Dataset) -> None:

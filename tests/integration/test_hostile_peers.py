@@ -247,9 +247,8 @@ def test_two_senders_of_one_uid_never_overwrite_each_other(
             for ds in datasets:
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         with ThreadPoolExecutor(max_workers=2) as pool:
-            results = dict(
-                zip(versions, pool.map(lambda s: store_datasets(versions[s], node.port, calling_aet=s), versions))
-            )
+            sent = pool.map(lambda s: store_datasets(versions[s], node.port, calling_aet=s), versions)
+            results = dict(zip(versions, sent, strict=True))
         for index in range(len(uids)):
             answers = sorted(results[sender][index] for sender in versions)
             assert answers == [STATUS_SUCCESS, STATUS_CONFLICTING_INSTANCE]  # one winner per UID

@@ -10,8 +10,6 @@ The second test plays a modality with dcmtk ``storescu`` proposing compressed tr
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +29,7 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.net import free_port
 from tests.support.orthanc import Modality, Orthanc, orthanc_binary
 from tests.support.paths import shared_file
-
+from tests.support.tools import require_tool, tool
 
 NODE_AET = "MIEMSS"
 ORTHANC_AET = "ORTHANC"
@@ -48,20 +46,11 @@ KINDS = {
     "1.2.840.10008.5.1.4.1.1.30": "PM",
     "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
     "1.2.840.10008.5.1.4.1.1.88.59": "KO",
+    "1.2.840.10008.5.1.4.1.1.11.1": "GSPS",
 }
 
 #: Longest wait for a node to process and deliver, in seconds (normally a few).
 RESULT_TIMEOUT_S = 120.0
-
-
-def require_tool(name: str, binary: str | None, package: str) -> str:
-    """Return ``binary``; when missing, fail in CI (CI=true) and skip elsewhere, saying what to install."""
-    if binary is not None:
-        return binary
-    message = f"{name} not found: install Debian's {package} (apt-get install {package}; `make system-deps`)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run the Orthanc tests")
-    pytest.skip(message)
 
 
 @dataclass
@@ -218,6 +207,17 @@ def check_results(results: list[tuple[Path, Dataset]], sources: list[Dataset]) -
         elif kind == "KO":
             (image,) = [item for item in ds.ContentSequence if item.ValueType == "IMAGE"]
             assert str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) in source_uids
+        elif kind == "GSPS":
+            presented = {
+                str(image.ReferencedSOPInstanceUID)
+                for series in ds.ReferencedSeriesSequence
+                for image in series.ReferencedImageSequence
+            }
+            assert presented == source_uids, "the GSPS presents every source image"
+            layers = {str(layer.GraphicLayer) for layer in ds.GraphicLayerSequence}
+            drawn = {str(annotation.GraphicLayer) for annotation in ds.GraphicAnnotationSequence}
+            assert layers == {"AI_REGIONS", "AI_WARNING"}
+            assert "AI_WARNING" in drawn and drawn <= layers, "the warning on every image, outlines in their layer"
         else:
             assert references & source_uids, f"{kind} references no source instance"
         assert dciodvfy_errors(path) == [], f"dciodvfy errors in {kind} {path.name}"
@@ -227,7 +227,7 @@ def check_results(results: list[tuple[Path, Dataset]], sources: list[Dataset]) -
 
 def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=r"apt-get install orthanc.*CI must run"):
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install orthanc.*CI must run every test"):
         require_tool("Orthanc", None, "orthanc")
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match=r"Orthanc not found"):
@@ -265,16 +265,18 @@ def test_orthanc_sends_studies_and_receives_valid_results(deployment: Deployment
         results = download_results(orthanc, study_id, source_uids, deployment.folder / name)
         assert {str(ds.SOPInstanceUID) for _, ds in results} == set(expected)
         counts = check_results(results, datasets)
-        # Every result type: SEG per image with a region, one SR, SC and PM per image, one PDF and KO.
+        # Every result type: SEG per image with a region, one SR, SC and PM per image, one PDF, KO
+        # and GSPS.
         images, segs = len(datasets), list(expected.values()).count("SEG")
-        assert counts == {"SR": 1, "SC": images, "PM": images, "PDF": 1, "KO": 1} | ({"SEG": segs} if segs else {})
+        every = {"SR": 1, "SC": images, "PM": images, "PDF": 1, "KO": 1, "GSPS": 1}
+        assert counts == every | ({"SEG": segs} if segs else {})
     # Every result series is new in the original study: 3 sources + SR, SC and perhaps SEG series.
     assert len(orthanc.get(f"/studies/{orthanc_ids['cspine']}/series")) >= 5
 
 
 def storescu(port: int, path: Path, proposal: str) -> None:
     """Send one file with dcmtk's storescu, proposing only ``proposal`` plus uncompressed syntaxes."""
-    binary = require_tool("storescu", shutil.which("storescu"), "dcmtk")
+    binary = tool("storescu", "dcmtk")
     done = subprocess.run(
         [binary, "-R", proposal, "-aet", MODALITY_AET, "-aec", NODE_AET, "127.0.0.1", str(port), str(path)],
         capture_output=True,
@@ -300,7 +302,7 @@ def test_storescu_compressed_syntaxes_are_stored_as_received_and_processed(deplo
     wait_until_delivered(node, {str(ds.StudyInstanceUID) for ds in sources.values()})
 
     storage = node.config.node.storage_dir
-    for name, (path, _, syntax) in sent.items():
+    for name, (_path, _, syntax) in sent.items():
         source = sources[name]
         assert source.file_meta.TransferSyntaxUID == syntax
         with node.sessions() as session:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from miemss_node.config import DeliverySettings, Destination
 from miemss_node.queue import repository
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState
-from miemss_node.send import Sender, SendOutcome, classify_status
+from miemss_node.send import Sender, SendOutcome, classify_status, refuse_unconfigured_deliveries
 from tests.conftest import pacs_destination
 from tests.support.net import free_port
 from tests.support.peers import PacsScp
@@ -74,7 +73,7 @@ def job_and_delivery(sessions: sessionmaker[Session], job_id: int) -> tuple[Job,
 
 def test_results_are_delivered(tmp_path: Path, pacs: PacsScp) -> None:
     sessions, job_id = encoded_job(tmp_path, "pacs")
-    sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+    sender = Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS")
     assert sender.run_once() == 1
     job, delivery = job_and_delivery(sessions, job_id)
     assert job.state is JobState.DELIVERED and delivery.state is DeliveryState.DELIVERED
@@ -86,14 +85,14 @@ def test_destination_down_is_retried_until_it_comes_up(tmp_path: Path) -> None:
     sessions, job_id = encoded_job(tmp_path, "pacs")
     down = Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=port)
     settings = DeliverySettings(max_attempts=5, backoff_seconds=0.0, poll_seconds=0.1, timeout_seconds=2.0)
-    sender = Sender(sessions, tmp_path, (down,), settings, "MIEMSS")
+    sender = Sender(sessions, tmp_path, down, settings, "MIEMSS")
     assert sender.run_once() == 1
     job, delivery = job_and_delivery(sessions, job_id)
     assert job.state is JobState.ENCODED and delivery.state is DeliveryState.PENDING and delivery.attempts == 1
     assert "association not established" in (delivery.last_error or "")
     pacs = PacsScp()
     try:
-        up = Sender(sessions, tmp_path, (Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=pacs.port),), settings, "MIEMSS")
+        up = Sender(sessions, tmp_path, Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=pacs.port), settings, "MIEMSS")
         assert up.run_once() == 1
         assert job_and_delivery(sessions, job_id)[0].state is JobState.DELIVERED
         assert len(pacs.received) == 2
@@ -105,7 +104,7 @@ def test_out_of_resources_retries_then_gives_up_and_keeps_the_files(tmp_path: Pa
     pacs = PacsScp(status_for=lambda _ds: 0xA700)
     try:
         sessions, job_id = encoded_job(tmp_path, "pacs")
-        sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+        sender = Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS")
         for _ in range(3):
             assert sender.run_once() == 1
         assert sender.run_once() == 0
@@ -123,7 +122,7 @@ def test_refusal_fails_at_once_and_resend_delivers(tmp_path: Path) -> None:
     pacs = PacsScp(status_for=lambda _ds: 0xC000 if refusing else 0x0000)
     try:
         sessions, job_id = encoded_job(tmp_path, "pacs")
-        sender = Sender(sessions, tmp_path, (pacs_destination(pacs),), FAST, "MIEMSS")
+        sender = Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS")
         assert sender.run_once() == 1
         job, delivery = job_and_delivery(sessions, job_id)
         assert (job.state, delivery.state, delivery.attempts) == (JobState.FAILED, DeliveryState.FAILED, 1)
@@ -144,7 +143,44 @@ def test_delivery_gives_up_after_its_maximum_age(tmp_path: Path) -> None:
         delivery.created_at = utcnow() - timedelta(hours=2)
     down = Destination(name="pacs", ae_title="TESTPACS", host="127.0.0.1", port=free_port())
     settings = DeliverySettings(max_attempts=50, backoff_seconds=0.0, timeout_seconds=2.0, max_age_hours=1.0)
-    assert Sender(sessions, tmp_path, (down,), settings, "MIEMSS").run_once() == 1
+    assert Sender(sessions, tmp_path, down, settings, "MIEMSS").run_once() == 1
     job, delivery = job_and_delivery(sessions, job_id)
     assert (job.state, delivery.state, delivery.attempts) == (JobState.FAILED, DeliveryState.FAILED, 1)
     assert "gave up after 1 h" in (delivery.last_error or "")
+
+
+def test_an_unreadable_result_fails_the_delivery_with_its_cause_and_counts_the_attempt(tmp_path: Path, pacs: PacsScp) -> None:
+    """Issue 13 row 6: an unexpected error (InvalidDicomError) ends the attempt; it is not retried forever."""
+    sessions, job_id = encoded_job(tmp_path, "pacs")
+    (tmp_path / "results" / "MR_small.dcm").write_bytes(b"not DICOM at all" * 10)
+    sender = Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS")
+    assert sender.run_once() == 1
+    job, delivery = job_and_delivery(sessions, job_id)
+    assert (job.state, delivery.state, delivery.attempts) == (JobState.FAILED, DeliveryState.FAILED, 1)
+    assert "InvalidDicomError" in (delivery.last_error or "")
+    assert sender.run_once() == 0  # failed for good: kept on disk for `resend`, never retried by itself
+    assert pacs.received == []
+
+
+def test_a_retry_sends_only_what_the_destination_has_not_acknowledged(tmp_path: Path) -> None:
+    answers = iter([0x0000, 0xA700])  # the first object is stored, then the PACS runs out of resources once
+    pacs = PacsScp(status_for=lambda _ds: next(answers, 0x0000))
+    try:
+        sessions, job_id = encoded_job(tmp_path, "pacs")
+        sender = Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS")
+        assert sender.run_once() == 1
+        assert job_and_delivery(sessions, job_id)[1].state is DeliveryState.PENDING
+        assert sender.run_once() == 1
+        assert job_and_delivery(sessions, job_id)[0].state is JobState.DELIVERED
+        assert pacs.attempts == 3 and sorted(ds.Modality for ds in pacs.received) == ["CT", "MR"]
+    finally:
+        pacs.stop()
+
+
+def test_deliveries_to_a_destination_no_longer_configured_fail_and_name_it(tmp_path: Path, pacs: PacsScp) -> None:
+    sessions, job_id = encoded_job(tmp_path, "gone")
+    assert Sender(sessions, tmp_path, pacs_destination(pacs), FAST, "MIEMSS").run_once() == 0  # not its delivery
+    assert refuse_unconfigured_deliveries(sessions, (pacs_destination(pacs),)) == 1
+    job, delivery = job_and_delivery(sessions, job_id)
+    assert (job.state, delivery.state) == (JobState.FAILED, DeliveryState.FAILED)
+    assert "'gone' not configured" in (delivery.last_error or "")

@@ -18,6 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from miemss_node.pipeline.base import (
+    Anatomy,
     AnomalyScores,
     DecodedImage,
     EnhancedImage,
@@ -108,7 +109,13 @@ def _heatmap(labels: np.ndarray) -> np.ndarray:
 
 
 def _regions(
-    labels: np.ndarray, heatmap: np.ndarray, spacing: tuple[float, float] | None
+    labels: np.ndarray,
+    heatmap: np.ndarray,
+    spacing: tuple[float, float] | None,
+    *,
+    side: str | None = None,
+    zone: str | None = None,
+    kind: str = "patch",
 ) -> tuple[Region, ...]:
     regions = []
     for label in range(1, int(labels.max()) + 1):
@@ -125,12 +132,46 @@ def _regions(
                 mean_score=float(heatmap[mask].mean()),
                 max_score=float(heatmap[mask].max()),
                 location="upper left" if label == 1 else "lower right",
+                side=side,
+                zone=zone,
+                kind=kind,
             )
         )
     return tuple(regions)
 
 
-def make_analysis(dataset: Dataset, *, n_regions: int = 2, frame_number: int | None = None) -> ImageAnalysis:
+def make_anatomy(
+    shape: tuple[int, int], *, devices: tuple[str, ...] = (), chest_frontal: bool = True
+) -> Anatomy:
+    """An :class:`Anatomy` of a frame of ``shape`` whose masks are empty, naming ``devices``."""
+    working = (max(1, shape[0] // 8), max(1, shape[1] // 8))
+    empty = np.zeros(working, dtype=bool)
+    return Anatomy(
+        shape=working,
+        source_shape=shape,
+        view="PA" if chest_frontal else "",
+        chest_frontal=chest_frontal,
+        body=np.ones(working, dtype=bool),
+        hemithoraces=np.zeros(working, dtype=np.uint8),
+        mediastinum=empty,
+        midline_col=working[1] / 2,
+        not_anatomy=empty,
+        devices=devices,
+        patient_right_on_image_left=True if chest_frontal else None,
+    )
+
+
+def make_analysis(
+    dataset: Dataset,
+    *,
+    n_regions: int = 2,
+    frame_number: int | None = None,
+    abnormality_score: float = 0.0,
+    side: str | None = None,
+    zone: str | None = None,
+    kind: str = "patch",
+    anatomy: Anatomy | None = None,
+) -> ImageAnalysis:
     """Build the analysis of one image (or frame) of ``dataset`` with ``n_regions`` regions.
 
     Parameters
@@ -141,6 +182,12 @@ def make_analysis(dataset: Dataset, *, n_regions: int = 2, frame_number: int | N
         0, 1 or 2.
     frame_number
         1-based frame of a multi-frame image; None for a single-frame image.
+    abnormality_score
+        The frame's abnormality score, 0..1.
+    side, zone, kind
+        Given to every region (``Region.side``, ``.zone``, ``.kind``).
+    anatomy
+        The frame's anatomy (see :func:`make_anatomy`), or None.
     """
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1 and frame_number is None:
         frame_number = 1
@@ -148,7 +195,7 @@ def make_analysis(dataset: Dataset, *, n_regions: int = 2, frame_number: int | N
     spacing = pixel_spacing_mm(dataset)
     labels = region_labels(pixels.shape, n_regions)
     heatmap = _heatmap(labels)
-    regions = _regions(labels, heatmap, spacing)
+    regions = _regions(labels, heatmap, spacing, side=side, zone=zone, kind=kind)
     findings = tuple(
         f"Anomalous region {region.label} in the {region.location} "
         + (f"({region.area_mm2:.0f} mm²)." if region.area_mm2 is not None else f"({region.area_px} pixels).")
@@ -172,6 +219,8 @@ def make_analysis(dataset: Dataset, *, n_regions: int = 2, frame_number: int | N
         scores=AnomalyScores(scores=np.zeros((1, 1), dtype=np.float32), method="isolation_forest"),
         region_map=RegionMap(heatmap=heatmap, labels=labels, regions=regions),
         findings=findings,
+        abnormality_score=abnormality_score,
+        anatomy=anatomy,
     )
 
 

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import time
 
-
 #: Tests and benchmarks use loopback ports above 10000 only.
 MIN_PORT = 10001
 

@@ -8,8 +8,6 @@ Orthanc" and "Configuration of Orthanc" (``OrthancServer/Resources/Configuration
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -19,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.net import free_port
-
-#: Folders searched besides PATH: Debian installs the server as /usr/sbin/Orthanc.
-EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/local/sbin")
+from tests.support.tools import find_tool
 
 #: How long Orthanc may take to answer its REST API after starting, in seconds.
 START_TIMEOUT_S = 30.0
 
 def orthanc_binary() -> str | None:
     """Return the ``Orthanc`` executable, or None when Debian's ``orthanc`` is not installed."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), *EXTRA_BIN_DIRS])
-    return shutil.which("Orthanc", path=search)
+    return find_tool("Orthanc")  # Debian installs the server as /usr/sbin/Orthanc
 
 
 

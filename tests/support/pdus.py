@@ -9,6 +9,7 @@ connection open, which the receiver must time out) and reads until the receiver 
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import time
@@ -111,7 +112,7 @@ def store_messages(draw: st.DrawFn, context_id: int) -> list[bytes]:
     encoded = bytes(encode(dataset, True, True)) + draw(st.binary(max_size=3000))
     cuts = sorted(draw(st.lists(st.integers(0, len(encoded)), max_size=4)))
     bounds = [0, *cuts, len(encoded)]
-    fragments = [encoded[a:b] for a, b in zip(bounds, bounds[1:])]
+    fragments = [encoded[a:b] for a, b in itertools.pairwise(bounds)]
     for index, fragment in enumerate(fragments):
         last = index == len(fragments) - 1 and draw(st.booleans() | st.just(True))
         pdus.append(p_data([(context_id, 0x02 if last else 0x00, fragment)]))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 
 class PacsScp:
@@ -30,12 +30,21 @@ class PacsScp:
         self.status_for = status_for or (lambda _ds: 0x0000)
         self.received: list[Dataset] = []
         self.attempts = 0
+        #: Connections open now: a sender still sending (or hanging) keeps one open.
+        self.open_connections = 0
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server = ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)], ssl_context=ssl_context
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_CONN_OPEN, self._on_connection, [1]),
+                (evt.EVT_CONN_CLOSE, self._on_connection, [-1]),
+            ],
+            ssl_context=ssl_context,
         )
         self.port = int(self._server.server_address[1])
 
@@ -48,6 +57,20 @@ class PacsScp:
             if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
                 self.received.append(ds)
         return status
+
+    def _on_connection(self, _event: evt.Event, change: int) -> None:
+        with self._lock:
+            self.open_connections += change
+
+    def wait_until_idle(self, timeout: float = 60.0) -> None:
+        """Poll until no connection is open, so nothing more is on its way."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.open_connections == 0:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"the PACS still had {self.open_connections} connection(s) open after {timeout} s")
 
     def wait_for(self, predicate: Callable[[list[Dataset]], bool], timeout: float = 60.0) -> list[Dataset]:
         """Poll until ``predicate(received)`` holds; fail the test after ``timeout`` seconds."""

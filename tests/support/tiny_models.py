@@ -58,7 +58,13 @@ def build_tiny_blip(folder: Path, *, seed: int = 0) -> Path:
     tokens, so the caption of any image is a few words (random weights would often end at once).
     """
     import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
 
     torch.manual_seed(seed)
     vocabulary = {token: index for index, token in enumerate(VOCABULARY)}

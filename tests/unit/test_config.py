@@ -81,3 +81,14 @@ def test_check_config_command_prints_problems_and_exits_2(tmp_path: Path, capsys
 def test_check_config_command_accepts_the_default_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(REPO_ROOT / "config.toml")]) == 0
     assert "destination pacs: PACS@127.0.0.1:11113" in capsys.readouterr().out
+
+
+def test_denoise_methods_are_the_enhance_stages_own(tmp_path: Path) -> None:
+    """One list: config accepts exactly the methods ``pipeline.enhance.METHODS`` has."""
+    from miemss_node.pipeline.enhance import METHODS
+
+    for method in METHODS:
+        config = load_config(write(tmp_path, f"[pipeline.modality.DX]\ndenoise_method = '{method}'\n"), environ={})
+        assert dict(config.pipeline.modality_overrides)["DX"].denoise_method == method
+    with pytest.raises(ConfigError, match=r"denoise_method 'median' is not one of \("):
+        load_config(write(tmp_path, "[pipeline]\ndenoise_method = 'median'\n"), environ={})

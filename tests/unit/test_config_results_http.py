@@ -8,6 +8,7 @@ import pytest
 
 from miemss_node.config import DEFAULT_RESULT_TYPES, RESULT_TYPES, load_config
 from miemss_node.errors import ConfigError
+from miemss_node.result_kinds import DEFAULT_SERIES_NUMBERS, RESULT_KINDS
 from tests.support.paths import REPO_ROOT
 
 DESTINATION = "[[destinations]]\nae_title = '{aet}'\nhost = '127.0.0.1'\nport = 11113\n"
@@ -54,4 +55,13 @@ def test_repository_config_documents_every_result_type() -> None:
     text = (REPO_ROOT / "config.toml").read_text(encoding="utf-8")
     assert all(kind in text for kind in RESULT_TYPES)
     config = load_config(REPO_ROOT / "config.toml", environ={})
-    assert config.http.port == 0 and config.results.pm_series_number == 9004
+    assert config.http.port == 0 and config.results.series_number_map()["PM"] == 9004
+    assert all(f"{kind.series_number_key} = {kind.series_number}" in text for kind in RESULT_KINDS)
+
+
+def test_series_numbers_come_from_the_one_list_of_result_kinds(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[results]\nsr_series_number = 9050\n"), environ={})
+    assert config.results.series_number_map() == {**DEFAULT_SERIES_NUMBERS, "SR": 9050}
+    assert config.results.series_number_map().keys() == set(RESULT_TYPES) == {kind.name for kind in RESULT_KINDS}
+    with pytest.raises(ConfigError, match=r"(?s)unknown key 'xray_series_number'.*within 99 of each other"):
+        load_config(write(tmp_path, "[results]\nsr_series_number = 9500\nxray_series_number = 1\n"), environ={})

@@ -61,9 +61,25 @@ def test_schemas_are_valid_and_refer_locally(schema: Path) -> None:
 
 def test_all_templates_load() -> None:
     templates = load_templates(DEFAULT_TEMPLATES_DIR)
-    assert templates.segment.category.value == "49755003"
     assert templates.report.unit_pixels.value == "{pixels}"
     assert "NOT FOR DIAGNOSIS" in templates.capture.burned_in_text
+    assert templates.presentation_state.warning_text == "AI-generated, not for diagnosis"
+
+
+def test_region_codes_do_not_claim_a_lesion() -> None:
+    """An algorithm-flagged region is coded as a region of interest, not as a lesion or structure."""
+    templates = load_templates(DEFAULT_TEMPLATES_DIR)
+    for category, kind in (
+        (templates.segment.category, templates.segment.property_type),
+        (templates.report.finding_category, templates.report.finding_type),
+    ):
+        assert (category.scheme_designator, category.value) == ("SCT", "309825002")  # Spatial and Relational Concept
+        assert (kind.scheme_designator, kind.value) == ("NCIt", "C85402")  # Imaging Region of Interest
+    lesion_codes = {"52988006", "49755003", "4147007", "27925004"}
+    document = (DEFAULT_TEMPLATES_DIR / "seg/anomaly_segment.json").read_text() + (
+        DEFAULT_TEMPLATES_DIR / "sr/measurement_report.json"
+    ).read_text()
+    assert not any(f'"{code}"' in document for code in lesion_codes)
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATE_SCHEMAS))

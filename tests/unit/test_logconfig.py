@@ -108,3 +108,23 @@ def test_config_validates_the_format(tmp_path: Path) -> None:
     path.write_text("[logging]\nformat = 'xml'\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"\[logging\] format 'xml' is not one of text, json"):
         load_config(path, environ={})
+
+
+def test_a_decoder_fallback_is_logged_at_debug_under_verbose_only(
+    restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydicom logs each failing decoding plugin with a traceback at ERROR, although the next works."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from miemss_node.pipeline.decode import decode_dataset
+
+    extended = get_testdata_file("JPGExtended.dcm")  # 12-bit JPEG Extended: GDCM refuses, pylibjpeg decodes
+    configure_logging("INFO")
+    assert decode_dataset(dcmread(extended))
+    assert capsys.readouterr().err == ""
+    configure_logging("INFO", verbose=True)
+    assert decode_dataset(dcmread(extended))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "plugin_fallback" in line]
+    configure_logging("INFO")
+    assert lines and all(" DEBUG decode.plugin_fallback a pixel decoder failed" in line for line in lines)

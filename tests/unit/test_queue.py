@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from miemss_node.queue import repository
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import DeliveryState, Job, JobState
-from miemss_node.queue.retry import RetryPolicy
+from miemss_node.queue.retry import RetryDecision, RetryPolicy
 from tests.support.databases import database_url
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -133,7 +133,7 @@ def test_failure_backs_off_then_fails_after_max_attempts(sessions: sessionmaker[
         assert job_id is not None
         with sessions.begin() as session:
             state = repository.fail_job(
-                session, job_id=job_id, owner="w1", error="boom", policy=NO_JITTER, retryable=True, now=at
+                session, job_id=job_id, owner="w1", error="boom", decision=RetryDecision.RETRY, delay_seconds=10, now=at
             )
         states.append(state)
         assert claim(sessions, "w1", at + timedelta(seconds=1)) is None  # backoff holds it
@@ -164,10 +164,10 @@ def test_deliveries_decide_the_job_state(sessions: sessionmaker[Session]) -> Non
     job_id = encoded_job(sessions, ["a", "b"])
     at = T0 + timedelta(seconds=20)
     with sessions.begin() as session:
-        due = repository.claim_due_deliveries(session, now=at, hold_seconds=60)
+        due = repository.claim_due_deliveries(session, owner="s1", lease_seconds=60, now=at)
         ids = {d.destination: d.id for d in due}
     with sessions.begin() as session:
-        assert repository.claim_due_deliveries(session, now=at, hold_seconds=60) == []  # held while sending
+        assert repository.claim_due_deliveries(session, owner="s2", lease_seconds=60, now=at) == []  # held while sending
     with sessions.begin() as session:
         repository.record_delivery_outcome(session, delivery_id=ids["a"], delivered=True, retry_at=None, status=0, error=None, now=at)
         state = repository.record_delivery_outcome(
@@ -177,7 +177,7 @@ def test_deliveries_decide_the_job_state(sessions: sessionmaker[Session]) -> Non
     with sessions() as session:
         assert session.get_one(Job, job_id).state == JobState.ENCODED
     with sessions.begin() as session:
-        due = repository.claim_due_deliveries(session, now=at + timedelta(seconds=6), hold_seconds=60)
+        due = repository.claim_due_deliveries(session, owner="s1", lease_seconds=60, now=at + timedelta(seconds=6))
         assert [d.destination for d in due] == ["b"]
         repository.record_delivery_outcome(session, delivery_id=ids["b"], delivered=False, retry_at=None, status=0xC000, error="refused", now=at)
     with sessions() as session:
@@ -185,10 +185,79 @@ def test_deliveries_decide_the_job_state(sessions: sessionmaker[Session]) -> Non
     with sessions.begin() as session:
         assert repository.reset_deliveries(session, study_instance_uid="1.2.3", destination="b", now=at) == 1
     with sessions.begin() as session:
-        due = repository.claim_due_deliveries(session, now=at, hold_seconds=60)
+        due = repository.claim_due_deliveries(session, owner="s1", lease_seconds=60, now=at)
         repository.record_delivery_outcome(session, delivery_id=due[0].id, delivered=True, retry_at=None, status=0, error=None, now=at)
     with sessions() as session:
         assert session.get_one(Job, job_id).state == JobState.DELIVERED
+
+
+def test_waiting_for_a_resource_does_not_use_up_attempts(sessions: sessionmaker[Session]) -> None:
+    receive(sessions, "1.2.3.1.1", T0)
+    settle(sessions, T0 + timedelta(seconds=11))
+    at = T0 + timedelta(seconds=12)
+    for _ in range(5):  # more waits than max_attempts (3)
+        job_id = claim(sessions, "w1", at)
+        assert job_id is not None
+        with sessions.begin() as session:
+            state = repository.fail_job(
+                session, job_id=job_id, owner="w1", error="disk full", decision=RetryDecision.WAIT, delay_seconds=10, now=at
+            )
+        assert state is JobState.QUEUED
+        assert claim(sessions, "w1", at + timedelta(seconds=1)) is None  # backoff holds it
+        at += timedelta(seconds=11)
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.state, job.attempts, job.last_error) == (JobState.QUEUED, 0, "disk full")
+    job_id = claim(sessions, "w1", at)
+    with sessions.begin() as session:  # a permanent error gives up at once, attempts left or not
+        state = repository.fail_job(
+            session, job_id=job_id, owner="w1", error="EncodeError", decision=RetryDecision.GIVE_UP, delay_seconds=10, now=at
+        )
+    assert state is JobState.FAILED
+
+
+def test_a_delivery_lease_is_renewed_while_sending_and_progress_is_kept(sessions: sessionmaker[Session]) -> None:
+    job_id = encoded_job(sessions, ["a"])
+    at = T0 + timedelta(seconds=20)
+    with sessions.begin() as session:
+        (delivery,) = repository.claim_due_deliveries(session, owner="s1", lease_seconds=10, now=at, destination="a")
+        (result,) = repository.unsent_results(session, delivery)
+    for seconds in (8, 16, 24):  # renewed every 8 s: never free for another sender, long after 10 s
+        with sessions.begin() as session:
+            assert repository.renew_delivery_lease(
+                session, delivery_id=delivery.id, owner="s1", lease_seconds=10, now=at + timedelta(seconds=seconds)
+            )
+            assert repository.claim_due_deliveries(
+                session, owner="s2", lease_seconds=10, now=at + timedelta(seconds=seconds + 1)
+            ) == []
+    with sessions.begin() as session:
+        assert repository.record_object_sent(session, delivery_id=delivery.id, result_id=result.id, owner="s1", now=at)
+        assert not repository.record_object_sent(session, delivery_id=delivery.id, result_id=result.id, owner="s2", now=at)
+    later = at + timedelta(seconds=60)  # s1 died: its lease expired; s2 takes over and skips what was sent
+    with sessions.begin() as session:
+        (taken,) = repository.claim_due_deliveries(session, owner="s2", lease_seconds=10, now=later)
+        assert repository.unsent_results(session, taken) == []
+        assert not repository.renew_delivery_lease(session, delivery_id=delivery.id, owner="s1", lease_seconds=10, now=later)
+        assert repository.record_delivery_outcome(
+            session, delivery_id=delivery.id, delivered=True, retry_at=None, status=0, error=None, now=later, owner="s1"
+        ) is None  # the old owner records nothing
+        assert repository.record_delivery_outcome(
+            session, delivery_id=delivery.id, delivered=True, retry_at=None, status=0, error=None, now=later, owner="s2"
+        ) is DeliveryState.DELIVERED
+    with sessions.begin() as session:  # an operator's resend sends everything again
+        assert repository.reset_deliveries(session, study_instance_uid="1.2.3", destination=None, now=later) == 1
+        (again,) = repository.claim_due_deliveries(session, owner="s3", lease_seconds=10, now=later)
+        assert [r.id for r in repository.unsent_results(session, again)] == [result.id]
+    with sessions() as session:
+        assert session.get_one(Job, job_id).state == JobState.ENCODED
+
+
+def test_retry_policy_classifies_errors() -> None:
+    policy = RetryPolicy(max_attempts=3, backoff_seconds=1, permanent=(KeyError,), waiting=(MemoryError,))
+    assert policy.decide(OSError("down"), 1) is RetryDecision.RETRY
+    assert policy.decide(OSError("down"), 3) is RetryDecision.GIVE_UP
+    assert policy.decide(KeyError("x"), 1) is RetryDecision.GIVE_UP
+    assert policy.decide(MemoryError(), 99) is RetryDecision.WAIT
 
 
 def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
@@ -202,8 +271,8 @@ def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
 
 
 def test_migrations_match_the_models(sessions: sessionmaker[Session]) -> None:
-    from alembic.migration import MigrationContext
     from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
 
     from miemss_node.queue.models import Base
 
