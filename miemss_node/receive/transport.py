@@ -149,7 +149,11 @@ class GuardedRequestHandler(RequestHandler):
             self.request = self.server.guard(self.request, peer)
         except (OSError, ValueError) as exc:
             self.server.slots.release(peer)
-            logger.warning(
+            # A peer that closes before (or during) the handshake is a port probe or a load
+            # balancer's check; a timeout or a refused certificate is worth a warning.
+            closed = isinstance(exc, (ssl.SSLEOFError, ConnectionError))
+            logger.log(
+                logging.INFO if closed else logging.WARNING,
                 "connection from %s:%d dropped before association: %s",
                 peer[0],
                 peer[1],
