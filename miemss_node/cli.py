@@ -145,7 +145,11 @@ def _build_parser() -> argparse.ArgumentParser:
     models_fetch.add_argument("folder", type=Path, help="where to put it; then set [models] NAME to it")
     models_fetch.add_argument("--revision", help="branch, tag or commit (default: the default branch)")
 
-    from miemss_node.evaluate.command import add_evaluate_arguments, add_reference_arguments
+    from miemss_node.evaluate.command import (
+        add_chest_reference_arguments,
+        add_evaluate_arguments,
+        add_reference_arguments,
+    )
 
     evaluate = command(
         "evaluate", _evaluate, "measure the pipeline: synthetic lesions in real films, image + mask pairs"
@@ -158,6 +162,12 @@ def _build_parser() -> argparse.ArgumentParser:
     reference_fit.set_defaults(func=_reference_fit)
     with_config(reference_fit)
     add_reference_arguments(reference_fit)
+    reference_chest = reference_commands.add_parser(
+        "chest", help="build the chest analysis's normal reference from normal frontal chest films"
+    )
+    reference_chest.set_defaults(func=_reference_chest)
+    with_config(reference_chest)
+    add_chest_reference_arguments(reference_chest)
     return parser
 
 
@@ -256,6 +266,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from miemss_node.evaluate.command import run_evaluate
 
     return run_evaluate(args, _load(args).pipeline)
+
+
+def _reference_chest(args: argparse.Namespace) -> int:
+    from miemss_node.evaluate.command import run_chest_reference
+
+    return run_chest_reference(args, _load(args).pipeline)
 
 
 def _reference_fit(args: argparse.Namespace) -> int:

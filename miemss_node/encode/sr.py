@@ -108,11 +108,17 @@ def image_name(entry: ImageEntry) -> str:
 
 
 def models_statement(template: ReportTemplate, models: Sequence[ModelRun]) -> str:
-    """Say which models ran, or that none did."""
-    if not models:
-        return template.no_model
-    described = ", ".join(model.describe() for model in models)
-    return template.models_ran.format(models=described)
+    """Say which learned models ran (or that none did), then which normal references were used."""
+    learned = [model for model in models if model.role != "reference"]
+    references = [model for model in models if model.role == "reference"]
+    if learned:
+        text = template.models_ran.format(models=", ".join(model.describe() for model in learned))
+    else:
+        text = template.no_model
+    if references:
+        described = ", ".join(model.describe() for model in references)
+        text += " " + template.references_used.format(references=described)
+    return text
 
 
 def caption_statement(models: Sequence[ModelRun]) -> str:

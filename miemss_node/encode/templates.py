@@ -106,6 +106,7 @@ class ReportTemplate:
     no_region_in_image: str
     no_model: str
     models_ran: str
+    references_used: str
     disclaimer: str
     region_location: str
     devices_seen: str
@@ -345,6 +346,7 @@ def _report_template(document: dict[str, Any]) -> ReportTemplate:
         no_region_in_image=statements["noRegionInImage"],
         no_model=statements["noModel"],
         models_ran=statements["modelsRan"],
+        references_used=statements["referencesUsed"],
         disclaimer=statements["disclaimer"],
         region_location=statements["regionLocation"],
         devices_seen=statements["devicesSeen"],

@@ -26,7 +26,17 @@ EXIT_USAGE = 2
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``evaluate`` (``--config`` is added by ``cli.py``)."""
-    inputs = parser.add_argument_group("inputs")
+    real = parser.add_argument_group("real films (the chest analysis as the node runs it)")
+    real.add_argument("--zones", type=Path, help="zone file (JSON): regions on objects, outside the thorax, on the disease")
+    real.add_argument("--labels", type=Path, help="labels CSV (file, finding[, view]): image-level AUC")
+    real.add_argument("--data-root", type=Path, help="folder the zone file's paths are relative to (default: its own)")
+    real.add_argument(
+        "--insert-nodules",
+        action="store_true",
+        help="also insert nodules into the zone file's normal films: sensitivity at 0.5/1/2 FP per film, Dice",
+    )
+    real.add_argument("--lesion-trials", type=int, default=3, help="lesioned copies per film and contrast (default 3)")
+    inputs = parser.add_argument_group("synthetic lesions (the generic analysis's detectors)")
     inputs.add_argument(
         "--images", type=Path, nargs="+", default=[], help="real radiographs (files or folders) for synthetic lesions"
     )
@@ -68,9 +78,10 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
     )
 
     files = list(_files(args.images))
-    if not files and not args.pair:
-        print("miemss-node evaluate: give --images (radiographs) and/or --pair IMAGE MASK")
+    if not files and not args.pair and args.zones is None and args.labels is None:
+        print("miemss-node evaluate: give --zones FILE, --labels CSV, --images (radiographs) and/or --pair IMAGE MASK")
         return EXIT_USAGE
+    real = run_real(args, settings) if args.zones is not None or args.labels is not None else None
     result = None
     if files:
         images = load_images(files, picture_modality=args.picture_modality)
@@ -98,13 +109,71 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings) -> int:
         for failed in (p for p in pairs if "error" in p):
             print(f"{failed['image']}: not evaluated: {failed['error']}")
     json_path = args.output / "evaluation.json"
-    write_json(json_path, result, pairs)
+    write_json(json_path, result, pairs, real)
     print(f"\nJSON: {json_path}")
     if result is not None:
         plot_path = args.output / "evaluation.png"
         plot_png(plot_path, result)
         print(f"plot: {plot_path}")
     return EXIT_OK
+
+
+def run_real(args: argparse.Namespace, settings: PipelineSettings) -> dict[str, object]:
+    """Evaluate on real films (zone file and/or labels CSV), print the summaries, return them for the JSON."""
+    from dataclasses import asdict
+
+    from miemss_node.evaluate.output import real_table
+    from miemss_node.evaluate.real import evaluate_films, films_from_labels, summarise_films
+    from miemss_node.evaluate.zones import load_zone_file
+
+    out: dict[str, object] = {}
+    sources = []
+    if args.zones is not None:
+        sources.append(("zones", load_zone_file(args.zones), args.data_root or args.zones.parent))
+    if args.labels is not None:
+        sources.append(("labels", films_from_labels(args.labels), args.data_root or args.labels.parent))
+    for name, films, root in sources:
+        print(f"Real films ({name}: {len(films)}):")
+        results = evaluate_films(films, root, settings, progress=lambda line: print(f"  {line}"))
+        summaries = {
+            split: summarise_films([r for r in results if r.split == split])
+            for split in sorted({r.split for r in results})
+        }
+        summaries["all"] = summarise_films(results)
+        print(real_table(summaries))
+        out[name] = {"films": [asdict(r) for r in results], "summary": summaries}
+        if name == "zones" and args.insert_nodules:
+            out["lesion_insertion"] = _lesions(films, root, settings, args)
+    return out
+
+
+def _lesions(films: list, root: Path, settings: PipelineSettings, args: argparse.Namespace) -> dict[str, object]:
+    from dataclasses import asdict
+
+    from miemss_node.evaluate.froc import FrocPlan, froc_summary, lesion_insertion
+    from miemss_node.evaluate.output import froc_table
+    from miemss_node.evaluate.real import decode_film
+    from miemss_node.evaluate.zones import zone_masks
+    from miemss_node.pipeline.chest import mm_per_pixel
+
+    out: dict[str, object] = {}
+    for split in sorted({film.split for film in films}):
+        normals = []
+        for film in films:
+            if film.status != "normal" or film.split != split:
+                continue
+            image = decode_film(root / film.file, view=film.view)
+            shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+            normals.append((film.file, image, zone_masks(film, shape, mm_per_pixel(image, shape[0])).lungs))
+        if not normals:
+            continue
+        print(f"Lesion insertion into the {len(normals)} normal {split} film(s):")
+        plan = FrocPlan(trials=args.lesion_trials, seed=args.seed)
+        runs = lesion_insertion(normals, settings, plan, progress=lambda line: print(f"  {line}"))
+        rows = froc_summary(runs, len(normals))
+        print(froc_table(rows, plan))
+        out[split] = {"plan": asdict(plan), "summary": rows, "runs": [asdict(run) for run in runs]}
+    return out
 
 
 def _files(paths: Iterable[Path]) -> Iterable[Path]:
@@ -164,4 +233,42 @@ def run_reference_fit(args: argparse.Namespace, settings: PipelineSettings) -> i
     revision = save_reference_model(model, args.output)
     print(f"{args.output}: {model.n_images} image(s), {model.n_patches} patches, revision {revision}")
     print(f'use it with [pipeline] reference_model = "{args.output}"')
+    return EXIT_OK
+
+
+def add_chest_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``reference chest`` (``--config`` is added by ``cli.py``)."""
+    parser.add_argument("inputs", type=Path, nargs="+", help="normal frontal chest films (files or folders)")
+    parser.add_argument("--output", type=Path, required=True, help="reference file to write (JSON)")
+    parser.add_argument("--name", help="name given in the report and the SR (default: the output file's name)")
+    parser.add_argument(
+        "--provenance",
+        type=Path,
+        help="CSV with columns file,source,licence: recorded in the reference for each film (by file name)",
+    )
+    parser.add_argument(
+        "--picture-modality", default="CR", help="Modality whose settings PNG/JPEG inputs use (default CR)"
+    )
+
+
+def run_chest_reference(args: argparse.Namespace, settings: PipelineSettings) -> int:
+    """Build the chest analysis's normal reference from normal films and save it."""
+    import csv
+
+    from miemss_node.evaluate.synthetic import load_images
+    from miemss_node.pipeline.chest_reference import fit_from_films, save_chest_reference
+
+    files = list(_files(args.inputs))
+    provenance: dict[str, dict[str, str]] = {}
+    if args.provenance is not None:
+        with args.provenance.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                provenance[Path(row["file"]).name] = {k: v for k, v in row.items() if k != "file" and v}
+    images = load_images(files, picture_modality=args.picture_modality, assume_spacing=False)
+    reference = fit_from_films(
+        ((item.name, item.image) for item in images), settings, name=args.name or args.output.name, provenance=provenance
+    )
+    revision = save_chest_reference(reference, args.output)
+    print(f"{args.output}: {reference.n_films} frontal chest film(s), revision {revision}")
+    print(f'use it with [pipeline] chest_reference = "{args.output}"')
     return EXIT_OK

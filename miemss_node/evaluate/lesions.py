@@ -9,7 +9,9 @@ Two kinds, both brighter than their surroundings as dense tissue is on a display
 
 The ground-truth mask of a lesion is its full extent (r <= R). Diameters are in mm from the pixel
 spacing; positions are drawn inside a placement mask (lungs or field of view) so that the whole
-lesion lies in it, without overlapping another.
+lesion lies in it, without overlapping another. Each profile is blurred by the imaging chain's
+unsharpness (:data:`SYSTEM_BLUR_MM`), so that its edge is as sharp as a tissue edge on a film, not a
+mathematical step (which only metal comes close to).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: The lesion kinds.
 KINDS = ("nodule", "opacity")
+
+#: Gaussian sigma (mm) of the blur of the imaging chain (focal spot, detector) applied to each lesion.
+SYSTEM_BLUR_MM = 0.4
 
 #: Attempts at placing one lesion before giving up on it.
 MAX_PLACEMENT_TRIES = 200
@@ -121,6 +126,7 @@ def insert_lesions(
         coarse = np.unravel_index(int(rng.choice(candidates)), free.shape)
         center = (int(coarse[0]) * step, int(coarse[1]) * step)
         profile, mask = lesion_profile(kind, radius, rng)
+        profile = ndimage.gaussian_filter(profile, SYSTEM_BLUR_MM / spacing_mm)
         half = profile.shape[0] // 2
         window = (slice(center[0] - half, center[0] + half + 1), slice(center[1] - half, center[1] + half + 1))
         out[window] += np.float32(contrast) * profile

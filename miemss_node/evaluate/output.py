@@ -80,9 +80,14 @@ def pairs_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, result: SyntheticResult | None, pairs: Sequence[dict[str, Any]] = ()) -> None:
-    """Write the summary, the per-run records and the enhancement measurements as JSON."""
-    payload: dict[str, Any] = {"pairs": list(pairs)}
+def write_json(
+    path: Path,
+    result: SyntheticResult | None,
+    pairs: Sequence[dict[str, Any]] = (),
+    real: dict[str, Any] | None = None,
+) -> None:
+    """Write the summaries, the per-run records and the enhancement measurements as JSON."""
+    payload: dict[str, Any] = {"pairs": list(pairs), **({"real_films": real} if real else {})}
     if result is not None:
         payload.update(
             {
@@ -139,3 +144,47 @@ def plot_png(path: Path, result: SyntheticResult) -> None:
         draw.text((x + 18, legend_y), detector, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+
+
+def real_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Per split: regions on objects/outside, abnormal films with a region on the disease, regions per
+    normal film, and the AUC (with its bootstrap 95 % interval) overall and per view."""
+    lines = []
+    for split, summary in summaries.items():
+        lines.append(f"  [{split}] {summary['films']} film(s); regions by class: {summary['regions_by_class']}")
+        lines.append(f"    regions on objects or outside the thorax: {summary['regions_on_objects_or_outside']}")
+        if summary["abnormal_films"]:
+            lines.append(
+                f"    abnormal films with a region on the disease: {summary['abnormal_with_region_on_disease']}"
+                f" of {summary['abnormal_films']}"
+            )
+        if summary["normal_films"]:
+            lines.append(
+                f"    regions per normal film: {summary['regions_per_normal_film']}"
+                f" ({summary['normal_films_with_more_than_one_region']} with more than one)"
+            )
+        for key in sorted(k for k in summary if k.startswith("auc")):
+            auc = summary[key]
+            if auc["auc"] is None:
+                continue
+            view = key[4:] or "all views"
+            lines.append(
+                f"    AUC ({view}): {auc['auc']:.2f} [95 % {auc['low']:.2f}-{auc['high']:.2f}], "
+                f"{auc['positives']} abnormal vs {auc['negatives']} normal"
+            )
+    return "\n".join(lines)
+
+
+def froc_table(rows: Sequence[dict[str, Any]], plan: Any) -> str:
+    """Sensitivity at 0.5/1/2 false-positive regions per normal film, and Dice, per contrast."""
+    lines = [
+        f"  nodules {plan.diameter_range_mm[0]:.0f}-{plan.diameter_range_mm[1]:.0f} mm, {plan.lesions_per_film} per film, "
+        f"{plan.trials} trial(s) per contrast",
+        f"  {'contrast':>8} {'lesions':>7} {'sens@0.5FP':>10} {'sens@1FP':>9} {'sens@2FP':>9} {'Dice':>6}",
+    ]
+    for row in rows:
+        lines.append(
+            f"  {row['contrast']:8.2f} {row['lesions']:7d} {_number(row['sensitivity_at_0.5_fp']):>10} "
+            f"{_number(row['sensitivity_at_1_fp']):>9} {_number(row['sensitivity_at_2_fp']):>9} {_number(row['dice']):>6}"
+        )
+    return "\n".join(lines)

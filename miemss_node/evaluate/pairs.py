@@ -100,13 +100,17 @@ def evaluate_pairs(pairs: Sequence[tuple[Path, Path]], settings: PipelineSetting
             records.append({"image": image_path.name, "mask": mask_path.name, "error": str(exc)})
             continue
         analysis = analyse_image(image, settings)
-        detectors = {analysis.scores.method: analysis.region_map}
+        method = analysis.scores.method if analysis.scores is not None else analysis.method
+        detectors = {method: analysis.region_map}
+        from miemss_node.pipeline.features import patch_features
         from miemss_node.pipeline.modality import settings_for_image
         from miemss_node.pipeline.regions import find_regions
 
         chosen = settings_for_image(settings, image)
-        baseline = intensity_zscore(analysis.enhanced, analysis.features, chosen)
-        detectors["zscore"] = find_regions(baseline, analysis.features, image, chosen)
+        # The baseline scores patches; the chest analysis has none, so they are computed for it here.
+        features = analysis.features if analysis.features is not None else patch_features(analysis.enhanced, chosen)
+        baseline = intensity_zscore(analysis.enhanced, features, chosen)
+        detectors["zscore"] = find_regions(baseline, features, image, chosen)
         for name, region_map in detectors.items():
             detection = match(region_map.labels, lesions)
             records.append(

@@ -28,6 +28,7 @@ from miemss_node.evaluate.lesions import KINDS, insert_lesions
 from miemss_node.evaluate.metrics import match, psnr_ssim
 from miemss_node.pipeline.anomaly import intensity_zscore, score_against_reference, score_patches
 from miemss_node.pipeline.base import AnomalyScores, DecodedImage, EnhancedImage, PatchFeatures, PipelineSettings
+from miemss_node.pipeline.chest import ASSUMED_FIELD_MM
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import analysis_mask, patch_features, to_working
 from miemss_node.pipeline.modality import settings_for_image
@@ -39,9 +40,6 @@ logger = logging.getLogger(__name__)
 #: The detectors compared, in the order of the tables.
 DETECTORS = ("per_image", "reference", "zscore")
 
-#: When an image has no pixel spacing, it is assumed to span this many mm on its long side
-#: (a 35 x 43 cm detector), so that lesion sizes in mm stay meaningful.
-ASSUMED_FIELD_MM = 400.0
 
 #: Poisson gain and Gaussian sigma of the noise added to measure the enhancement (display units).
 ENHANCE_NOISE = (500.0, 0.01)
@@ -125,11 +123,13 @@ class SyntheticResult:
     seconds: float = 0.0
 
 
-def load_images(paths: Sequence[Path], picture_modality: str = "CR") -> list[EvaluationImage]:
+def load_images(
+    paths: Sequence[Path], picture_modality: str = "CR", *, assume_spacing: bool = True
+) -> list[EvaluationImage]:
     """Decode the first frame of each DICOM or picture file; files that fail are skipped (logged).
 
-    Pictures get ``picture_modality`` (so the per-Modality settings apply) and, like any image without
-    a pixel spacing, a spacing of :data:`ASSUMED_FIELD_MM` over the long side.
+    Pictures get ``picture_modality`` (so the per-Modality settings apply) and, with ``assume_spacing``,
+    like any image without a pixel spacing, a spacing of :data:`ASSUMED_FIELD_MM` over the long side.
     """
     from miemss_node.pipeline.decode import decode_dataset, decode_image_file, read_dicom_file
 
@@ -143,7 +143,7 @@ def load_images(paths: Sequence[Path], picture_modality: str = "CR") -> list[Eva
         except DecodeError as exc:
             logger.warning("%s skipped: %s", path.name, exc, extra={"action": "evaluate.skipped"})
             continue
-        assumed = image.pixel_spacing_mm is None
+        assumed = image.pixel_spacing_mm is None and assume_spacing
         if assumed:
             spacing = ASSUMED_FIELD_MM / max(image.pixels.shape)
             image = replace(image, pixel_spacing_mm=(spacing, spacing))

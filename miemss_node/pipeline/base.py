@@ -39,6 +39,14 @@ class PipelineSettings:
     lung_field: bool = True
     #: A reference model (``miemss-node reference fit``) to score against; "" fits on each image.
     reference_model: str = ""
+    #: Frontal (PA/AP) chest films get the anatomy-aware analysis (lung zones against normal films,
+    #: round densities); other films, and all films when False, the generic patch analysis.
+    chest_analysis: bool = True
+    #: At most this many round densities become regions on a chest film (the strongest).
+    max_focal_regions: int = 2
+    #: The normal reference of the chest analysis (``miemss-node reference chest``); "" = the one
+    #: shipped with the package.
+    chest_reference: str = ""
     #: Overrides per Modality (``[pipeline.modality.CR]`` ...); see :meth:`for_modality`.
     modality_overrides: tuple[tuple[str, PipelineSettings], ...] = ()
 
@@ -69,6 +77,10 @@ class DecodedImage:
     modality: str = "OT"
     #: Body Part Examined (0018,0015), upper case; "" when unknown (a PNG/JPEG input).
     body_part: str = ""
+    #: View Position (0018,5101), upper case ("PA", "AP", "LL", ...); "" when unknown.
+    view_position: str = ""
+    #: Patient Orientation (0020,0020), e.g. ("L", "F"); () when absent.
+    patient_orientation: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,8 +225,9 @@ class ImageAnalysis:
 
     decoded: DecodedImage
     enhanced: EnhancedImage
-    features: PatchFeatures
-    scores: AnomalyScores
+    #: Patch features and scores of the generic analysis; None when the chest analysis ran.
+    features: PatchFeatures | None
+    scores: AnomalyScores | None
     region_map: RegionMap
     #: Sentences made from the measured findings of this frame.
     findings: tuple[str, ...]
@@ -228,6 +241,11 @@ class ImageAnalysis:
     abnormality_score: float = 0.0
     #: The anatomy found in the frame; None when the pipeline did not estimate it.
     anatomy: Anatomy | None = None
+    #: Which analysis ran: "chest" (anatomy-aware, frontal chest film) or "generic" (patches).
+    method: str = "generic"
+    #: The normal reference the frame was judged against (chest reference, or the generic
+    #: analysis's reference model); None when the generic analysis fitted on the image itself.
+    reference: ModelRun | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

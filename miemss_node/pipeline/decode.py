@@ -192,6 +192,8 @@ def _decode_all(ds: Dataset, max_frames: int | None) -> list[DecodedImage]:
     n_frames = _frame_count(ds, uid)
     modality = str(ds.get("Modality", "") or "OT").strip() or "OT"
     body_part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    view_position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    orientation = _patient_orientation(ds)
     images = [
         DecodedImage(
             pixels=_decode_frame(ds, index, uid),
@@ -200,6 +202,8 @@ def _decode_all(ds: Dataset, max_frames: int | None) -> list[DecodedImage]:
             frame_number=index + 1 if n_frames > 1 else None,
             modality=modality,
             body_part=body_part,
+            view_position=view_position,
+            patient_orientation=orientation,
         )
         for index in range(n_frames if max_frames is None else min(n_frames, max_frames))
     ]
@@ -243,6 +247,16 @@ def decode_image_file(path: str | PathLike[str]) -> DecodedImage:
         arr = _luminance(arr[..., :3])
     pixels = np.clip(arr.astype(np.float32) / np.float32(full_scale), 0.0, 1.0)
     return DecodedImage(pixels=pixels, pixel_spacing_mm=None)
+
+
+def _patient_orientation(ds: Dataset) -> tuple[str, ...]:
+    """Patient Orientation as upper-case strings; () when absent or not two values."""
+    value = ds.get("PatientOrientation")
+    if value is None or value == "":
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    cleaned = tuple(str(v).strip().upper() for v in values)
+    return cleaned if len(cleaned) == 2 and all(cleaned) else ()
 
 
 def pixel_spacing(ds: Dataset, index: int = 0) -> tuple[float, float] | None:

@@ -79,7 +79,9 @@ def to_working(pixels: np.ndarray, max_side: int) -> np.ndarray:
     return resize(pixels, target, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
 
 
-def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> PatchFeatures:
+def patch_features(
+    enhanced: EnhancedImage, settings: PipelineSettings, *, mm_per_px: float | None = None
+) -> PatchFeatures:
     """Compute the context-relative HOG and intensity features of each patch.
 
     Parameters
@@ -88,6 +90,9 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
         The enhanced frame at source resolution.
     settings
         ``analysis_max_side`` sets the working image, ``patch_size`` the patch in its pixels.
+    mm_per_px
+        Size of a working pixel in mm; None assumes a 40 cm field on the long side. It sizes the
+        search for what is not anatomy (markers, lines, metal), whose patches are never valid.
 
     Returns
     -------
@@ -99,7 +104,7 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
     work = to_working(enhanced.pixels, settings.analysis_max_side)
     patch = effective_patch(work.shape, settings.patch_size)
     grid = (work.shape[0] // patch, work.shape[1] // patch)
-    valid = patch_validity(analysis_mask(work, lungs=settings.lung_field), patch, grid)
+    valid = patch_validity(analysis_mask(work, lungs=settings.lung_field, mm_per_px=mm_per_px), patch, grid)
     histograms = hog(
         work,
         orientations=HOG_ORIENTATIONS,
@@ -127,15 +132,20 @@ def patch_features(enhanced: EnhancedImage, settings: PipelineSettings) -> Patch
     )
 
 
-def analysis_mask(work: np.ndarray, *, lungs: bool) -> np.ndarray:
-    """Where to look in a working image: the field of view, or the lung fields when asked and found."""
+def analysis_mask(work: np.ndarray, *, lungs: bool, mm_per_px: float | None = None) -> np.ndarray:
+    """Where to look in a working image: the field of view (or the lung fields when asked and found),
+    without what is not anatomy (markers and text, lines and wires, electrodes, metal)."""
+    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM
+    from miemss_node.pipeline.objects import find_objects
+
     field = field_mask(work)
+    objects = find_objects(work, field, mm_per_px or ASSUMED_FIELD_MM / max(work.shape)).mask
     if lungs:
         lung = lung_field(work, field)
         if lung is not None:
             logger.debug("lung fields found", extra={"action": "features.lung_field"})
-            return lung
-    return field
+            return lung & ~objects
+    return field & ~objects
 
 
 def _statistics(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.ndarray:

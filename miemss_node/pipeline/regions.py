@@ -196,7 +196,7 @@ def _measure(
                 bbox=(box[0].start, box[1].start, box[0].stop, box[1].stop),
                 mean_score=mean_score,
                 max_score=max_score,
-                location=location_words(center, labels.shape),
+                location=f"{location_words(center, labels.shape)} of the image",
             )
         )
     return tuple(regions)

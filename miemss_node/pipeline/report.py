@@ -10,38 +10,57 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, ModelRun, Region, RegionMap, Report
+from miemss_node.pipeline.base import ImageAnalysis, ModelRun, Region, Report
 
 logger = logging.getLogger(__name__)
 
 #: Closing sentence of every report.
 DISCLAIMER = (
     "This report was generated automatically by a machine and has not been verified by a clinician; "
-    "anomalous means unusual within the image, not a diagnosis."
+    "a flagged region is where the image differs from normal films (or, outside the chest analysis, from "
+    "the rest of the image), not a diagnosis."
 )
 
+#: The findings of a frame without any flagged region.
+NO_REGION = "No anomalous region was found."
 
-def findings_sentences(region_map: RegionMap, image: DecodedImage) -> tuple[str, ...]:
-    """Describe the regions of one frame in plain sentences.
+
+def findings_sentences(analysis: ImageAnalysis) -> tuple[str, ...]:
+    """Describe what one frame's analysis found in plain sentences.
 
     Parameters
     ----------
-    region_map
-        The regions of the frame.
-    image
-        The decoded frame. Areas are in mm² when its pixel spacing is known, else in pixels.
+    analysis
+        The frame's analysis. Areas are in mm² when its pixel spacing is known, else in pixels.
 
     Returns
     -------
     tuple of str
-        A count sentence, then one sentence per region, for example ``"Region 1: upper left,
-        412 mm², anomaly score 0.87 (max 0.95)."``.
+        Which analysis ran, the abnormality score, one sentence per region (for example
+        ``"Region 1: right lower zone, denser than on normal films, 4120 mm², score 0.91."``), and the
+        devices or objects that were seen and left out.
     """
-    regions = region_map.regions
+    image = analysis.decoded
+    regions = analysis.region_map.regions
+    sentences = [_method_sentence(analysis), f"Abnormality score {analysis.abnormality_score:.2f}."]
     if not regions:
-        return ("No anomalous region was found.",)
-    count = "1 anomalous region was found." if len(regions) == 1 else f"{len(regions)} anomalous regions were found."
-    return (count, *(_region_sentence(region, in_mm=image.pixel_spacing_mm is not None) for region in regions))
+        sentences.append(NO_REGION)
+    else:
+        count = "1 region was flagged." if len(regions) == 1 else f"{len(regions)} regions were flagged."
+        sentences.append(count)
+        sentences += [_region_sentence(region, in_mm=image.pixel_spacing_mm is not None) for region in regions]
+    if analysis.anatomy is not None and analysis.anatomy.devices:
+        sentences.append(f"Seen and left out of the analysis: {'; '.join(analysis.anatomy.devices)}.")
+    return tuple(sentences)
+
+
+def _method_sentence(analysis: ImageAnalysis) -> str:
+    if analysis.method == "chest":
+        return (
+            "Frontal chest film: each lung zone was compared with normal films and with the other side, "
+            "and the lungs searched for round densities."
+        )
+    return "Generic analysis (not a frontal chest film): parts of the image that are unusual within it are flagged."
 
 
 def build_report(
@@ -57,7 +76,7 @@ def build_report(
         A BLIP caption of the study, when a BLIP model ran.
     models
         The models that contributed, named in the text. A reference model that scored a frame
-        (``scores.model``) is added to them.
+        (``reference``) is added to them.
 
     Returns
     -------
@@ -65,7 +84,7 @@ def build_report(
         ``text`` holds the caption sentence (if any), the findings of each image prefixed with
         "Image k", the models, and the disclaimer; ``findings`` holds the prefixed findings.
     """
-    scored_with = (a.scores.model for a in analyses if a.scores.model is not None)
+    scored_with = (a.reference for a in analyses if a.reference is not None)
     models = tuple(dict.fromkeys((*models, *scored_with)))
     findings = tuple(
         f"{_image_name(number, analysis)}: {sentence}"
@@ -87,10 +106,11 @@ def _region_sentence(region: Region, *, in_mm: bool) -> str:
         area = f"{region.area_px} pixels (pixel spacing unknown)"
     else:
         area = f"{region.area_mm2:.0f} mm²" if region.area_mm2 >= 10 else f"{region.area_mm2:.1f} mm²"
-    return (
-        f"Region {region.label}: {region.location}, {area}, "
-        f"anomaly score {region.mean_score:.2f} (max {region.max_score:.2f})."
-    )
+    what = {
+        "zone": "denser than on normal films",
+        "focal": "a round density",
+    }.get(region.kind, "unusual within the image")
+    return f"Region {region.label}: {region.location}, {what}, {area}, score {region.mean_score:.2f} (max {region.max_score:.2f})."
 
 
 def _image_lines(analyses: Sequence[ImageAnalysis]) -> list[str]:

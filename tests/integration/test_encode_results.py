@@ -173,7 +173,7 @@ def test_sr_holds_report_text_models_statement_and_measurements(cr_study: list[D
     assert report.text in texts
     assert "a radiograph of the cervical spine" in texts
     assert all(finding in texts for finding in report.findings)
-    assert any(text.startswith("No ViT or BLIP model ran") for text in texts)
+    assert any(text.startswith("No learned model (ViT, BLIP) ran") for text in texts)
     assert any(str(cr_study[2].SOPInstanceUID) in text and "No anomalous region" in text for text in texts)
     groups = sr.ContentSequence[-2].ContentSequence  # Imaging Measurements
     # Per image its score group, per segment (2 + 1) its region group, and the study's score group.
@@ -236,7 +236,7 @@ def test_dsr2html_renders_report_and_model_statement(cr_study: list[Dataset], tm
         "utf-8", "replace"
     )
     assert make_report(analyses).findings[0].split(" (")[0] in html
-    assert "No ViT or BLIP model ran" in html
+    assert "No learned model (ViT, BLIP) ran" in html
     assert "UNVERIFIED" in html and "PRELIMINARY" in html
 
 

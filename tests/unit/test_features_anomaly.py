@@ -78,7 +78,8 @@ def test_the_chest_fills_its_field(chest_features: PatchFeatures) -> None:
     valid = chest_features.valid
     assert valid is not None
     assert float(valid.mean()) > 0.8
-    assert valid[1:-1, 1:-1].all()
+    # Inside the border, only what is not anatomy (markers, wires, electrodes) is left out.
+    assert float(valid[1:-1, 1:-1].mean()) > 0.9
     assert not valid[0].any() and not valid[-1].any()  # on the image border
 
 

@@ -206,7 +206,8 @@ def test_the_report_and_the_sr_name_the_reference_model(tmp_path: Path) -> None:
     path = tmp_path / "ref.joblib"
     revision = save_reference_model(model, path)
     source = wg04_chest_cr()
-    settings = PipelineSettings(reference_model=str(path), analysis_max_side=128, patch_size=8)
+    # The generic analysis scores against a reference model; a frontal chest film would get the chest one.
+    settings = PipelineSettings(reference_model=str(path), analysis_max_side=128, patch_size=8, chest_analysis=False)
     process_file(source, tmp_path / "out", settings)
     report = (tmp_path / "out" / "report.txt").read_text(encoding="utf-8")
     assert f"reference chest-normals ({revision}" in report

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from miemss_node.pipeline.base import (
+    Anatomy,
     AnomalyScores,
     DecodedImage,
     EnhancedImage,
@@ -19,7 +20,7 @@ from miemss_node.pipeline.base import (
     RegionMap,
 )
 from miemss_node.pipeline.regions import MAX_REGIONS, find_regions, heatmap, location_words
-from miemss_node.pipeline.report import DISCLAIMER, build_report, findings_sentences
+from miemss_node.pipeline.report import DISCLAIMER, NO_REGION, build_report, findings_sentences
 
 SETTINGS = PipelineSettings(min_region_area_mm2=25.0)
 GRID = (16, 16)
@@ -84,7 +85,7 @@ def test_one_hot_block_gives_one_measured_region() -> None:
     assert min_row < 5 * 64 < max_row and min_col < 11 * 64 < max_col
     assert region.max_score == pytest.approx(1.0, abs=0.01)
     assert SETTINGS.threshold <= region.mean_score <= region.max_score
-    assert region.location == "upper right"
+    assert region.location == "upper right of the image"
 
 
 def test_regions_are_ordered_by_max_score_and_limited() -> None:
@@ -153,54 +154,74 @@ def _region_map(*regions: Region) -> RegionMap:
     return RegionMap(heatmap=np.zeros(SOURCE, np.float32), labels=np.zeros(SOURCE, np.uint16), regions=regions)
 
 
-def _analysis(regions: tuple[Region, ...], frame: int | None = None) -> ImageAnalysis:
+def _analysis(regions: tuple[Region, ...], frame: int | None = None, score: float = 0.91) -> ImageAnalysis:
     image = replace(_image(), frame_number=frame)
-    region_map = _region_map(*regions)
-    return ImageAnalysis(
+    analysis = ImageAnalysis(
         decoded=image,
         enhanced=EnhancedImage(pixels=image.pixels, method="wavelet"),
         features=_features(),
         scores=_scores(),
-        region_map=region_map,
-        findings=findings_sentences(region_map, image),
+        region_map=_region_map(*regions),
+        findings=(),
+        abnormality_score=score,
     )
+    return replace(analysis, findings=findings_sentences(analysis))
 
 
-def test_no_region_sentence() -> None:
-    assert findings_sentences(_region_map(), _image()) == ("No anomalous region was found.",)
+GENERIC = "Generic analysis (not a frontal chest film): parts of the image that are unusual within it are flagged."
+
+
+def test_no_region_sentences() -> None:
+    assert _analysis((), score=0.12).findings == (GENERIC, "Abnormality score 0.12.", NO_REGION)
 
 
 def test_region_sentences_in_mm2() -> None:
-    sentences = findings_sentences(_region_map(_region(1), _region(2, 7.25)), _image())
+    sentences = _analysis((_region(1), _region(2, 7.25))).findings
     assert sentences == (
-        "2 anomalous regions were found.",
-        "Region 1: upper left, 412 mm², anomaly score 0.87 (max 0.95).",
-        "Region 2: upper left, 7.2 mm², anomaly score 0.87 (max 0.95).",
+        GENERIC,
+        "Abnormality score 0.91.",
+        "2 regions were flagged.",
+        "Region 1: upper left, unusual within the image, 412 mm², score 0.87 (max 0.95).",
+        "Region 2: upper left, unusual within the image, 7.2 mm², score 0.87 (max 0.95).",
     )
 
 
 def test_region_sentence_in_pixels_without_spacing() -> None:
-    sentences = findings_sentences(_region_map(_region(1, None)), _image(spacing=None))
-    assert sentences == (
-        "1 anomalous region was found.",
-        "Region 1: upper left, 10310 pixels (pixel spacing unknown), anomaly score 0.87 (max 0.95).",
+    analysis = replace(_analysis((_region(1, None),)), decoded=_image(spacing=None))
+    sentences = findings_sentences(analysis)
+    assert sentences[2:] == (
+        "1 region was flagged.",
+        "Region 1: upper left, unusual within the image, 10310 pixels (pixel spacing unknown), score 0.87 (max 0.95).",
     )
 
 
+def test_chest_regions_say_what_they_are_and_the_devices_seen() -> None:
+    zone = replace(_region(1), location="right lower zone", kind="zone", side="right", zone="lower")
+    focal = replace(_region(2, 150.0), location="left upper zone", kind="focal", side="left", zone="upper")
+    anatomy = Anatomy(
+        shape=(4, 4), source_shape=SOURCE, view="PA", chest_frontal=True, body=np.ones((4, 4), bool),
+        hemithoraces=np.zeros((4, 4), np.uint8), mediastinum=np.zeros((4, 4), bool), midline_col=2.0,
+        not_anatomy=np.zeros((4, 4), bool), devices=("line, tube or wire",), patient_right_on_image_left=True,
+    )
+    analysis = replace(_analysis((zone, focal)), method="chest", anatomy=anatomy)
+    sentences = findings_sentences(analysis)
+    assert sentences[0].startswith("Frontal chest film: each lung zone was compared with normal films")
+    assert sentences[3] == "Region 1: right lower zone, denser than on normal films, 412 mm², score 0.87 (max 0.95)."
+    assert sentences[4] == "Region 2: left upper zone, a round density, 150 mm², score 0.87 (max 0.95)."
+    assert sentences[5] == "Seen and left out of the analysis: line, tube or wire."
+
+
 def test_report_numbers_images_and_states_it_is_unverified() -> None:
-    analyses = [_analysis((_region(1),)), _analysis((), frame=2)]
+    analyses = [_analysis((_region(1),)), _analysis((), frame=2, score=0.2)]
     report = build_report(analyses)
 
     assert report.caption is None
     assert report.models == ()
-    assert report.findings == (
-        "Image 1: 1 anomalous region was found.",
-        "Image 1: Region 1: upper left, 412 mm², anomaly score 0.87 (max 0.95).",
-        "Image 2 (frame 2): No anomalous region was found.",
-    )
+    assert report.findings[:2] == (f"Image 1: {GENERIC}", "Image 1: Abnormality score 0.91.")
+    assert report.findings[-1] == f"Image 2 (frame 2): {NO_REGION}"
     lines = report.text.splitlines()
-    assert lines[0].startswith("Image 1: 1 anomalous region was found. Region 1:")
-    assert lines[1] == "Image 2 (frame 2): No anomalous region was found."
+    assert lines[0].startswith(f"Image 1: {GENERIC} Abnormality score 0.91. 1 region was flagged. Region 1:")
+    assert lines[1] == f"Image 2 (frame 2): {GENERIC} Abnormality score 0.20. {NO_REGION}"
     assert lines[-1] == DISCLAIMER
     assert "not been verified" in report.text
     assert "No learned model was used" in report.text

@@ -1,4 +1,4 @@
-"""The runner: the whole classical pipeline on real radiographs, timings and error wrapping."""
+"""The runner: the chest or the generic analysis on real radiographs, timings and error wrapping."""
 
 from __future__ import annotations
 
@@ -16,97 +16,128 @@ from miemss_node.pipeline.runner import analyse_dataset, analyse_image
 from tests.support.paths import shared_file, wg04_chest_cr
 
 SETTINGS = PipelineSettings()
-STAGES = {"enhance", "features", "anomaly", "regions", "report"}
+CHEST_STAGES = {"enhance", "anatomy", "reference", "regions", "report"}
+GENERIC_STAGES = {"enhance", "features", "anomaly", "regions", "report"}
 
-#: A soft-edged bright disk (a synthetic nodule) pasted into the right lung of the WG04 chest CR:
-#: centre row, centre column, radius in pixels, added brightness.
-NODULE = (700, 1300, 90, 0.3)
+#: A nodule (the projection of a sphere) pasted into the image-left lung of the SIIM PA chest (0.168 mm
+#: pixels): centre row, centre column, radius in pixels (10 mm), added display value.
+NODULE = (450, 300, 60, 0.3)
+
+
+def _with_nodule(image: DecodedImage, row: int, col: int, radius: int, contrast: float) -> DecodedImage:
+    rows, cols = np.mgrid[: image.pixels.shape[0], : image.pixels.shape[1]]
+    rho = np.hypot(rows - row, cols - col) / radius
+    nodule = contrast * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0))
+    return replace(image, pixels=np.clip(image.pixels + nodule, 0.0, 1.0).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
-def chest() -> DecodedImage:
-    (image,) = decode_dataset(read_dicom_file(wg04_chest_cr()))
+def siim() -> DecodedImage:
+    (image,) = decode_dataset(read_dicom_file(shared_file("dicom/xray/cr_chest_pa_siim_mono2_8bit_jpegbaseline.dcm")))
     return image
 
 
 @pytest.fixture(scope="module")
-def chest_with_nodule(chest: DecodedImage) -> DecodedImage:
-    row, col, radius, brightness = NODULE
-    rows, cols = np.mgrid[: chest.pixels.shape[0], : chest.pixels.shape[1]]
-    distance = np.hypot(rows - row, cols - col)
-    nodule = brightness / (1.0 + np.exp((distance - radius) / (0.15 * radius)))
-    return replace(chest, pixels=np.clip(chest.pixels + nodule, 0.0, 1.0).astype(np.float32))
+def siim_analysis(siim: DecodedImage) -> ImageAnalysis:
+    return analyse_image(siim, SETTINGS)
 
 
 @pytest.fixture(scope="module")
-def nodule_analysis(chest_with_nodule: DecodedImage) -> ImageAnalysis:
-    return analyse_image(chest_with_nodule, SETTINGS)
+def nodule_analysis(siim: DecodedImage) -> ImageAnalysis:
+    return analyse_image(_with_nodule(siim, *NODULE), SETTINGS)
 
 
-def test_a_pasted_nodule_is_found_as_a_region_at_its_place(nodule_analysis: ImageAnalysis) -> None:
+@pytest.fixture(scope="module")
+def rg1() -> DecodedImage:
+    (image,) = decode_dataset(read_dicom_file(wg04_chest_cr()))
+    return image
+
+
+def test_a_frontal_chest_film_gets_the_chest_analysis(siim_analysis: ImageAnalysis, siim: DecodedImage) -> None:
+    assert siim_analysis.method == "chest"
+    assert set(siim_analysis.stage_seconds) == CHEST_STAGES
+    assert siim_analysis.features is None and siim_analysis.scores is None
+    assert siim_analysis.anatomy is not None and siim_analysis.anatomy.chest_frontal
+    assert siim_analysis.reference is not None and siim_analysis.reference.role == "reference"
+    assert siim_analysis.region_map.labels.shape == siim.pixels.shape
+    assert siim_analysis.region_map.heatmap.shape == siim.pixels.shape
+    assert 0.0 <= siim_analysis.abnormality_score <= 1.0
+    assert siim_analysis.findings[0].startswith("Frontal chest film")
+
+
+def test_a_pasted_nodule_is_found_as_a_round_density_at_its_place(nodule_analysis: ImageAnalysis) -> None:
     row, col, radius, _ = NODULE
     label = int(nodule_analysis.region_map.labels[row, col])
     assert label > 0
     region = nodule_analysis.region_map.regions[label - 1]
     assert region.label == label
+    assert region.kind == "focal"
     assert np.hypot(region.centroid[0] - row, region.centroid[1] - col) < radius
-    assert region.location == "middle right"  # row 700 of 1955 is just below the upper third
+    # SIIM has no Patient Orientation: the image's side, said to be the image's.
+    assert region.location == "image left, middle zone (image side: patient orientation unknown)"
+    assert region.side is None and region.zone == "middle"
+    assert nodule_analysis.abnormality_score >= 0.5
 
 
-def test_the_nodule_is_among_the_strongest_regions(nodule_analysis: ImageAnalysis) -> None:
+def test_the_same_film_without_the_nodule_has_no_region_there(siim_analysis: ImageAnalysis) -> None:
     row, col, _, _ = NODULE
-    assert 0 < int(nodule_analysis.region_map.labels[row, col]) <= 3
+    assert siim_analysis.region_map.labels[row, col] == 0
 
 
-def test_the_same_image_without_the_nodule_has_no_region_there(chest: DecodedImage) -> None:
-    row, col, _, _ = NODULE
-    assert analyse_image(chest, SETTINGS).region_map.labels[row, col] == 0
+def test_areas_are_in_mm2_with_a_pixel_spacing(nodule_analysis: ImageAnalysis) -> None:
+    assert nodule_analysis.decoded.pixel_spacing_mm == pytest.approx((0.168, 0.168))
+    for region in nodule_analysis.region_map.regions:
+        assert region.area_mm2 == pytest.approx(region.area_px * 0.168 * 0.168)
+    assert any("mm²" in sentence for sentence in nodule_analysis.findings)
 
 
-def test_analysis_is_complete_and_timed(nodule_analysis: ImageAnalysis, chest_with_nodule: DecodedImage) -> None:
-    assert set(nodule_analysis.stage_seconds) == STAGES
-    assert all(seconds >= 0 for seconds in nodule_analysis.stage_seconds.values())
-    assert nodule_analysis.decoded is chest_with_nodule
-    assert nodule_analysis.enhanced.pixels.shape == chest_with_nodule.pixels.shape
-    assert nodule_analysis.region_map.heatmap.shape == chest_with_nodule.pixels.shape
-    n_regions = len(nodule_analysis.region_map.regions)
-    plural = "1 anomalous region was found." if n_regions == 1 else f"{n_regions} anomalous regions were found."
-    assert nodule_analysis.findings[0] == plural
-    assert len(nodule_analysis.findings) == n_regions + 1
-
-
-def test_without_pixel_spacing_areas_are_in_pixels(nodule_analysis: ImageAnalysis) -> None:
-    assert nodule_analysis.decoded.pixel_spacing_mm is None
-    assert all(region.area_mm2 is None for region in nodule_analysis.region_map.regions)
-    assert "pixels (pixel spacing unknown)" in nodule_analysis.findings[1]
-
-
-def test_analysis_is_deterministic(chest_with_nodule: DecodedImage, nodule_analysis: ImageAnalysis) -> None:
-    again = analyse_image(chest_with_nodule, SETTINGS)
-    np.testing.assert_array_equal(again.scores.scores, nodule_analysis.scores.scores)
+def test_analysis_is_deterministic(siim: DecodedImage, nodule_analysis: ImageAnalysis) -> None:
+    again = analyse_image(_with_nodule(siim, *NODULE), SETTINGS)
     np.testing.assert_array_equal(again.region_map.labels, nodule_analysis.region_map.labels)
     assert again.region_map.regions == nodule_analysis.region_map.regions
     assert again.findings == nodule_analysis.findings
+    assert again.abnormality_score == nodule_analysis.abnormality_score
 
 
-def test_areas_are_in_mm2_with_a_pixel_spacing() -> None:
-    (image,) = decode_dataset(read_dicom_file(shared_file("dicom/xray/cr_chest_pa_siim_mono2_8bit_jpegbaseline.dcm")))
+def test_a_lateral_view_is_not_analysed_as_a_frontal_film(rg1: DecodedImage) -> None:
+    lateral = analyse_image(replace(rg1, view_position="LL"), SETTINGS)
+    assert lateral.method == "generic"
+    assert set(lateral.stage_seconds) == GENERIC_STAGES
+
+
+def test_the_chest_analysis_can_be_switched_off(rg1: DecodedImage) -> None:
+    assert analyse_image(rg1, replace(SETTINGS, chest_analysis=False)).method == "generic"
+
+
+def test_without_pixel_spacing_areas_are_in_pixels(rg1: DecodedImage) -> None:
+    analysis = analyse_image(rg1, replace(SETTINGS, threshold=0.2))
+    assert analysis.method == "chest"
+    assert analysis.decoded.pixel_spacing_mm is None
+    assert analysis.region_map.regions
+    assert all(region.area_mm2 is None for region in analysis.region_map.regions)
+    assert any("pixels (pixel spacing unknown)" in sentence for sentence in analysis.findings)
+
+
+def test_an_extremity_film_gets_the_generic_analysis_without_its_marker() -> None:
+    (image,) = decode_dataset(read_dicom_file(shared_file("dicom/transfer_syntaxes/cr_extremity_rg3/rg3_unc.dcm")))
     analysis = analyse_image(image, SETTINGS)
-    assert image.pixel_spacing_mm == pytest.approx((0.168, 0.168))
-    for region in analysis.region_map.regions:
-        assert region.area_mm2 == pytest.approx(region.area_px * 0.168 * 0.168)
-        assert region.area_mm2 >= SETTINGS.min_region_area_mm2 * 0.5  # measured at source size
+    assert analysis.method == "generic"
+    assert set(analysis.stage_seconds) == GENERIC_STAGES
+    # The lead "R" marker near the bottom right (rows 70-80 %, columns 85-90 %) is never flagged.
+    rows, cols = image.pixels.shape
+    assert not analysis.region_map.labels[int(0.7 * rows) : int(0.8 * rows), int(0.85 * cols) : int(0.9 * cols)].any()
 
 
 def test_a_png_radiograph_runs_through() -> None:
     analysis = analyse_image(decode_image_file(shared_file("images/nih_00000001_000_512_txv.png")), SETTINGS)
     assert analysis.region_map.labels.shape == (512, 512)
+    assert analysis.method == "chest"
 
 
 def test_analyse_dataset_gives_one_analysis_per_frame_with_decode_time() -> None:
     analyses = analyse_dataset(read_dicom_file(get_testdata_file("emri_small.dcm")), SETTINGS)
     assert [a.decoded.frame_number for a in analyses] == list(range(1, 11))
-    assert all(set(a.stage_seconds) == STAGES | {"decode"} for a in analyses)
+    assert all(set(a.stage_seconds) == GENERIC_STAGES | {"decode"} for a in analyses)
 
 
 def test_analyse_dataset_raises_decode_error_unwrapped() -> None:
@@ -115,18 +146,21 @@ def test_analyse_dataset_raises_decode_error_unwrapped() -> None:
         analyse_dataset(ds, SETTINGS)
 
 
-def test_a_bad_setting_fails_in_its_stage(chest: DecodedImage) -> None:
+def test_a_bad_setting_fails_in_its_stage(rg1: DecodedImage) -> None:
     with pytest.raises(StageError, match="stage 'enhance' failed: ValueError: unknown denoise method") as raised:
-        analyse_image(chest, replace(SETTINGS, denoise_method="median"))
+        analyse_image(rg1, replace(SETTINGS, denoise_method="median"))
     assert raised.value.stage == "enhance"
     assert isinstance(raised.value.__cause__, ValueError)
 
 
-def test_an_unexpected_failure_names_its_stage(chest: DecodedImage, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: object) -> None:
+@pytest.mark.parametrize(("name", "chest_analysis"), [("judge_chest", True), ("find_regions", False)])
+def test_an_unexpected_failure_names_its_stage(
+    rg1: DecodedImage, monkeypatch: pytest.MonkeyPatch, name: str, chest_analysis: bool
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("out of labels")
 
-    monkeypatch.setattr(runner, "find_regions", broken)
+    monkeypatch.setattr(runner, name, broken)
     with pytest.raises(StageError, match="stage 'regions' failed: RuntimeError: out of labels") as raised:
-        analyse_image(chest, SETTINGS)
+        analyse_image(rg1, replace(SETTINGS, chest_analysis=chest_analysis))
     assert raised.value.stage == "regions"

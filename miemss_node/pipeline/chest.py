@@ -1,0 +1,376 @@
+"""The anatomy-aware analysis of a frontal (PA/AP) chest film.
+
+1. **Measure** (:func:`measure_chest`): the working images, what is not anatomy
+   (:mod:`~miemss_node.pipeline.objects`), the hemithoraces and mediastinum
+   (:mod:`~miemss_node.pipeline.anatomy`), the density of the six lung zones
+   (:mod:`~miemss_node.pipeline.zones`) and round-density candidates (:mod:`~miemss_node.pipeline.focal`).
+2. **Judge against normal** (:func:`judge_chest`): each zone's evidence against the normal reference
+   and its mirror zone, each candidate's strength against the reference
+   (:mod:`~miemss_node.pipeline.chest_reference`).
+3. **Regions that describe the disease**: the flagged zones of one side that touch become one
+   region covering them (an opaque hemithorax is one region, not a sliver at its edge); a flagged
+   round density outside them is a region of its own. Objects are cut out of every region. Each
+   region is located in the patient's terms when Patient Orientation says which side is which.
+4. **Abnormality score** of the frame: the logistic of its strongest evidence, 0.5 at the flagging
+   threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import gaussian
+
+from miemss_node.pipeline.anatomy import ANATOMY_SIDE, chest_anatomy
+from miemss_node.pipeline.base import Anatomy, DecodedImage, Region, RegionMap
+from miemss_node.pipeline.chest_reference import (
+    ChestReference,
+    ZoneEvidence,
+    abnormality,
+    evidence_at,
+    focal_evidence,
+    zone_evidence,
+)
+from miemss_node.pipeline.features import to_working
+from miemss_node.pipeline.field_of_view import field_mask
+from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
+from miemss_node.pipeline.objects import FoundObjects, find_objects
+from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, normalised_density, zone_features, zone_masks
+
+logger = logging.getLogger(__name__)
+
+#: Long side (pixels) of the image objects and round densities are looked for on.
+DETAIL_SIDE = 512
+#: When the pixel spacing is unknown, the image is taken to span this many mm on its long side
+#: (a 35 x 43 cm detector), so that sizes in mm stay meaningful.
+ASSUMED_FIELD_MM = 400.0
+#: View Position values analysed as a frontal chest film ("" = unknown: the image decides).
+FRONTAL_VIEWS = frozenset({"", "PA", "AP"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChestMeasurements:
+    """What :func:`measure_chest` measured on one frame."""
+
+    anatomy: Anatomy
+    #: Zone masks at the anatomy's working shape.
+    zones: dict[ZoneKey, np.ndarray]
+    features: dict[str, float]
+    #: Round-density candidates, in pixels of the detail image (``detail_shape``).
+    candidates: tuple[FocalCandidate, ...]
+    detail_shape: tuple[int, int]
+    #: mm per pixel of the detail image.
+    detail_mm_per_px: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChestFindings:
+    """What :func:`judge_chest` concluded on one frame."""
+
+    region_map: RegionMap
+    abnormality_score: float
+    zone_evidence: dict[ZoneKey, ZoneEvidence]
+    #: Evidence of each round-density candidate, in the order of ``measurements.candidates``.
+    focal_evidence: tuple[float, ...]
+
+
+def mm_per_pixel(image: DecodedImage, working_rows: int) -> float:
+    """Size in mm of a working pixel, from the pixel spacing or :data:`ASSUMED_FIELD_MM`."""
+    rows, cols = image.pixels.shape[:2]
+    if image.pixel_spacing_mm is not None:
+        return float(min(image.pixel_spacing_mm)) * rows / working_rows
+    return ASSUMED_FIELD_MM / max(rows, cols) * rows / working_rows
+
+
+def is_frontal_chest_candidate(image: DecodedImage) -> bool:
+    """Whether a frame may be a frontal chest film: its View Position and Body Part do not say otherwise."""
+    from miemss_node.pipeline.modality import CHEST_PARTS
+
+    return image.view_position.strip().upper() in FRONTAL_VIEWS and image.body_part.strip().upper() in CHEST_PARTS
+
+
+def measure_chest(image: DecodedImage, enhanced: np.ndarray) -> ChestMeasurements | None:
+    """Measure a frame as a frontal chest film; None when it does not show two lungs side by side.
+
+    Parameters
+    ----------
+    image
+        The decoded frame (its spacing, view and orientation).
+    enhanced
+        Its enhanced pixels, at source resolution.
+    """
+    detail = to_working(enhanced, DETAIL_SIDE)
+    detail_mm = mm_per_pixel(image, detail.shape[0])
+    detail_body = field_mask(detail)
+    objects = find_objects(detail, detail_body, detail_mm)
+    work = to_working(detail, ANATOMY_SIDE)
+    coarse_objects = FoundObjects(mask=_resize_mask(objects.mask, work.shape), kinds=objects.kinds)
+    orientation = image.patient_orientation or None
+    anatomy = chest_anatomy(
+        work,
+        coarse_objects,
+        source_shape=(int(image.pixels.shape[0]), int(image.pixels.shape[1])),
+        view=image.view_position.strip().upper(),
+        patient_orientation=orientation,
+    )
+    if anatomy is None:
+        return None
+    usable = ~anatomy.not_anatomy
+    smooth = gaussian(work, sigma=1.0)
+    density = normalised_density(smooth, anatomy.hemithoraces, anatomy.midline_col or work.shape[1] / 2, usable)
+    zones = zone_masks(anatomy.hemithoraces)
+    lungs_detail = _resize_mask(anatomy.hemithoraces > 0, detail.shape)
+    candidates = focal_candidates(detail, lungs_detail, objects.mask | ~detail_body, detail_mm)
+    return ChestMeasurements(
+        anatomy=anatomy,
+        zones=zones,
+        features=zone_features(density, zones, usable),
+        candidates=tuple(candidates),
+        detail_shape=(int(detail.shape[0]), int(detail.shape[1])),
+        detail_mm_per_px=detail_mm,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Part:
+    """A region before it is measured: its mask at working resolution and what it is."""
+
+    mask: np.ndarray
+    side: str
+    zones: tuple[str, ...]
+    kind: str
+    evidence: float
+
+
+def judge_chest(
+    measured: ChestMeasurements,
+    image: DecodedImage,
+    reference: ChestReference,
+    *,
+    threshold: float = 0.5,
+    max_focal_regions: int = 2,
+) -> ChestFindings:
+    """Turn the measurements of a frame into regions, a heatmap and an abnormality score.
+
+    Parameters
+    ----------
+    measured
+        From :func:`measure_chest`.
+    image
+        The decoded frame (its pixel spacing, for areas).
+    reference
+        The normal reference.
+    threshold
+        Abnormality score from which a zone or a round density becomes a region; 0.5 is the
+        reference's flagging evidence (``[pipeline] threshold``).
+    max_focal_regions
+        At most this many round densities become regions (``[pipeline] max_focal_regions``).
+    """
+    anatomy = measured.anatomy
+    flag = evidence_at(threshold)
+    evidence = zone_evidence(measured.features, reference)
+    focal = tuple(focal_evidence(c.strength, c.global_strength, reference) for c in measured.candidates)
+    parts = _zone_parts(measured, evidence, flag)
+    covered = np.zeros(anatomy.shape, dtype=bool)
+    for part in parts:
+        covered |= part.mask
+    parts += _focal_parts(measured, focal, covered, flag, max_focal_regions)
+    heat = np.zeros(anatomy.shape, dtype=np.float32)
+    for key, mask in measured.zones.items():
+        heat[mask] = abnormality(evidence[key].evidence)
+    heat = gaussian(heat, sigma=2.0, preserve_range=True).astype(np.float32) * (anatomy.hemithoraces > 0)
+    labels = np.zeros(anatomy.shape, dtype=np.int32)
+    for index, part in enumerate(parts, start=1):
+        labels[part.mask & (labels == 0)] = index
+        # A region is never cooler than its own evidence, whatever the smoothing did at its edges.
+        heat[part.mask] = np.maximum(heat[part.mask], abnormality(part.evidence))
+    source_labels = _resize_labels(labels, anatomy.source_shape)
+    source_heat = _resize_float(heat, anatomy.source_shape)
+    measured_regions = _measure_regions(source_labels, source_heat, parts, anatomy, image)
+    ordered = sorted(measured_regions, key=lambda pair: (-pair[1].max_score, -pair[1].mean_score))
+    relabel = np.zeros(len(parts) + 1, dtype=np.uint16)
+    regions = []
+    for new_label, (old_label, region) in enumerate(ordered, start=1):
+        relabel[old_label] = new_label
+        regions.append(replace(region, label=new_label))
+    # A round-density candidate below the flag says nothing: every film has its strongest blob.
+    strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= flag], default=-math.inf)
+    return ChestFindings(
+        region_map=RegionMap(heatmap=source_heat, labels=relabel[source_labels], regions=tuple(regions)),
+        abnormality_score=abnormality(strongest),
+        zone_evidence=evidence,
+        focal_evidence=focal,
+    )
+
+
+def _zone_parts(measured: ChestMeasurements, evidence: dict[ZoneKey, ZoneEvidence], flag: float) -> list[_Part]:
+    """One part per run of touching flagged zones of one side, objects cut out."""
+    parts = []
+    for side in SIDES:
+        flagged = [zone for zone in ZONE_NAMES if evidence[ZoneKey(side=side, zone=zone)].evidence >= flag]
+        for run in _touching_runs(flagged):
+            mask = np.zeros(measured.anatomy.shape, dtype=bool)
+            for zone in run:
+                mask |= measured.zones[ZoneKey(side=side, zone=zone)]
+            strongest = max(evidence[ZoneKey(side=side, zone=zone)].evidence for zone in run)
+            parts.append(
+                _Part(mask=mask & ~measured.anatomy.not_anatomy, side=side, zones=run, kind="zone", evidence=strongest)
+            )
+    return parts
+
+
+def _focal_parts(
+    measured: ChestMeasurements, focal: tuple[float, ...], covered: np.ndarray, flag: float, limit: int
+) -> list[_Part]:
+    """A disc per flagged round density outside the flagged zones (at most ``limit``)."""
+    anatomy = measured.anatomy
+    scale = (anatomy.shape[0] / measured.detail_shape[0], anatomy.shape[1] / measured.detail_shape[1])
+    midline = anatomy.midline_col if anatomy.midline_col is not None else anatomy.shape[1] / 2
+    parts: list[_Part] = []
+    for candidate, candidate_evidence in zip(measured.candidates, focal, strict=True):
+        if candidate_evidence < flag or len(parts) >= limit:
+            continue
+        centre = (candidate.row * scale[0], candidate.col * scale[1])
+        disc = _disc(anatomy.shape, centre, max(1.5, candidate.radius_px * scale[0]))
+        if (disc & covered).sum() > 0.5 * disc.sum():
+            continue  # already inside a flagged zone's region
+        disc &= ~anatomy.not_anatomy & ~covered
+        if not disc.any():
+            continue
+        covered = covered | disc
+        side = SIDES[0] if centre[1] < midline else SIDES[1]
+        zone = _zone_at(measured.zones, side, centre[0])
+        parts.append(_Part(mask=disc, side=side, zones=(zone,), kind="focal", evidence=candidate_evidence))
+    return parts
+
+
+def location_words(side: str, zones: tuple[str, ...], right_on_image_left: bool | None) -> tuple[str, str | None]:
+    """Where a region is, in words, and the patient's side ("right"/"left", or None when unknown).
+
+    Parameters
+    ----------
+    side
+        "image-left" or "image-right".
+    zones
+        The zones the region covers, top to bottom.
+    right_on_image_left
+        From Patient Orientation; None when it does not say.
+    """
+    if len(zones) == len(ZONE_NAMES):
+        where = "all zones"
+    elif len(zones) == 1:
+        where = f"{zones[0]} zone"
+    else:
+        where = f"{' and '.join(zones)} zones"
+    if right_on_image_left is None:
+        image_side = side.replace("-", " ")
+        return f"{image_side}, {where} (image side: patient orientation unknown)", None
+    patient = "right" if (side == "image-left") == right_on_image_left else "left"
+    if len(zones) == len(ZONE_NAMES):
+        return f"{patient} lung, all zones", patient
+    return f"{patient} {where}", patient
+
+
+def _touching_runs(flagged: list[str]) -> list[tuple[str, ...]]:
+    """Group flagged zone names into runs of neighbours (upper-middle-lower)."""
+    runs: list[list[str]] = []
+    for zone in ZONE_NAMES:
+        if zone not in flagged:
+            continue
+        if runs and ZONE_NAMES.index(runs[-1][-1]) == ZONE_NAMES.index(zone) - 1:
+            runs[-1].append(zone)
+        else:
+            runs.append([zone])
+    return [tuple(run) for run in runs]
+
+
+def _zone_at(zones: dict[ZoneKey, np.ndarray], side: str, row: float) -> str:
+    """The zone of ``side`` whose rows are nearest to ``row``."""
+
+    def distance(zone: str) -> float:
+        rows = np.flatnonzero(zones[ZoneKey(side=side, zone=zone)].any(axis=1))
+        if not rows.size:
+            return math.inf
+        return 0.0 if rows[0] <= row <= rows[-1] else float(min(abs(rows[0] - row), abs(rows[-1] - row)))
+
+    return min(ZONE_NAMES, key=distance)
+
+
+def _measure_regions(
+    labels: np.ndarray,
+    heat: np.ndarray,
+    parts: list[_Part],
+    anatomy: Anatomy,
+    image: DecodedImage,
+) -> list[tuple[int, Region]]:
+    """Measure each region at source resolution (empty ones are dropped)."""
+    spacing = image.pixel_spacing_mm
+    count = len(parts)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
+    boxes = ndimage.find_objects(labels, max_label=count)
+    means = ndimage.mean(heat, labels, index)
+    maxima = ndimage.maximum(heat, labels, index)
+    regions = []
+    for label, part, centroid, box, mean, peak in zip(index, parts, centroids, boxes, means, maxima, strict=True):
+        if box is None or areas[label] == 0:
+            continue
+        words, patient_side = location_words(part.side, part.zones, anatomy.patient_right_on_image_left)
+        area_px = int(areas[label])
+        regions.append(
+            (
+                int(label),
+                Region(
+                    label=int(label),
+                    area_px=area_px,
+                    area_mm2=None if spacing is None else area_px * spacing[0] * spacing[1],
+                    centroid=(float(centroid[0]), float(centroid[1])),
+                    bbox=(box[0].start, box[1].start, box[0].stop, box[1].stop),
+                    mean_score=float(mean),
+                    max_score=float(peak),
+                    location=words,
+                    side=patient_side,
+                    zone=part.zones[len(part.zones) // 2],
+                    kind=part.kind,
+                ),
+            )
+        )
+    return regions
+
+
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius * radius
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask (any-pooling when shrinking)."""
+    if mask.shape == tuple(shape):
+        return mask.copy()
+    if mask.shape[0] >= shape[0] and mask.shape[1] >= shape[1]:
+        factor_r, factor_c = mask.shape[0] / shape[0], mask.shape[1] / shape[1]
+        dilated = ndimage.maximum_filter(mask, size=(max(1, round(factor_r)), max(1, round(factor_c))))
+        return _resize_labels(dilated.astype(np.int32), shape).astype(bool)
+    return _resize_labels(mask.astype(np.int32), shape).astype(bool)
+
+
+def _resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.intp), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.intp), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def _resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    zoom = (shape[0] / image.shape[0], shape[1] / image.shape[1])
+    out = ndimage.zoom(image, zoom, order=1, mode="nearest", grid_mode=True)
+    out = out[: shape[0], : shape[1]]
+    if out.shape != tuple(shape):
+        out = np.pad(out, ((0, shape[0] - out.shape[0]), (0, shape[1] - out.shape[1])), mode="edge")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

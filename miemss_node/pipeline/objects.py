@@ -1,0 +1,148 @@
+"""What on a radiograph is not anatomy: burned-in text and lead markers, lines and wires, electrodes,
+clips and other metal. None of it is ever outlined as a finding.
+
+Everything here is classical morphology on the display-oriented working image (bright = dense):
+
+* a **white top-hat** (the image minus its grey opening) keeps bright structures narrower than the
+  structuring element. With a small disk it keeps lines, wires, ECG leads and letter strokes; with a
+  larger one, compact things up to about a centimetre: electrodes, clips, lead markers;
+* **saturated** pixels (at the very top of the display range) in small components are burned-in text,
+  lead markers or metal;
+* what is found is classified by shape (long and thin: a line or wire; compact: an electrode, clip or
+  marker; large and very bright: a metal device) and dilated by a margin, so that its edges are
+  excluded too.
+
+Contrasts are measured in units of the film's own range inside the body (2nd to 98th percentile), so
+the same thresholds hold for a dark CR and a bright portable film. They were chosen on the development
+films (``benchmarks/zones``): high enough that rib and clavicle margins, which are also thin and
+bright, are mostly not taken, since wires and metal are far brighter than bone edges around them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import label, regionprops
+from skimage.morphology import disk
+
+logger = logging.getLogger(__name__)
+
+#: Words the report and the SR use for each kind of object.
+LINE = "line, tube or wire"
+COMPACT = "electrode, clip or lead marker"
+METAL = "metal device"
+TEXT = "burned-in text or marker"
+
+#: Radius (mm) of the small top-hat: structures narrower than about twice this are "thin".
+THIN_RADIUS_MM = 1.5
+#: Radius (mm) of the large top-hat: compact objects up to about twice this.
+COMPACT_RADIUS_MM = 6.0
+#: An edge this many times sharper than the body's 99th-percentile gradient outlines metal.
+SHARP_EDGE_FACTOR = 1.8
+#: Contrast (fraction of the body's display range) above which a thin structure is a line or wire.
+THIN_CONTRAST = 0.2
+#: Contrast above which a compact structure is an electrode, clip or marker.
+COMPACT_CONTRAST = 0.45
+#: A line is at least this long (mm) and this many times longer than wide.
+LINE_MIN_LENGTH_MM = 25.0
+LINE_MIN_ELONGATION = 5.0
+#: A compact object covers at most this area (mm²).
+COMPACT_MAX_AREA_MM2 = 900.0
+#: A metal device covers between these areas (mm²).
+METAL_AREA_MM2 = (300.0, 6000.0)
+#: Display value above which a pixel is saturated (burned-in annotations are drawn at full white).
+SATURATED = 0.985
+#: Saturated components larger than this fraction of the image are anatomy or background, not text.
+SATURATED_MAX_FRACTION = 0.01
+#: Margin (mm) added around every object.
+MARGIN_MM = 3.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoundObjects:
+    """The not-anatomy mask of a working image and what kinds of objects it holds."""
+
+    #: Boolean, the working image's shape; True on (and just around) an object.
+    mask: np.ndarray
+    #: Each kind found, in words (:data:`LINE`, :data:`COMPACT`, :data:`METAL`, :data:`TEXT`), with
+    #: the number of objects of that kind.
+    kinds: dict[str, int]
+
+
+def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundObjects:
+    """Find the objects of a working image that are not anatomy.
+
+    Parameters
+    ----------
+    work
+        Display-oriented working image in [0, 1] (bright = dense).
+    body
+        The patient's body (field of view) at the same shape.
+    mm_per_px
+        Working pixel size in mm (assumed when the source's spacing is unknown).
+
+    Returns
+    -------
+    FoundObjects
+        Outside the body is not included here; callers combine it with the body mask.
+    """
+    image = np.asarray(work, dtype=np.float32)
+    inside = body if body.any() else np.ones(image.shape, dtype=bool)
+    low, high = np.percentile(image[inside], [2, 98])
+    scale = max(float(high - low), 1e-3)
+
+    def radius(mm: float) -> int:
+        return max(1, round(mm / mm_per_px))
+
+    def tophat(mm: float) -> np.ndarray:
+        # A square element: scipy runs it as separable 1-D filters, fast even 6 cm wide.
+        side = 2 * radius(mm) + 1
+        return (image - ndimage.grey_opening(image, size=(side, side))) / scale
+
+    kinds: dict[str, int] = {}
+    mask = np.zeros(image.shape, dtype=bool)
+    area_px = mm_per_px * mm_per_px
+
+    thin = label(tophat(THIN_RADIUS_MM) > THIN_CONTRAST, connectivity=2)
+    _add(mask, kinds, LINE, thin, [p.label for p in regionprops(thin) if _is_line(p, mm_per_px)])
+    compact = label(tophat(COMPACT_RADIUS_MM) > COMPACT_CONTRAST)
+    small = [p.label for p in regionprops(compact) if 4 <= p.area and p.area * area_px <= COMPACT_MAX_AREA_MM2]
+    _add(mask, kinds, COMPACT, compact, small)
+    metal = label(_sharp_outlined(image, inside, radius(2.0)))
+    devices = [p.label for p in regionprops(metal) if METAL_AREA_MM2[0] <= p.area * area_px <= METAL_AREA_MM2[1]]
+    _add(mask, kinds, METAL, metal, devices)
+    saturated = label(image >= SATURATED)
+    text = [p.label for p in regionprops(saturated) if p.area <= SATURATED_MAX_FRACTION * image.size]
+    _add(mask, kinds, TEXT, saturated, text)
+
+    mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))
+    logger.debug("objects: %s", kinds, extra={"action": "anatomy.objects"})
+    return FoundObjects(mask=mask, kinds=kinds)
+
+
+def _sharp_outlined(image: np.ndarray, inside: np.ndarray, close_px: int) -> np.ndarray:
+    """Areas enclosed by edges far sharper than anatomy's: metal has a crisp outline, tissue does not."""
+    gradient = ndimage.gaussian_gradient_magnitude(image, sigma=1.0)
+    reference = float(np.percentile(gradient[inside], 99))
+    edges = gradient > SHARP_EDGE_FACTOR * max(reference, 1e-6)
+    return ndimage.binary_fill_holes(ndimage.binary_closing(edges, structure=disk(close_px)))
+
+
+def _is_line(region: object, mm_per_px: float) -> bool:
+    """Whether a thin component is long and thin enough to be a line, tube or wire."""
+    major = float(region.axis_major_length)  # type: ignore[attr-defined]
+    width = max(float(region.area) / max(major, 1.0), 1.0)  # type: ignore[attr-defined]
+    return major * mm_per_px >= LINE_MIN_LENGTH_MM and major >= LINE_MIN_ELONGATION * width
+
+
+def _add(mask: np.ndarray, kinds: dict[str, int], kind: str, labels: np.ndarray, keep: list[int]) -> None:
+    """Add the components ``keep`` of a label image to ``mask`` and count them under ``kind``."""
+    if not keep:
+        return
+    lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
+    lookup[keep] = True
+    mask |= lookup[labels]
+    kinds[kind] = kinds.get(kind, 0) + len(keep)
