@@ -428,5 +428,8 @@ def _healthcheck(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"unhealthy: {problem}")
         return EXIT_FAILURE
-    print("healthy")
-    return EXIT_OK
+    from miemss_node.storage import disk_problem
+
+    problem = disk_problem(config.node.storage_dir, config.node.min_free_disk_mb * 2**20)
+    print(f"unhealthy: {problem}" if problem else "healthy")
+    return EXIT_FAILURE if problem else EXIT_OK

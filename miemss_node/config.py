@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pynetdicom._validators import validate_ae
-
 from miemss_node.errors import ConfigError
 from miemss_node.pipeline.base import PipelineSettings
 from miemss_node.result_kinds import (
@@ -64,10 +62,9 @@ class NodeSettings:
     allowed_calling_aets: tuple[str, ...] = ()
     #: Reject associations whose called AE title is not ``ae_title``.
     require_called_aet: bool = False
-    #: Largest PDU we receive, in bytes; 0 means unlimited.
-    max_pdu: int = 0
-    #: Stream received datasets to disk instead of holding them in memory.
-    chunked_receive: bool = True
+    #: Largest PDU we receive (the Maximum Length we announce), in bytes, 4096..16777216: a longer
+    #: PDU aborts the association before it is read (there is no "unlimited").
+    max_pdu: int = 131072
     acse_timeout_seconds: float = 30.0
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0
@@ -162,6 +159,10 @@ class HttpSettings:
     show_patient_data: bool = False
     #: How many of the most recent studies the dashboard lists.
     recent_studies: int = 50
+    #: A connection with no request in progress for this long is closed (s).
+    idle_timeout_seconds: float = 10.0
+    #: Open connections at most; more wait in the listen queue until some close.
+    max_connections: int = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,8 +471,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
     _check_positive("[node] max_associations", node.max_associations, problems)
     if node.min_free_disk_mb < 0 or node.max_instance_mb < 0:
         problems.append("[node] min_free_disk_mb and max_instance_mb must be >= 0")
-    if node.max_pdu < 0:
-        problems.append("[node] max_pdu must be >= 0 (0 = unlimited)")
+    if not MIN_PDU <= node.max_pdu <= MAX_PDU:
+        problems.append(f"[node] max_pdu {node.max_pdu} must be {MIN_PDU}..{MAX_PDU} bytes (a finite limit keeps memory flat)")
     url = node.database_url
     if url and "://" not in url:
         problems.append(f"[node] database_url {url!r} is not an SQLAlchemy URL (e.g. sqlite:///miemss.db)")
@@ -580,6 +581,9 @@ def _validate_tls(tls: TlsSettings, destinations: tuple[Destination, ...], probl
             problems.append(f"[tls] {name} {value!r} is not a file")
 
 
+#: Range of ``[node] max_pdu`` (PS3.8 D.1: 0 would announce "no limit", which we refuse).
+MIN_PDU, MAX_PDU = 4096, 1 << 24
+
 #: Shortest ``[http] token``: the retry button's only protection.
 MIN_TOKEN_LENGTH = 16
 
@@ -591,6 +595,9 @@ def _validate_http(http: HttpSettings, problems: list[str]) -> None:
     if http.token and len(http.token) < MIN_TOKEN_LENGTH:
         problems.append(f"[http] token must be at least {MIN_TOKEN_LENGTH} characters (empty disables retries)")
     _check_positive("[http] recent_studies", http.recent_studies, problems)
+    if http.idle_timeout_seconds < 1:
+        problems.append("[http] idle_timeout_seconds must be >= 1")
+    _check_positive("[http] max_connections", http.max_connections, problems)
 
 
 def _validate_pipeline(pipeline: PipelineSettings, problems: list[str], label: str = "[pipeline]") -> None:
@@ -726,9 +733,16 @@ def _resolve_reference(pipeline: PipelineSettings, base_dir: Path) -> PipelineSe
 
 
 def _check_ae(where: str, value: str, problems: list[str]) -> None:
-    ok, reason = validate_ae(value)
-    if not ok or not value.strip():
-        problems.append(f"{where} {value!r} is not a valid AE title: {reason or 'must not be empty'}")
+    """An AE title (VR AE, PS3.5 6.2): 1-16 ASCII characters, no backslash or control character."""
+    reason = ""
+    if not value.strip():
+        reason = "must not be empty"
+    elif len(value) > 16:
+        reason = "must not exceed 16 characters"
+    elif not value.isascii() or "\\" in value or any(not char.isprintable() for char in value):
+        reason = "must be ASCII without backslashes or control characters"
+    if reason:
+        problems.append(f"{where} {value!r} is not a valid AE title: {reason}")
 
 
 def _check_port(where: str, value: int, problems: list[str], *, allow_zero: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 Everything is read from the objects the node runs with, never copied by hand: the receiver's
 presentation contexts from :func:`~miemss_node.receive.scp.build_receiver_ae`, the C-STORE statuses
-from the ``STATUS_*`` constants of :mod:`miemss_node.receive.handlers` (with their docstrings), the
+from the ``STATUS_*`` constants of :mod:`miemss_node.receive.status` (with their docstrings), the
 sender's handling of each status from :func:`~miemss_node.send.classify_status`, and the policies
 from the :class:`~miemss_node.config.Config`. ``docs/conformance.md`` is this output for the
 repository's ``config.toml``; a test regenerates it, so it cannot go stale.
@@ -26,8 +26,8 @@ from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 import miemss_node
 from miemss_node.config import RESULT_TYPES, Config
 from miemss_node.queue.retry import RetryPolicy
-from miemss_node.receive import handlers
-from miemss_node.receive.scp import build_receiver_ae
+from miemss_node.receive import status as receive_status
+from miemss_node.receive.scp import CONNECTIONS_PER_ASSOCIATION, build_receiver_ae
 from miemss_node.result_kinds import RESULT_KINDS
 from miemss_node.send import (
     PROPOSED_TRANSFER_SYNTAXES,
@@ -60,7 +60,7 @@ def status_constants(module: ModuleType) -> list[StatusConstant]:
     Parameters
     ----------
     module
-        A module such as :mod:`miemss_node.receive.handlers`.
+        A module such as :mod:`miemss_node.receive.status`.
 
     Returns
     -------
@@ -231,12 +231,15 @@ def _receiver(config: Config) -> list[str]:
                 ["Calling AE titles accepted", calling, "`[node] allowed_calling_aets` (empty = any)"],
                 ["Called AE title", called, "`[node] require_called_aet`"],
                 ["Simultaneous associations", f"at most {node.max_associations}", "`[node] max_associations`"],
-                ["Maximum PDU received", f"{node.max_pdu} bytes" if node.max_pdu else "unlimited",
-                 "`[node] max_pdu` (0 = unlimited)"],
+                ["Maximum PDU received", f"{node.max_pdu} bytes (a longer PDU aborts the association)",
+                 "`[node] max_pdu`"],
+                ["Open connections", f"at most {node.max_associations * CONNECTIONS_PER_ASSOCIATION}",
+                 "twice `[node] max_associations`"],
                 ["ACSE timeout", _seconds(node.acse_timeout_seconds), "`[node] acse_timeout_seconds`"],
                 ["DIMSE timeout", _seconds(node.dimse_timeout_seconds), "`[node] dimse_timeout_seconds`"],
-                ["Network (idle) timeout", _seconds(node.network_timeout_seconds),
-                 "`[node] network_timeout_seconds`"],
+                ["Network timeout (idle association, one socket read or write, one whole PDU)",
+                 _seconds(node.network_timeout_seconds), "`[node] network_timeout_seconds`"],
+                ["TLS handshake timeout", _seconds(node.acse_timeout_seconds), "`[node] acse_timeout_seconds`"],
             ],
         ),
         "An association from a calling AE title that is not allowed, or to another called AE title when "
@@ -275,14 +278,18 @@ def _receiver(config: Config) -> list[str]:
             ["Status", "DICOM meaning", "Returned when"],
             [
                 [_hex(c.code), _meaning(c.code), c.doc.replace("``", "`")]
-                for c in sorted(status_constants(handlers), key=lambda c: c.code)
+                for c in sorted(status_constants(receive_status), key=lambda c: c.code)
             ],
         ),
-        "A duplicate (a SOP Instance UID already stored) is answered Success and not stored again. "
-        f"Limits: instances larger than {node.max_instance_mb} MB are refused"
-        f"{'' if node.max_instance_mb else ' (0: no limit)'} (`[node] max_instance_mb`); below "
+        "A duplicate (a SOP Instance UID already stored, with the same study, series, patient and "
+        "dataset bytes, or the same identity in another transfer syntax) is answered Success and not "
+        "stored again; a copy that differs is refused (0xC011) and the stored copy kept. Invalid UIDs "
+        "(a trailing newline, a space, a leading zero) are refused as received, never stripped. "
+        f"Limits, checked while the dataset streams in: instances larger than {node.max_instance_mb} MB "
+        f"are refused{'' if node.max_instance_mb else ' (0: no limit)'} (`[node] max_instance_mb`); below "
         f"{node.min_free_disk_mb} MB of free disk every instance is refused as out of resources "
-        "(`[node] min_free_disk_mb`). Any other failure is a defect of the node, answered by pynetdicom "
+        "(`[node] min_free_disk_mb`); the rest of a refused dataset is read and dropped, and the answer "
+        "comes when the dataset ends. Any other failure is a defect of the node, answered by pynetdicom "
         "with 0xC211.",
         "",
         "A study is complete when no instance of it has arrived for "

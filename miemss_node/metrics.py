@@ -37,7 +37,7 @@ ProcessCollector(registry=REGISTRY)
 
 INSTANCES_RECEIVED = Counter(
     "miemss_instances_received",
-    "C-STORE requests by outcome (stored, duplicate, refused, failed), as the receive.* log actions.",
+    "C-STORE requests by outcome (stored, duplicate, refused, conflict, failed), as the receive.* log actions.",
     ["outcome"],
     registry=REGISTRY,
 )

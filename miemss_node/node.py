@@ -22,12 +22,12 @@ from miemss_node.receive.scp import start_receiver, stop_receiver
 from miemss_node.retention import Janitor
 from miemss_node.send import Sender, refuse_unconfigured_deliveries
 from miemss_node.settle import Settler
+from miemss_node.storage import disk_problem
 from miemss_node.tls import server_context
 from miemss_node.worker import Worker
 
 if TYPE_CHECKING:
-    from pynetdicom.transport import ThreadedAssociationServer
-
+    from miemss_node.receive.transport import ReceiverServer
     from miemss_node.web.server import HttpServer
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Node:
         self._children: list[BaseProcess] = []
         self.engine = create_database_engine(config.database_url)
         self.sessions = session_factory(self.engine)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: ReceiverServer | None = None
         self.http: HttpServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -108,7 +108,7 @@ class Node:
             worker = Worker(self.sessions, self.config, models)
             self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
 
-    def _start_receiver(self, store: InstanceStore) -> ThreadedAssociationServer:
+    def _start_receiver(self, store: InstanceStore) -> ReceiverServer:
         node = self.config.node
         try:
             context = server_context(self.config.tls)
@@ -171,7 +171,11 @@ class Node:
         from miemss_node.web.server import HttpServer
 
         self.http = HttpServer(
-            self.config.http, self.sessions, self.config.node.storage_dir, receiver_problem=self.receiver_problem
+            self.config.http,
+            self.sessions,
+            self.config.node.storage_dir,
+            receiver_problem=self.receiver_problem,
+            disk_problem=self.disk_problem,
         )
         self.http.start()
 
@@ -182,6 +186,10 @@ class Node:
         if self.server is None:
             return "the receiver is not running"
         return receiver_problem(self.config, port=self.port)
+
+    def disk_problem(self) -> str | None:
+        """None when the storage disk has at least ``min_free_disk_mb`` free, else what is wrong."""
+        return disk_problem(self.config.node.storage_dir, self.config.node.min_free_disk_mb * 2**20)
 
     def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
         thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)

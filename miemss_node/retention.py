@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.queue import repository
+from miemss_node.storage import StorageLayout
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Janitor:
                 repository.delete_study(session, study)
         # Rows go first: a crash here leaves orphan files (harmless), never rows pointing at nothing.
         for uid in uids:
-            for folder in ("instances", "results"):
-                shutil.rmtree(self.storage_dir / folder / uid, ignore_errors=True)
+            for folder in StorageLayout(self.storage_dir).study_folders(uid):
+                shutil.rmtree(folder, ignore_errors=True)
             logger.info("study %s deleted (retention)", uid, extra={"action": "retention.deleted", "study_uid": uid})
         return len(uids)

@@ -4,7 +4,7 @@ Per analysed image (or frame): the heatmap drawn over the image, as in the Secon
 the heatmap alone, at most :data:`MAX_SIDE` pixels on the longest side. ``index.json`` lists them
 with the source's SOP Instance UID, frame number and whether the source has burned-in annotation
 (text that may identify the patient, so the dashboard hides that overlay unless patient data is
-shown). Layout: ``<storage>/results/<study UID>/job-<id>/thumbs/``.
+shown). The folder is :meth:`miemss_node.storage.StorageLayout.thumbnail_dir`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydicom import Dataset
 from miemss_node.encode.overlay import heat_colours, render_overlay
 from miemss_node.encode.templates import CaptureTemplate
 from miemss_node.pipeline.base import ImageAnalysis
-from miemss_node.receive.spool import write_atomically
+from miemss_node.storage import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ class Thumbnail:
     heatmap: str
     burned_in_annotation: bool
     regions: int
-
-
-def thumbnail_dir(storage_dir: Path, study_uid: str, job_id: int) -> Path:
-    """The folder of a job's thumbnails."""
-    return storage_dir / "results" / study_uid / f"job-{job_id}" / "thumbs"
 
 
 def _small_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -109,7 +104,7 @@ def write_thumbnails(
     Parameters
     ----------
     folder
-        From :func:`thumbnail_dir`.
+        From :meth:`miemss_node.storage.StorageLayout.thumbnail_dir`.
     sources
         The analysed source datasets (for Burned In Annotation).
     analyses

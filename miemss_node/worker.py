@@ -7,7 +7,6 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from io import BytesIO
-from pathlib import Path
 
 from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,9 +37,8 @@ from miemss_node.queue import repository
 from miemss_node.queue.lease import LeaseKeeper, lease_owner_id
 from miemss_node.queue.models import Job, JobState
 from miemss_node.queue.retry import PROGRAMMING_ERRORS, RetryDecision, RetryPolicy
-from miemss_node.receive.handlers import free_bytes
-from miemss_node.receive.spool import write_atomically
-from miemss_node.thumbnails import thumbnail_dir, write_thumbnails
+from miemss_node.storage import StorageLayout, free_bytes, write_atomically
+from miemss_node.thumbnails import write_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +176,7 @@ class Worker:
 
     def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork) -> None:
         """Save the dashboard's thumbnails beside the results; a failure only costs the pictures."""
-        folder = thumbnail_dir(self.config.node.storage_dir, study_uid, job.id)
+        folder = StorageLayout(self.config.node.storage_dir).thumbnail_dir(study_uid, job.id)
         try:
             write_thumbnails(folder, work.sources, work.analyses, self.templates.capture)
         except (OSError, ValueError, MiemssError) as exc:
@@ -194,7 +192,7 @@ class Worker:
         storage = self.config.node.storage_dir
         for sop_uid, path in instances:
             try:
-                ds = read_dicom_file(storage / path)
+                ds = read_dicom_file(StorageLayout(storage).resolve(path))
                 if not is_image_dataset(ds):
                     work.skipped.append((sop_uid, "not an image (stored, not processed)"))
                     continue
@@ -217,11 +215,12 @@ class Worker:
         return work
 
     def _write_result(self, job: Job, study_uid: str, kind: str, ds: Dataset) -> repository.ResultRecord:
-        relative = Path("results") / study_uid / f"job-{job.id}" / f"{kind}_{ds.SOPInstanceUID}.dcm"
+        layout = StorageLayout(self.config.node.storage_dir)
+        relative = layout.result_path(study_uid, job.id, kind, str(ds.SOPInstanceUID))
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         try:
-            write_atomically(self.config.node.storage_dir / relative, buffer.getvalue())
+            write_atomically(layout.resolve(relative), buffer.getvalue())
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpaceError(f"the storage disk is full writing {relative}; the job waits") from exc

@@ -16,18 +16,6 @@ if TYPE_CHECKING:
     from miemss_node.node import Node
 
 
-@pytest.fixture(autouse=True)
-def restore_process_wide_receiver_settings() -> Iterator[None]:
-    """A receiver started by a test switches pynetdicom to chunked receive and moves tempfile's folder."""
-    import tempfile
-
-    from pynetdicom import _config
-
-    saved = tempfile.tempdir, _config.STORE_RECV_CHUNKED_DATASET
-    yield
-    tempfile.tempdir, _config.STORE_RECV_CHUNKED_DATASET = saved
-
-
 @pytest.fixture
 def pacs() -> Iterator[PacsScp]:
     """A Storage SCP that plays the PACS on an ephemeral loopback port."""

@@ -52,6 +52,9 @@ class Study(Base):
     last_received_at: Mapped[datetime]
     #: True while instances arrived that no queued job covers.
     unsettled: Mapped[bool] = mapped_column(default=True)
+    #: SHA-256 of the first instance's Issuer of Patient ID and Patient ID: instances of another
+    #: patient are refused (the ID itself is patient data and is not stored here).
+    patient_key: Mapped[str | None] = mapped_column(String(64))
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 
     __table_args__ = (Index("ix_studies_unsettled", "unsettled", "last_received_at"),)
@@ -71,9 +74,37 @@ class Instance(Base):
     #: Path relative to the storage folder.
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: SHA-256 of the dataset bytes as received (after the File Meta): a copy received again is
+    #: a duplicate when it matches, a conflict when it does not.
+    digest: Mapped[str | None] = mapped_column(String(64))
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime]
     study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class ConflictKind(enum.Enum):
+    """Why a received instance was refused as conflicting with what is stored."""
+
+    #: Its SOP Instance UID is stored with other content (bytes, study, series or patient).
+    INSTANCE = "instance"
+    #: Its study's stored instances belong to another patient.
+    PATIENT = "patient"
+
+
+class ReceiveConflict(Base):
+    """An instance refused because it conflicts with stored data (shown on the dashboard)."""
+
+    __tablename__ = "receive_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The refused copy's study, and the stored copy's when another (instance conflicts).
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    stored_study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[ConflictKind] = mapped_column(Enum(ConflictKind, native_enum=False, length=16))
+    detail: Mapped[str] = mapped_column(Text)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
 
 
 class Job(Base):

@@ -14,15 +14,18 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, case, delete, func, select, update
 from sqlalchemy import Result as Result_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from miemss_node.queue.models import (
+    ConflictKind,
     Delivery,
     DeliveryState,
     Instance,
     Job,
     JobEvent,
     JobState,
+    ReceiveConflict,
     Result,
     SentObject,
     StageDuration,
@@ -43,6 +46,10 @@ class InstanceRecord:
     path: str
     size_bytes: int
     calling_ae_title: str
+    #: SHA-256 of the dataset bytes ("" when unknown).
+    digest: str = ""
+    #: The patient key of the instance (see ``Study.patient_key``; "" when unknown).
+    patient_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,27 +64,54 @@ class ResultRecord:
 
 def instance_exists(session: Session, sop_instance_uid: str) -> bool:
     """True when this SOP Instance UID is already recorded."""
-    found = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
-    return found is not None
+    return find_instance(session, sop_instance_uid) is not None
 
 
-def record_instance(session: Session, record: InstanceRecord, now: datetime) -> None:
-    """Record a stored instance and mark its study as having unsettled instances."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == record.study_instance_uid))
-    if study is None:
-        study = Study(
-            study_instance_uid=record.study_instance_uid,
+def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
+    """The recorded instance of this SOP Instance UID, with its study loaded, or None."""
+    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def _insert(session: Session, table: type) -> Any:
+    """An INSERT for this database that can say ON CONFLICT DO NOTHING (SQLite, PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def ensure_study(session: Session, *, study_instance_uid: str, patient_key: str, now: datetime) -> Study:
+    """The study of this UID, created if missing (safe against a concurrent creation).
+
+    A study recorded before patient keys existed takes the given key.
+    """
+    session.execute(
+        _insert(session, Study)
+        .values(
+            study_instance_uid=study_instance_uid,
             first_received_at=now,
             last_received_at=now,
-            unsettled=True,
+            unsettled=False,
+            patient_key=patient_key or None,
         )
-        session.add(study)
-        session.flush()
-    else:
-        study.last_received_at = now
-        study.unsettled = True
-    session.add(
-        Instance(
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+    )
+    study = session.scalars(
+        select(Study).where(Study.study_instance_uid == study_instance_uid).execution_options(populate_existing=True)
+    ).one()
+    if study.patient_key is None and patient_key:
+        study.patient_key = patient_key
+    return study
+
+
+def claim_instance(session: Session, study: Study, record: InstanceRecord, now: datetime) -> bool:
+    """Insert the instance's row unless its SOP Instance UID is recorded; True when this call did.
+
+    The row is the claim: a concurrent receiver of the same UID waits for this transaction and then
+    finds the row, so only the claimant places a file (database first, then the file).
+    """
+    inserted = session.execute(
+        _insert(session, Instance)
+        .values(
             study_id=study.id,
             sop_instance_uid=record.sop_instance_uid,
             sop_class_uid=record.sop_class_uid,
@@ -85,10 +119,78 @@ def record_instance(session: Session, record: InstanceRecord, now: datetime) -> 
             transfer_syntax_uid=record.transfer_syntax_uid,
             path=record.path,
             size_bytes=record.size_bytes,
+            digest=record.digest or None,
             calling_ae_title=record.calling_ae_title,
             received_at=now,
         )
+        .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        .returning(Instance.id)
+    ).scalar()
+    if inserted is None:
+        return False
+    study.last_received_at = now
+    study.unsettled = True
+    return True
+
+
+def record_instance(session: Session, record: InstanceRecord, now: datetime) -> None:
+    """Record a stored instance and mark its study as having unsettled instances."""
+    study = ensure_study(
+        session, study_instance_uid=record.study_instance_uid, patient_key=record.patient_key, now=now
     )
+    claim_instance(session, study, record, now)
+
+
+def record_conflict(
+    session: Session,
+    *,
+    kind: ConflictKind,
+    study_instance_uid: str,
+    stored_study_instance_uid: str | None,
+    sop_instance_uid: str,
+    detail: str,
+    calling_ae_title: str,
+    now: datetime,
+) -> None:
+    """Record an instance refused as conflicting with stored data."""
+    session.add(
+        ReceiveConflict(
+            kind=kind,
+            study_instance_uid=study_instance_uid,
+            stored_study_instance_uid=stored_study_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            detail=detail,
+            calling_ae_title=calling_ae_title[:16],
+            at=now,
+        )
+    )
+
+
+def study_conflicts(session: Session, study_instance_uid: str, *, limit: int = 100) -> list[ReceiveConflict]:
+    """The latest conflicting instances refused for a study (as the refused or as the stored copy)."""
+    return list(
+        session.scalars(
+            select(ReceiveConflict)
+            .where(
+                (ReceiveConflict.study_instance_uid == study_instance_uid)
+                | (ReceiveConflict.stored_study_instance_uid == study_instance_uid)
+            )
+            .order_by(ReceiveConflict.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+def conflict_counts(session: Session, study_instance_uids: list[str]) -> dict[str, int]:
+    """How many conflicting instances were refused per study UID (only those with some)."""
+    if not study_instance_uids:
+        return {}
+    rows = session.execute(
+        select(ReceiveConflict.study_instance_uid, func.count())
+        .where(ReceiveConflict.study_instance_uid.in_(study_instance_uids))
+        .group_by(ReceiveConflict.study_instance_uid)
+    )
+    return {uid: int(count) for uid, count in rows}
 
 
 def settle_due_studies(
@@ -510,6 +612,7 @@ def delete_study(session: Session, study: Study) -> None:
         session.execute(delete(model).where(model.job_id.in_(job_ids)))
     session.execute(delete(Job).where(Job.study_id == study.id))
     session.execute(delete(Instance).where(Instance.study_id == study.id))
+    session.execute(delete(ReceiveConflict).where(ReceiveConflict.study_instance_uid == study.study_instance_uid))
     session.delete(study)
 
 

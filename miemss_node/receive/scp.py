@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
 import ssl
-import tempfile
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from miemss_node.receive.handlers import InstanceStore, handle_association, handle_echo, handle_store
+from miemss_node.receive.handlers import (
+    InstanceStore,
+    handle_association,
+    handle_connection_closed,
+    handle_echo,
+    handle_store,
+)
+from miemss_node.receive.stream import ReceiveLimits
+from miemss_node.receive.transport import ReceiverServer
 
 if TYPE_CHECKING:
     from miemss_node.config import NodeSettings
 
 logger = logging.getLogger(__name__)
+
+#: Open connections allowed per association slot: room for peers that the ACSE then rejects with
+#: "local limit exceeded" (a clear answer) instead of a refused connection.
+CONNECTIONS_PER_ASSOCIATION = 2
 
 
 def build_receiver_ae(node: NodeSettings) -> AE:
@@ -44,58 +50,43 @@ def build_receiver_ae(node: NodeSettings) -> AE:
     return ae
 
 
-class NoDelayAssociationServer(ThreadedAssociationServer):
-    """An association server whose accepted sockets send without Nagle's delay.
-
-    pynetdicom leaves Nagle's algorithm on; every C-STORE response then waits for the peer's
-    delayed ACK (about 40 ms), which caps a sender at some 25 instances a second.
-    """
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = super().get_request()
-        client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client_socket, address
-
-
-def enable_chunked_receive(storage_dir: Path) -> None:
-    """Have pynetdicom stream each received dataset to a file on the storage disk.
-
-    The dataset then never sits whole in memory, and the handler links the file into place
-    instead of writing it a second time. Both settings are process-wide, which is why only the
-    receiving process calls this: pynetdicom's ``STORE_RECV_CHUNKED_DATASET``, and the folder of
-    its temporary files (``tempfile.tempdir``), moved onto the storage disk so a link works.
-    """
-    root = storage_dir / ".incoming"
-    host = socket.gethostname()
-    # Partial files of receivers on this host that died mid-receive were never acknowledged.
-    for folder in root.glob(f"{host}-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-    incoming = root / f"{host}-{os.getpid()}"  # receivers sharing a storage folder keep apart
-    incoming.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(incoming)
-    _config.STORE_RECV_CHUNKED_DATASET = True
-
-
 def start_receiver(
     node: NodeSettings, store: InstanceStore, ssl_context: ssl.SSLContext | None = None
-) -> ThreadedAssociationServer:
-    """Start the SCP in the background; ``port = 0`` binds an ephemeral port (see ``server_address``)."""
-    if node.chunked_receive:
-        enable_chunked_receive(store.storage_dir)
+) -> ReceiverServer:
+    """Start the SCP in the background; ``port = 0`` binds an ephemeral port (see ``server_address``).
+
+    Instances stream into this process's ``.incoming/`` folder, emptied first: what is there was
+    never acknowledged (a crash mid-receive), so its senders still have it.
+    """
+    limits = ReceiveLimits(
+        max_pdu=node.max_pdu,
+        network_timeout=node.network_timeout_seconds,
+        handshake_timeout=node.acse_timeout_seconds,
+        max_instance_bytes=store.max_instance_bytes,
+        min_free_bytes=store.min_free_bytes,
+        spool_dir=store.layout.clear_incoming(),
+    )
     ae = build_receiver_ae(node)
-    handlers: list[tuple[Any, ...]] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [store])]
-    handlers += [
+    handlers: list[tuple[Any, ...]] = [
+        (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_ESTABLISHED, handle_association, ["established"]),
         (evt.EVT_REJECTED, handle_association, ["rejected"]),
         (evt.EVT_RELEASED, handle_association, ["released"]),
         (evt.EVT_ABORTED, handle_association, ["aborted"]),
     ]
-    server = ae.make_server(
-        (node.host, node.port), evt_handlers=handlers, ssl_context=ssl_context, server_class=NoDelayAssociationServer
+    server = cast(
+        ReceiverServer,
+        ae.make_server(
+        (node.host, node.port),
+        evt_handlers=handlers,
+        server_class=ReceiverServer,
+        limits=limits,
+        max_connections=node.max_associations * CONNECTIONS_PER_ASSOCIATION,
+        tls_context=ssl_context,
+        ),
     )
-    ae._servers.append(server)  # what start_server() does, so that server.shutdown() can deregister it
+    server.bind(evt.EVT_C_STORE, handle_store, [store, server.slots])
+    server.bind(evt.EVT_CONN_CLOSE, handle_connection_closed, [server.slots])
     threading.Thread(target=server.serve_forever, name="receiver", daemon=True).start()
     host, port = server.server_address[:2]
     logger.info(
@@ -109,8 +100,6 @@ def start_receiver(
     return server
 
 
-def stop_receiver(server: ThreadedAssociationServer) -> None:
-    """Stop the SCP and undo :func:`enable_chunked_receive`'s process-wide settings."""
+def stop_receiver(server: ReceiverServer) -> None:
+    """Stop the SCP: no new connection; associations in progress end with their sockets."""
     server.shutdown()
-    tempfile.tempdir = None
-    _config.STORE_RECV_CHUNKED_DATASET = False

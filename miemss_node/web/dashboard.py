@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from miemss_node.config import HttpSettings
 from miemss_node.queue import repository
-from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState, Result, Study
-from miemss_node.thumbnails import Thumbnail, read_thumbnails, thumbnail_dir
+from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState, ReceiveConflict, Result, Study
+from miemss_node.storage import StorageLayout
+from miemss_node.thumbnails import Thumbnail, read_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,27 @@ def _time(value: datetime | None) -> str:
 
 def _state(value: str) -> str:
     return f'<span class="state-{escape(value)}">{escape(value)}</span>'
+
+
+def _refused(count: int) -> str:
+    return f' <span class="state-failed">({count} refused)</span>' if count else ""
+
+
+def _conflicts_section(conflicts: list[ReceiveConflict]) -> str:
+    """The instances refused because they conflict with the study's stored data (UIDs only)."""
+    if not conflicts:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_time(c.at)}</td><td><code>{escape(c.sop_instance_uid)}</code></td>"
+        f"<td>{escape(c.calling_ae_title)}</td><td>{escape(c.detail)}</td></tr>"
+        for c in conflicts
+    )
+    return (
+        '<h2 class="state-failed">Refused instances</h2><p class="muted">Instances this study did not '
+        "take because they conflict with what is stored (never mixed into its results); the sender was "
+        "answered with a failure status.</p><table><tr><th>When</th><th>SOP Instance UID</th>"
+        f"<th>Calling AE</th><th>Why</th></tr>{rows}</table>"
+    )
 
 
 def page(title: str, body: str) -> bytes:
@@ -126,7 +148,9 @@ class Dashboard:
         """The recent studies, newest first, with their latest job's milestones."""
         show_patient = self.settings.show_patient_data
         rows = []
-        for summary in repository.recent_studies(session, limit=self.settings.recent_studies):
+        summaries = repository.recent_studies(session, limit=self.settings.recent_studies)
+        refused = repository.conflict_counts(session, [s.study.study_instance_uid for s in summaries])
+        for summary in summaries:
             study, job = summary.study, summary.latest_job
             steps = milestones(session, job)
             uid = escape(study.study_instance_uid)
@@ -139,7 +163,8 @@ class Dashboard:
             patient = f"<td>{escape(patient_of(self.storage_dir, session, study))}</td>" if show_patient else ""
             rows.append(
                 f'<tr><td><a href="/studies/{uid}"><code>{uid}</code></a></td>{patient}'
-                f"<td>{summary.instance_count}</td><td>{_time(study.last_received_at)}</td>"
+                f"<td>{summary.instance_count}{_refused(refused.get(study.study_instance_uid, 0))}</td>"
+                f"<td>{_time(study.last_received_at)}</td>"
                 f"<td>{_time(steps.settled)}</td><td>{_time(steps.processed)}</td>"
                 f"<td>{escape(steps.delivered_text())}</td>"
                 f"<td>{_state(job.state.value) if job else _state('receiving')}</td><td>{thumb}</td></tr>"
@@ -189,6 +214,7 @@ class Dashboard:
             for at, what, detail in timeline
         ]
         parts.append("</table>")
+        parts.append(_conflicts_section(repository.study_conflicts(session, study.study_instance_uid)))
         for job in jobs:
             parts.append(self._job_section(session, study, job))
         return page(f"MIEMSS node: study {study.study_instance_uid}", "".join(parts))
@@ -199,7 +225,7 @@ class Dashboard:
     def _thumbnails(self, study_uid: str, job: Job | None) -> list[Thumbnail]:
         if job is None:
             return []
-        return read_thumbnails(thumbnail_dir(self.storage_dir, study_uid, job.id))
+        return read_thumbnails(StorageLayout(self.storage_dir).thumbnail_dir(study_uid, job.id))
 
     def thumbnail_path(self, session: Session, job_id: int, name: str) -> Path | None:
         """The file of a listed thumbnail that may be shown, else None."""
@@ -209,7 +235,7 @@ class Dashboard:
         study = repository.study_of_job(session, job)
         for thumbnail in self._thumbnails(study.study_instance_uid, job):
             if name == thumbnail.heatmap or (name == thumbnail.overlay and self._may_show(thumbnail)):
-                return thumbnail_dir(self.storage_dir, study.study_instance_uid, job.id) / name
+                return StorageLayout(self.storage_dir).thumbnail_dir(study.study_instance_uid, job.id) / name
         return None
 
     def _job_section(self, session: Session, study: Study, job: Job) -> str:

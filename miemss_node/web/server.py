@@ -1,14 +1,21 @@
-"""The node's HTTP server (standard library ``http.server``, one thread per request).
+"""The node's HTTP server: a WSGI application served by waitress.
 
 Routes:
 
 - ``GET /metrics``: Prometheus text exposition (:mod:`miemss_node.metrics`).
-- ``GET /healthz``: 200 ``{"status": "ok", ...}`` when the receiver and the database answer,
-  else 503 with ``"reason"``.
+- ``GET /healthz``: 200 ``{"status": "ok", ...}`` when the receiver, the database and the storage
+  disk are fine, else 503 with ``"reason"`` (``"disk: ..."`` when the disk is below
+  ``[node] min_free_disk_mb``).
 - ``GET /``, ``GET /studies/<Study Instance UID>``, ``GET /thumbs/<job id>/<name>.png``: the
   dashboard (:mod:`miemss_node.web.dashboard`).
 - ``POST /deliveries/<id>/retry`` with form field ``token``: make a failed delivery pending again;
   403 without the right ``[http] token`` (and always when none is configured).
+
+waitress reads requests in one event loop and hands only complete requests to its threads, so
+slow or idle clients cost a socket, not a thread; it closes connections idle for
+``[http] idle_timeout_seconds``, accepts at most ``[http] max_connections`` at once, and refuses
+headers and bodies over :data:`MAX_HEADER_BYTES` and :data:`MAX_BODY_BYTES` (431, 413). The
+standard library's ``http.server`` has none of these (a thread per connection, blocking reads).
 
 Plain HTTP: keep ``[http] host`` on loopback (the default) or put a TLS proxy in front, since the
 token travels in the request body.
@@ -21,12 +28,12 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from html import escape
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,6 +56,12 @@ _RETRY_PATH = re.compile(r"^/deliveries/([0-9]{1,12})/retry$")
 #: Largest request body read (the retry form), in bytes.
 MAX_BODY_BYTES = 4096
 
+#: Largest request line plus headers, in bytes.
+MAX_HEADER_BYTES = 16384
+
+#: Threads answering complete requests.
+HTTP_THREADS = 4
+
 #: Headers of every response: no scripts, no framing, nothing fetched from elsewhere.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'",
@@ -57,6 +70,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+#: A response: status, body, content type and extra headers.
+Response = tuple[int, bytes, str, dict[str, str]]
 
 
 class HttpServer:
@@ -72,6 +88,8 @@ class HttpServer:
         Where results and thumbnails are.
     receiver_problem
         Returns None when the receiver answers, else why not.
+    disk_problem
+        Returns None when the storage disk has room, else why not (no check when omitted).
     """
 
     def __init__(
@@ -80,13 +98,17 @@ class HttpServer:
         sessions: sessionmaker[Session],
         storage_dir: Path,
         receiver_problem: Callable[[], str | None],
+        disk_problem: Callable[[], str | None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.dashboard = Dashboard(settings, storage_dir)
         self.receiver_problem = receiver_problem
+        self.disk_problem = disk_problem or (lambda: None)
         self.metrics_registry = database_registry(sessions)
-        self._server: ThreadingHTTPServer | None = None
+        #: waitress's socket map: ours, so ``stop`` can close every connection.
+        self._map: dict[int, Any] = {}
+        self._server: Any = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -94,15 +116,28 @@ class HttpServer:
         """The port served (useful when an ephemeral one was asked for)."""
         if self._server is None:
             raise RuntimeError("the HTTP server is not running")
-        return int(self._server.server_address[1])
+        return int(self._server.effective_port)
 
     def start(self) -> None:
         """Bind and serve in a background thread."""
-        server = ThreadingHTTPServer((self.settings.host, self.settings.port), _Handler)
-        server.daemon_threads = True
-        server.app = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+        from waitress.server import create_server
+
+        idle = max(1, round(self.settings.idle_timeout_seconds))
+        self._server = create_server(
+            self.wsgi,
+            map=self._map,
+            host=self.settings.host,
+            port=self.settings.port,
+            threads=HTTP_THREADS,
+            connection_limit=self.settings.max_connections,
+            channel_timeout=idle,
+            cleanup_interval=max(1, idle // 2),
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=MAX_BODY_BYTES,
+            ident="MIEMSS",
+            expose_tracebacks=False,
+        )
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
         self._thread.start()
         logger.info(
             "HTTP server on %s:%d (metrics, health, dashboard)",
@@ -112,19 +147,30 @@ class HttpServer:
         )
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving: close the listening socket and every connection, end the threads."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        server, self._server = self._server, None
+
+        def close_everything() -> None:
+            # Runs in waitress's loop thread (closing sockets from another thread races its select):
+            # with every channel closed, the listening socket and the trigger included, the loop ends.
+            for channel in list(self._map.values()):
+                channel.close()
+
+        server.trigger.pull_trigger(close_everything)
+        server.task_dispatcher.shutdown()
         if self._thread is not None:
-            self._thread.join()
-        self._server = None
+            self._thread.join(10)
         logger.info("HTTP server stopped", extra={"action": "http.stopped"})
 
     def health(self) -> tuple[int, dict[str, str]]:
         """The /healthz status code and body."""
-        problems = {"database": database_problem(self.sessions), "receiver": self.receiver_problem()}
+        problems = {
+            "database": database_problem(self.sessions),
+            "receiver": self.receiver_problem(),
+            "disk": self.disk_problem(),
+        }
         body = {part: problem or "ok" for part, problem in problems.items()}
         failing = [problem for problem in problems.values() if problem]
         if failing:
@@ -169,99 +215,78 @@ class HttpServer:
         return HTTPStatus.SEE_OTHER, f"delivery to {destination} queued again", study_uid
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One request; the application is ``self.server.app``."""
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The WSGI application."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/")
+        if method in ("GET", "HEAD"):
+            status, body, content_type, headers = self._get(path, environ.get("QUERY_STRING", ""))
+        elif method == "POST":
+            status, body, content_type, headers = self._post(path, environ)
+        else:
+            status, body, content_type, headers = _error(HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed.")
+        reason = HTTPStatus(status).phrase
+        response_headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        response_headers += list({**SECURITY_HEADERS, **headers}.items())
+        start_response(f"{int(status)} {reason}", response_headers)
+        return [b"" if method == "HEAD" else body]
 
-    server_version = "MIEMSS"
-    sys_version = ""
-
-    @property
-    def app(self) -> HttpServer:
-        return self.server.app  # type: ignore[attr-defined,no-any-return]
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Requests go to our logger at DEBUG, never to stderr."""
-        logger.debug("http: " + format, *args, extra={"action": "http.request"})
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**SECURITY_HEADERS, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _html(self, status: int, body: bytes) -> None:
-        self._send(status, body, "text/html; charset=utf-8")
-
-    def _error(self, status: int, message: str) -> None:
-        self._html(status, page(f"{status}", f"<h1>{int(status)}</h1><p>{escape(message)}</p>"))
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
+    def _get(self, path: str, query: str) -> Response:
         try:
-            if url.path == "/metrics":
-                self._send(HTTPStatus.OK, exposition(self.app.metrics_registry), CONTENT_TYPE_LATEST)
-            elif url.path == "/healthz":
-                status, body = self.app.health()
-                self._send(status, json.dumps(body).encode("utf-8"), "application/json")
-            elif url.path == "/":
-                with self.app.sessions() as session:
-                    self._html(HTTPStatus.OK, self.app.dashboard.index(session))
-            elif match := _STUDY_PATH.match(url.path):
-                notice = parse_qs(url.query).get("notice", [""])[0][:200]
-                with self.app.sessions() as session:
+            if path == "/metrics":
+                return HTTPStatus.OK, exposition(self.metrics_registry), CONTENT_TYPE_LATEST, {}
+            if path == "/healthz":
+                status, body = self.health()
+                return status, json.dumps(body).encode("utf-8"), "application/json", {}
+            if path == "/":
+                with self.sessions() as session:
+                    return _html(HTTPStatus.OK, self.dashboard.index(session))
+            if match := _STUDY_PATH.match(path):
+                notice = parse_qs(query).get("notice", [""])[0][:200]
+                with self.sessions() as session:
                     study = repository.study_by_uid(session, match.group(1))
                     if study is None:
-                        self._error(HTTPStatus.NOT_FOUND, "No such study.")
-                        return
-                    self._html(HTTPStatus.OK, self.app.dashboard.study(session, study, notice=notice))
-            elif match := _THUMB_PATH.match(url.path):
-                with self.app.sessions() as session:
-                    path = self.app.dashboard.thumbnail_path(session, int(match.group(1)), match.group(2))
-                if path is None or not path.is_file():
-                    self._error(HTTPStatus.NOT_FOUND, "No such thumbnail.")
-                    return
-                self._send(HTTPStatus.OK, path.read_bytes(), "image/png")
-            else:
-                self._error(HTTPStatus.NOT_FOUND, "Not found.")
+                        return _error(HTTPStatus.NOT_FOUND, "No such study.")
+                    return _html(HTTPStatus.OK, self.dashboard.study(session, study, notice=notice))
+            if match := _THUMB_PATH.match(path):
+                with self.sessions() as session:
+                    found = self.dashboard.thumbnail_path(session, int(match.group(1)), match.group(2))
+                if found is None or not found.is_file():
+                    return _error(HTTPStatus.NOT_FOUND, "No such thumbnail.")
+                return HTTPStatus.OK, found.read_bytes(), "image/png", {}
+            return _error(HTTPStatus.NOT_FOUND, "Not found.")
         except SQLAlchemyError as exc:
             logger.warning(
-                "http: database unavailable for %s (%s)",
-                url.path,
-                type(exc).__name__,
-                extra={"action": "http.db_error"},
+                "http: database unavailable for %s (%s)", path, type(exc).__name__, extra={"action": "http.db_error"}
             )
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
-        except Exception:  # noqa: BLE001 - a page's bug answers 500 and is logged, never kills the server
-            logger.exception("http: %s failed", url.path, extra={"action": "http.error"})
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "The page could not be made; see the node's log.")
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
+        except Exception:
+            logger.exception("http: %s failed", path, extra={"action": "http.error"})
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "The page could not be made; see the node's log.")
 
-    def do_POST(self) -> None:
-        match = _RETRY_PATH.match(urlsplit(self.path).path)
+    def _post(self, path: str, environ: dict[str, Any]) -> Response:
+        match = _RETRY_PATH.match(path)
         if match is None:
-            self._error(HTTPStatus.NOT_FOUND, "Not found.")
-            return
+            return _error(HTTPStatus.NOT_FOUND, "Not found.")
         try:
-            length = int(self.headers.get("Content-Length", "0"))
+            length = int(environ.get("CONTENT_LENGTH") or "0")
         except ValueError:
             length = -1
         if not 0 <= length <= MAX_BODY_BYTES:
-            self._error(HTTPStatus.BAD_REQUEST, "Bad request body.")
-            return
-        form = parse_qs(self.rfile.read(length).decode("utf-8", errors="replace"))
+            return _error(HTTPStatus.BAD_REQUEST, "Bad request body.")
+        form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", errors="replace"))
         try:
-            status, message, study_uid = self.app.retry(int(match.group(1)), form.get("token", [""])[0])
+            status, message, study_uid = self.retry(int(match.group(1)), form.get("token", [""])[0])
         except SQLAlchemyError:
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
-            return
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
         if status == HTTPStatus.SEE_OTHER:
-            location = f"/studies/{study_uid}?notice={quote(message)}"
-            self._send(status, b"", "text/plain", {"Location": location})
-            return
-        self._error(status, message)
+            return status, b"", "text/plain", {"Location": f"/studies/{study_uid}?notice={quote(message)}"}
+        return _error(status, message)
+
+
+def _html(status: int, body: bytes) -> Response:
+    return status, body, "text/html; charset=utf-8", {}
+
+
+def _error(status: int, message: str) -> Response:
+    return _html(status, page(f"{status}", f"<h1>{int(status)}</h1><p>{escape(message)}</p>"))

@@ -18,6 +18,7 @@ from miemss_node.node import Node
 from miemss_node.queue.models import Instance, Job, JobEvent, JobState
 from miemss_node.receive.handlers import (
     STATUS_CANNOT_UNDERSTAND,
+    STATUS_CONFLICTING_INSTANCE,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_SUCCESS,
 )
@@ -25,8 +26,14 @@ from tests.support.fuzzing import mutate, node_is_serving, send_raw
 from tests.support.paths import SHARED_DATA
 from tests.support.peers import store_files
 
-#: What a receiver may answer to broken input: stored (then skipped by the worker) or refused.
-ACCEPTABLE = {STATUS_SUCCESS, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS}
+#: What a receiver may answer to broken input: stored (then skipped by the worker) or refused; a
+#: mutant of an instance already stored keeps its SOP Instance UID with other bytes: a conflict.
+ACCEPTABLE = {
+    STATUS_SUCCESS,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_CONFLICTING_INSTANCE,
+}
 #: pynetdicom's answer when our handler raised: a defect of ours.
 STATUS_HANDLER_CRASHED = 0xC211
 

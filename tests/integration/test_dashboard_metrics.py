@@ -213,7 +213,7 @@ def test_metrics_count_what_happened_including_the_worker_process(running: Runni
 def test_healthz_is_ok_when_receiver_and_database_answer(running: Running) -> None:
     status, content_type, body = get(f"{running.base_url}/healthz")
     assert (status, content_type) == (200, "application/json")
-    assert json.loads(body) == {"status": "ok", "database": "ok", "receiver": "ok"}
+    assert json.loads(body) == {"status": "ok", "database": "ok", "receiver": "ok", "disk": "ok"}
 
 
 def test_healthz_is_503_with_a_reason_when_a_part_does_not_answer(tmp_path: Path) -> None:

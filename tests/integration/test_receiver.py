@@ -114,7 +114,7 @@ def test_dataset_not_matching_the_request_is_refused(receiver: Receiver) -> None
     store = InstanceStore(receiver.storage, receiver.sessions)
     encoded = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     with pytest.raises(RejectedInstance, match="differ from the C-STORE request") as caught:
-        store.persist(
+        store.persist_bytes(
             encoded,
             sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
             sop_instance_uid="1.2.3.4",
@@ -157,7 +157,7 @@ def test_unknown_calling_ae_is_rejected(receiver: Receiver) -> None:
 def persist_with_limits(receiver: Receiver, **limits: int) -> None:
     store = InstanceStore(receiver.storage, receiver.sessions, **limits)
     ds = dcmread(get_testdata_file("CT_small.dcm"))
-    store.persist(
+    store.persist_bytes(
         Path(get_testdata_file("CT_small.dcm")).read_bytes(),
         sop_class_uid=ds.SOPClassUID,
         sop_instance_uid=ds.SOPInstanceUID,
@@ -167,13 +167,13 @@ def persist_with_limits(receiver: Receiver, **limits: int) -> None:
 
 
 def test_low_free_disk_is_out_of_resources(receiver: Receiver) -> None:
-    with pytest.raises(StorageError, match="MB free on the storage disk"):
+    with pytest.raises(StorageError, match="storage disk full"):
         persist_with_limits(receiver, min_free_bytes=2**62)
     assert stored_uids(receiver) == []
 
 
 def test_oversized_instance_is_refused_for_good(receiver: Receiver) -> None:
-    with pytest.raises(RejectedInstance, match="exceeds the limit of 1000 bytes") as caught:
+    with pytest.raises(RejectedInstance, match="exceeds max_instance_mb") as caught:
         persist_with_limits(receiver, max_instance_bytes=1000)
     assert caught.value.status == STATUS_TOO_LARGE
     assert stored_uids(receiver) == []
@@ -193,4 +193,4 @@ def test_failure_status_carries_an_error_comment(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert response.Status == STATUS_TOO_LARGE
-    assert "exceeds the limit" in response.ErrorComment
+    assert "exceeds max_instance_mb" in response.ErrorComment

@@ -21,7 +21,7 @@ from miemss_node.logconfig import configure_logging
 from miemss_node.node import Node
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Job, JobState
-from miemss_node.receive.handlers import free_bytes
+from miemss_node.storage import free_bytes
 from miemss_node.worker import Worker
 from tests.support.peers import store_datasets
 from tests.support.studies import copies_as_new_study

@@ -13,7 +13,7 @@ from miemss_node import conformance
 from miemss_node.config import ENV_OVERRIDES, RESULT_TYPES, Config, load_config
 from miemss_node.conformance import RESULT_SOP_CLASSES, conformance_statement, status_constants
 from miemss_node.encode import EncodeContext, encode_study
-from miemss_node.receive import handlers
+from miemss_node.receive import status as handlers
 from miemss_node.receive.scp import build_receiver_ae
 from miemss_node.send import SendOutcome
 from tests.integration.test_encode_dciodvfy import PERSON_NAME_WARNING
@@ -74,7 +74,7 @@ def test_statement_follows_the_configuration(tmp_path: Path) -> None:
     assert "from `site.toml`" in text and str(tmp_path) not in text
     assert "| Calling AE titles accepted | `MODALITY`, `PACS` |" in text
     assert "| Called AE title | must be `NODE` |" in text
-    assert "| Maximum PDU received | 65536 bytes |" in text
+    assert "| Maximum PDU received | 65536 bytes (a longer PDU aborts the association) |" in text
     assert "TLS only (TLS 1.2 or later, PS3.15 B.9); client certificates required" in text
     assert "TLS (1.2 or later) to `old`" in text
     assert "| `main` | `PACS` | `pacs.local:11112` | no | SEG, SR, PM |" in text
