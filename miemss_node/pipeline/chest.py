@@ -52,6 +52,8 @@ DETAIL_SIDE = 512
 #: When the pixel spacing is unknown, the image is taken to span this many mm on its long side
 #: (a 35 x 43 cm detector), so that sizes in mm stay meaningful.
 ASSUMED_FIELD_MM = 400.0
+#: Modalities of projection radiographs (OT: a picture file, or a Secondary Capture of a film).
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT"})
 #: View Position values analysed as a frontal chest film ("" = unknown: the image decides).
 FRONTAL_VIEWS = frozenset({"", "PA", "AP"})
 
@@ -91,10 +93,15 @@ def mm_per_pixel(image: DecodedImage, working_rows: int) -> float:
 
 
 def is_frontal_chest_candidate(image: DecodedImage) -> bool:
-    """Whether a frame may be a frontal chest film: its View Position and Body Part do not say otherwise."""
+    """Whether a frame may be a frontal chest film: a projection radiograph (or a picture) whose
+    Modality, View Position and Body Part do not say otherwise."""
     from miemss_node.pipeline.modality import CHEST_PARTS
 
-    return image.view_position.strip().upper() in FRONTAL_VIEWS and image.body_part.strip().upper() in CHEST_PARTS
+    return (
+        image.modality.strip().upper() in RADIOGRAPH_MODALITIES
+        and image.view_position.strip().upper() in FRONTAL_VIEWS
+        and image.body_part.strip().upper() in CHEST_PARTS
+    )
 
 
 def measure_chest(
