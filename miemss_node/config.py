@@ -727,9 +727,15 @@ def _with_modalities(
 
 
 def _resolve_reference(pipeline: PipelineSettings, base_dir: Path) -> PipelineSettings:
-    if not pipeline.reference_model:
-        return pipeline
-    return replace(pipeline, reference_model=str((base_dir / pipeline.reference_model).resolve()))
+    """Reference files named relative to the config file's folder become absolute paths."""
+    def absolute(path: str) -> str:
+        return str((base_dir / path).resolve()) if path else path
+
+    return replace(
+        pipeline,
+        reference_model=absolute(pipeline.reference_model),
+        chest_reference=absolute(pipeline.chest_reference),
+    )
 
 
 def _check_ae(where: str, value: str, problems: list[str]) -> None:

@@ -63,6 +63,7 @@ def preflight_problems(config: Config, *, sends: bool = True) -> list[str]:
     except TemplateError as exc:
         problems.append(f"DICOM templates installed with the package: {exc}")
     problems += model_folder_problems(config)
+    problems += chest_reference_problems(config)
     if config.tls.enabled:
         from miemss_node.tls import server_context
 
@@ -71,6 +72,28 @@ def preflight_problems(config: Config, *, sends: bool = True) -> list[str]:
         except (OSError, ssl.SSLError) as exc:
             problems.append(f"[tls] certificate/private_key cannot be loaded: {exc}")
     return problems
+
+
+def chest_reference_problems(config: Config) -> list[str]:
+    """The chest analysis's normal reference (each Modality's): it must load, or say how to make one."""
+    from miemss_node.errors import ModelError
+    from miemss_node.pipeline.chest_reference import load_chest_reference
+
+    problems = []
+    settings = [("[pipeline]", config.pipeline)] + [
+        (f"[pipeline.modality.{name}]", override) for name, override in config.pipeline.modality_overrides
+    ]
+    for label, pipeline in settings:
+        if not pipeline.chest_analysis:
+            continue
+        try:
+            load_chest_reference(pipeline.chest_reference)
+        except ModelError as exc:
+            problems.append(
+                f"{label} chest_reference: {exc}; build one with `miemss-node reference chest FILMS --output FILE`, "
+                'or set chest_reference = "" for the shipped one'
+            )
+    return list(dict.fromkeys(problems))
 
 
 def model_folder_problems(config: Config) -> list[str]:

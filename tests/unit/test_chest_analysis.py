@@ -216,3 +216,23 @@ def test_the_chest_analysis_runs_without_the_shared_data() -> None:
     assert analysis.method == "chest"
     assert analysis.anatomy is not None
     assert (analysis.anatomy.hemithoraces == 1).any() and (analysis.anatomy.hemithoraces == 2).any()
+
+
+def test_check_config_refuses_a_missing_or_corrupt_chest_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from miemss_node.cli import main
+
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": "something else"}', encoding="utf-8")
+    for reference in ("missing.json", "corrupt.json"):
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[node]\nport = 0\nstorage_dir = "storage"\n[pipeline]\nchest_reference = "{reference}"\n'
+            '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 11999\n',
+            encoding="utf-8",
+        )
+        assert main(["check-config", "--config", str(config)]) == 2
+        out = capsys.readouterr()
+        assert "[pipeline] chest_reference" in out.out + out.err
+        assert "miemss-node reference chest" in out.out + out.err
