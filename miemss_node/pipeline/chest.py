@@ -346,9 +346,12 @@ def _measure_regions(
         return []
     index = np.arange(1, count + 1)
     areas = np.bincount(labels.ravel(), minlength=count + 1)
-    centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
+    # A region can end up empty (overlapped by an earlier one): its centroid and mean are NaN, and
+    # it is dropped below.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
+        means = ndimage.mean(heat, labels, index)
     boxes = ndimage.find_objects(labels, max_label=count)
-    means = ndimage.mean(heat, labels, index)
     maxima = ndimage.maximum(heat, labels, index)
     regions = []
     for label, part, centroid, box, mean, peak in zip(index, parts, centroids, boxes, means, maxima, strict=True):

@@ -165,6 +165,6 @@ def test_node_without_models_says_none_ran(
     text = sr_text(sr)
     assert "No learned model (ViT, BLIP) ran" in text
     # The chest analysis judged the frontal chest film against the shipped normal reference.
-    assert "Normal reference judged against: reference public normals v1" in text
+    assert "Normal reference judged against: reference public normals" in text
     assert "caption" not in text.lower() and "ViT attention" not in text
     assert "ViT attention" not in found["SC"][0].DerivationDescription
