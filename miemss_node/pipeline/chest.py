@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +40,7 @@ from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
 from miemss_node.pipeline.objects import FoundObjects, find_objects
+from miemss_node.pipeline.regions import measure_drafts
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, normalised_density, zone_features, zone_masks
 
 if TYPE_CHECKING:
@@ -222,17 +223,12 @@ def judge_chest(
         heat[part.mask] = np.maximum(heat[part.mask], abnormality(part.evidence))
     source_labels = resize_labels(labels, anatomy.source_shape)
     source_heat = resize_float(heat, anatomy.source_shape)
-    measured_regions = _measure_regions(source_labels, source_heat, parts, anatomy, image)
-    ordered = sorted(measured_regions, key=lambda pair: (-pair[1].max_score, -pair[1].mean_score))
-    relabel = np.zeros(len(parts) + 1, dtype=np.uint16)
-    regions = []
-    for new_label, (old_label, region) in enumerate(ordered, start=1):
-        relabel[old_label] = new_label
-        regions.append(replace(region, label=new_label))
+    drafts = [_draft(label, part, anatomy) for label, part in enumerate(parts, start=1)]
+    region_map = measure_drafts(source_labels, source_heat, drafts, image.pixel_spacing_mm)
     # A round-density candidate below the flag says nothing: every film has its strongest blob.
     strongest = max([e.evidence for e in evidence.values()] + [e for e in focal if e >= focal_flag], default=-math.inf)
     return ChestFindings(
-        region_map=RegionMap(heatmap=source_heat, labels=relabel[source_labels], regions=tuple(regions)),
+        region_map=region_map,
         abnormality_score=abnormality(strongest),
         zone_evidence=evidence,
         focal_evidence=focal,
@@ -332,53 +328,22 @@ def _zone_at(zones: dict[ZoneKey, np.ndarray], side: str, row: float) -> str:
     return min(ZONE_NAMES, key=distance)
 
 
-def _measure_regions(
-    labels: np.ndarray,
-    heat: np.ndarray,
-    parts: list[_Part],
-    anatomy: Anatomy,
-    image: DecodedImage,
-) -> list[tuple[int, Region]]:
-    """Measure each region at source resolution (empty ones are dropped)."""
-    spacing = image.pixel_spacing_mm
-    count = len(parts)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    # A region can end up empty (overlapped by an earlier one): its centroid and mean are NaN, and
-    # it is dropped below.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
-        means = ndimage.mean(heat, labels, index)
-    boxes = ndimage.find_objects(labels, max_label=count)
-    maxima = ndimage.maximum(heat, labels, index)
-    regions = []
-    for label, part, centroid, box, mean, peak in zip(index, parts, centroids, boxes, means, maxima, strict=True):
-        if box is None or areas[label] == 0:
-            continue
-        words, patient_side = location_words(part.side, part.zones, anatomy.patient_right_on_image_left)
-        area_px = int(areas[label])
-        regions.append(
-            (
-                int(label),
-                Region(
-                    label=int(label),
-                    area_px=area_px,
-                    area_mm2=None if spacing is None else area_px * spacing[0] * spacing[1],
-                    centroid=(float(centroid[0]), float(centroid[1])),
-                    bbox=(box[0].start, box[1].start, box[0].stop, box[1].stop),
-                    mean_score=float(mean),
-                    max_score=float(peak),
-                    location=words,
-                    side=patient_side,
-                    zone=part.zones[len(part.zones) // 2],
-                    kind=part.kind,
-                ),
-            )
-        )
-    return regions
-
+def _draft(label: int, part: _Part, anatomy: Anatomy) -> Region:
+    """A region's words and kind, before :func:`~miemss_node.pipeline.regions.measure_drafts` measures it."""
+    words, patient_side = location_words(part.side, part.zones, anatomy.patient_right_on_image_left)
+    return Region(
+        label=label,
+        area_px=0,
+        area_mm2=None,
+        centroid=(0.0, 0.0),
+        bbox=(0, 0, 0, 0),
+        mean_score=0.0,
+        max_score=0.0,
+        location=words,
+        side=patient_side,
+        zone=part.zones[len(part.zones) // 2],
+        kind=part.kind,
+    )
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
     rows, cols = np.ogrid[: shape[0], : shape[1]]

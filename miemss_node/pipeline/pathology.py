@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from miemss_node.pipeline.base import Anatomy, DecodedImage, ModelRun, PathologyProbability, Region, RegionMap
 from miemss_node.pipeline.chest import location_words, resize_labels
+from miemss_node.pipeline.regions import measure_drafts
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, zone_masks
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def add_pathology_regions(
     for region in region_map.regions:
         labels[(region_map.labels == region.label) & (labels == 0)] = len(regions) + 1
         regions.append(replace(region, label=len(regions) + 1))
-    return _measured(labels, heat, regions, image)
+    return measure_drafts(labels, heat, regions, image.pixel_spacing_mm)
 
 
 def _to_work(attribution: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -147,46 +148,6 @@ def _zones_of(mask: np.ndarray, zones: dict[ZoneKey, np.ndarray], side: str) -> 
     total = max(sum(shares.values()), 1)
     chosen = tuple(zone for zone in ZONE_NAMES if shares[zone] >= ZONE_SHARE * total)
     return chosen or (max(ZONE_NAMES, key=lambda zone: shares[zone]),)
-
-
-def _measured(labels: np.ndarray, heat: np.ndarray, regions: list[Region], image: DecodedImage) -> RegionMap:
-    """Measure regions 1..N of ``labels`` at source resolution, drop empty ones, relabel by score."""
-    count = len(regions)
-    index = np.arange(1, count + 1)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    # A region can end up empty (overlapped by an earlier one): its centroid and mean are NaN, and
-    # it is dropped below.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
-        means = ndimage.mean(heat, labels, index)
-    boxes = ndimage.find_objects(labels, max_label=count)
-    maxima = ndimage.maximum(heat, labels, index)
-    spacing = image.pixel_spacing_mm
-    measured = []
-    for region, centroid, box, mean, peak in zip(regions, centroids, boxes, means, maxima, strict=True):
-        area = int(areas[region.label])
-        if box is None or area == 0:
-            continue
-        measured.append(
-            replace(
-                region,
-                area_px=area,
-                area_mm2=None if spacing is None else area * spacing[0] * spacing[1],
-                centroid=(float(centroid[0]), float(centroid[1])),
-                bbox=(box[0].start, box[1].start, box[0].stop, box[1].stop),
-                mean_score=float(mean),
-                max_score=float(peak),
-            )
-        )
-    ordered = sorted(measured, key=lambda r: (-r.max_score, -r.mean_score))
-    relabel = np.zeros(count + 1, dtype=np.uint16)
-    for new_label, region in enumerate(ordered, start=1):
-        relabel[region.label] = new_label
-    return RegionMap(
-        heatmap=heat.astype(np.float32),
-        labels=relabel[labels],
-        regions=tuple(replace(region, label=new_label) for new_label, region in enumerate(ordered, start=1)),
-    )
 
 
 def pathology_sentences(pathologies: Sequence[PathologyProbability], model: ModelRun) -> tuple[str, ...]:

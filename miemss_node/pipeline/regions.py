@@ -9,6 +9,8 @@ measured there, in source pixels and (with a known pixel spacing) mm².
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -201,3 +203,63 @@ def _measure(
         )
     return tuple(regions)
 
+
+
+def measure_drafts(
+    labels: np.ndarray, heat: np.ndarray, drafts: Sequence[Region], spacing: tuple[float, float] | None
+) -> RegionMap:
+    """Measure drafted regions at source resolution and number them by score.
+
+    Parameters
+    ----------
+    labels
+        Label image of the source's shape: draft ``k`` (1-based, ``drafts[k - 1].label == k``) is label k.
+    heat
+        Heatmap of the same shape; a region's mean and peak scores are taken from it.
+    drafts
+        Regions whose words, side, zone and kind are set; their measurements are filled in here.
+    spacing
+        Pixel spacing in mm, for areas; None leaves ``area_mm2`` None.
+
+    Returns
+    -------
+    RegionMap
+        Empty drafts (wholly overlapped by an earlier one) are dropped; the rest are relabelled 1..N by
+        decreasing peak, then mean, score.
+    """
+    count = len(drafts)
+    if count == 0:
+        return RegionMap(heatmap=heat.astype(np.float32), labels=np.zeros(labels.shape, dtype=np.uint16), regions=())
+    index = np.arange(1, count + 1)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    # An empty draft's centroid and mean are NaN; it is dropped below.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.float32), labels, index)
+        means = ndimage.mean(heat, labels, index)
+    boxes = ndimage.find_objects(labels, max_label=count)
+    maxima = ndimage.maximum(heat, labels, index)
+    measured = []
+    for draft, centroid, box, mean, peak in zip(drafts, centroids, boxes, means, maxima, strict=True):
+        area = int(areas[draft.label])
+        if box is None or area == 0:
+            continue
+        measured.append(
+            replace(
+                draft,
+                area_px=area,
+                area_mm2=None if spacing is None else area * spacing[0] * spacing[1],
+                centroid=(float(centroid[0]), float(centroid[1])),
+                bbox=(box[0].start, box[1].start, box[0].stop, box[1].stop),
+                mean_score=float(mean),
+                max_score=float(peak),
+            )
+        )
+    ordered = sorted(measured, key=lambda region: (-region.max_score, -region.mean_score))
+    relabel = np.zeros(count + 1, dtype=np.uint16)
+    for new_label, region in enumerate(ordered, start=1):
+        relabel[region.label] = new_label
+    return RegionMap(
+        heatmap=heat.astype(np.float32),
+        labels=relabel[labels],
+        regions=tuple(replace(region, label=new_label) for new_label, region in enumerate(ordered, start=1)),
+    )
