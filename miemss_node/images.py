@@ -211,7 +211,10 @@ class ImagePool:
                     parent_pid=os.getpid(),
                 )
                 executor = ProcessPoolExecutor(
-                    max_workers=self.processes, mp_context=get_context("spawn"), initializer=_start_child, initargs=(setup,)
+                    max_workers=self.processes,
+                    mp_context=get_context("spawn"),
+                    initializer=_start_child,
+                    initargs=(setup,),
                 )
                 try:
                     # Every process loads the same models; one answer gives their runs (and their errors).

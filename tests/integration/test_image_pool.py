@@ -72,7 +72,9 @@ def without_times(ds: Dataset) -> Dataset:
     return copied
 
 
-def results_of(config: Config, node_factory: Callable[[Config], Node], study: list[Dataset], processes: int) -> dict[str, Dataset]:
+def results_of(
+    config: Config, node_factory: Callable[[Config], Node], study: list[Dataset], processes: int
+) -> dict[str, Dataset]:
     """Receive the study, run its job with ``processes`` image processes; its results by file name."""
     node = node_factory(config)
     assert store_datasets(study, node.port) == [0x0000] * len(study)
