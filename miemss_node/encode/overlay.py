@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.morphology import dilation, footprint_rectangle
@@ -124,11 +127,43 @@ def render_overlay(
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+#: Overlays drawn for analyses still alive, by (analysis, how the template draws): the SC, the PDF
+#: and ``process`` each want the same picture, and drawing a 2k film takes a noticeable share of a job.
+_DRAWN: dict[tuple[object, ...], tuple[weakref.ref[ImageAnalysis], np.ndarray]] = {}
+_DRAWN_LOCK = threading.Lock()
+
+
 def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
     """The overlay of one analysed image, drawn as ``sc/secondary_capture.json`` says (uint8 RGB).
 
-    The burned-in text is the template's lines and the image's abnormality score.
+    The burned-in text is the template's lines and the image's abnormality score. The array is
+    read-only: it is drawn once per analysis and template and shared while the analysis lives.
     """
+    key = (
+        id(analysis),
+        template.heatmap_opacity,
+        template.outline_rgb,
+        template.text_rgb,
+        template.burned_in_text,
+        template.abnormality_score_format,
+    )
+    with _DRAWN_LOCK:
+        drawn = _DRAWN.get(key)
+    if drawn is not None and drawn[0]() is analysis:
+        return drawn[1]
+    rgb = _draw_analysis_overlay(analysis, template)
+    rgb.setflags(write=False)
+
+    def forget(_: object) -> None:
+        with _DRAWN_LOCK:
+            _DRAWN.pop(key, None)
+
+    with _DRAWN_LOCK:
+        _DRAWN[key] = (weakref.ref(analysis, forget), rgb)
+    return rgb
+
+
+def _draw_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
     score_line = template.abnormality_score_format.format(score=float(analysis.abnormality_score))
     return render_overlay(
         analysis.decoded.pixels,

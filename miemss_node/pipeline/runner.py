@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, TypeVar
 from pydicom.dataset import Dataset
 
 from miemss_node.errors import MiemssError, StageError
-from miemss_node.pipeline.anomaly import score_patches
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import is_frontal_chest_candidate, judge_chest, measure_chest, mm_per_pixel
 from miemss_node.pipeline.chest_reference import load_chest_reference, reference_anatomy_notes
@@ -174,6 +173,9 @@ def _generic(
     seconds: dict[str, float],
 ) -> ImageAnalysis:
     """The generic analysis: patch features, Isolation Forest scores and regions, objects left out."""
+    # scikit-learn takes seconds to import and only this path needs it: a chest film starts without it.
+    from miemss_node.pipeline.anomaly import score_patches
+
     mm = mm_per_pixel(image, working_shape(image.pixels.shape[:2], settings.analysis_max_side)[0])
     features = _timed("features", seconds, lambda: patch_features(enhanced, settings, mm_per_px=mm))
     if vit_patches is not None:
