@@ -30,8 +30,10 @@ ATTENTION_TEXT = "Magenta: ViT attention"
 def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     """Map scores in [0, 1] to RGB float colours in [0, 255], shape ``heatmap.shape + (3,)``."""
     heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
-    channels = [np.interp(heat, _HEAT_STOPS, _HEAT_COLOURS[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).astype(np.float32)
+    colours = np.empty((*heat.shape, 3), dtype=np.float32)
+    for channel in range(3):  # into place: no float64 stack of three channels to convert afterwards
+        colours[..., channel] = np.interp(heat, _HEAT_STOPS, _HEAT_COLOURS[:, channel])
+    return colours
 
 
 def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
