@@ -41,12 +41,26 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: worker processes and their image pools' processes."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return found + [grandchild for child in found for grandchild in descendants(child)]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of a process now, in MB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
 
 
 
@@ -70,6 +84,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
+    parser.add_argument("--log", action="store_true", help="show the node's INFO log (job, stage and send timings)")
     args = parser.parse_args()
 
     study = copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images)
@@ -84,7 +99,7 @@ def main() -> None:
             f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n{args.config_extra}\n",
             encoding="utf-8",
         )
-        env = {**os.environ, "MIEMSS_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "MIEMSS_LOG_LEVEL": "INFO" if args.log else "WARNING"}
         node = subprocess.Popen([sys.executable, "-m", "miemss_node", "serve", "--config", str(config)], env=env)
         try:
             wait_for_port(port)
@@ -96,9 +111,12 @@ def main() -> None:
             expected = 2 * len(study) + 1  # SEG + SC per image (when regions are found) + one SR
             deadline = time.monotonic() + 300
             peaks: dict[int, float] = {}
+            below_peak = 0.0  # the most the worker processes and their pools held at one moment
             while time.monotonic() < deadline:
-                for pid in [node.pid, *children(node.pid)]:
+                below = descendants(node.pid)
+                for pid in [node.pid, *below]:
                     peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
+                below_peak = max(below_peak, sum(rss_mb(pid) for pid in below))
                 if len(pacs.received) >= expected or (
                     pacs.received and time.perf_counter() - arrivals[-1] > 5 and any(
                         str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in pacs.received
@@ -116,12 +134,16 @@ def main() -> None:
     baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
     worker_peak = max((v for pid, v in peaks.items() if pid != node.pid), default=0.0)
+    processes = len(peaks) - 1
     print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {last_received - sent_at:.2f} s")
     print(f"results received: {len(pacs.received)}")
     print(f"latency (last instance -> last result, minus settle {args.settle:g} s): {latency:.2f} s")
     print(f"baseline (pipeline + encoders in one process, same images): {baseline:.2f} s")
     print(f"ratio latency / baseline: {latency / baseline:.2f}")
-    print(f"peak memory: receiver process {main_peak:.0f} MB, worker process {worker_peak:.0f} MB")
+    print(
+        f"peak memory: receiver process {main_peak:.0f} MB; largest worker or image-pool process {worker_peak:.0f} MB;"
+        f" its {processes} worker and image-pool processes together {below_peak:.0f} MB (sampled every 50 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ differs. The pool's processes are spawned (never forked: the job's process holds
 connections and lease threads) once per worker and kept, so a job pays neither their start nor their
 imports. Each one limits its BLAS/OpenMP threads to its share of the cores and loads the ViT and the
 chest models itself; BLIP stays in the job's process, which captions the study's key image once
-(:func:`~miemss_node.pipeline.caption.caption_key_image`).
+(:func:`~miemss_node.pipeline.caption.caption_key_image`). The pool then encodes each image's own
+objects (SEG, SC, PM) side by side as well (:meth:`ImagePool.encode`); the study's SR, PDF, KO and
+GSPS are built in the job's process.
 """
 
 from __future__ import annotations
@@ -17,18 +19,23 @@ import os
 import pickle
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypeVar
 
 from miemss_node.config import Config, LoggingSettings, ModelSettings
+from miemss_node.encode.study import ImageEncodeRequest, ImageEncoding, encode_image, encode_images
 from miemss_node.errors import DecodeError, MiemssError, StageError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun, PipelineSettings
 from miemss_node.pipeline.models import ModelSet, load_models
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often a pool process checks that the process that started it is still there, in seconds.
 ORPHAN_CHECK_SECONDS = 1.0
@@ -143,6 +150,10 @@ def _start_child(setup: _ChildSetup) -> None:
     threadpool_limits(limits=setup.threads)
     models = setup.models if setup.models.threads else replace(setup.models, threads=setup.threads)
     _CHILD["settings"] = setup.settings
+    # Imported now, while the worker waits for jobs, rather than in the first job's time.
+    import miemss_node.pipeline.anomaly
+    import miemss_node.pipeline.runner  # noqa: F401
+
     try:
         _CHILD["models"] = load_models(models)
     except MiemssError as exc:
@@ -244,15 +255,32 @@ class ImagePool:
         ImagePoolBroken
             When a pool process died; the pool is started again on the next call.
         """
+        return self._run([(_child_task, (uid, path, max_frames)) for uid, path in instances])
+
+    def _run(self, calls: list[tuple[Callable[..., T], tuple[object, ...]]]) -> list[T]:
+        """Run the calls in the pool; their results in the same order."""
         executor = self._started()
         try:
-            futures = [executor.submit(_child_task, uid, path, max_frames) for uid, path in instances]
+            futures = [executor.submit(function, *arguments) for function, arguments in calls]
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:
             with self._lock:
                 self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
             raise ImagePoolBroken(f"a process of the image pool died: {exc}") from exc
+
+    def encode(self, requests: Sequence[ImageEncodeRequest]) -> list[ImageEncoding]:
+        """Encode images side by side (an :data:`~miemss_node.encode.study.ImageEncoder`); one image
+        is encoded here, where its analysis already is.
+
+        Raises
+        ------
+        ImagePoolBroken
+            When a pool process died; the pool is started again on the next call.
+        """
+        if len(requests) < 2:
+            return encode_images(requests)
+        return self._run([(encode_image, (request,)) for request in requests])
 
     def close(self) -> None:
         """Stop the processes (after their current task)."""
