@@ -15,7 +15,7 @@ from miemss_node.clock import utcnow
 from miemss_node.config import DEFAULT_RESULT_TYPES, Config
 from miemss_node.encode.context import PredecessorDocument
 from miemss_node.encode.ko import key_image_index
-from miemss_node.encode.study import EncodeContext, encode_images, encode_study
+from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import load_templates
 from miemss_node.encode.uids import series_uid
 from miemss_node.errors import (
@@ -199,8 +199,7 @@ class Worker:
         )
         timings.extend((stage, seconds) for a in work.analyses for stage, seconds in a.stage_seconds.items())
         encoding = time.perf_counter()
-        encoder = encode_images if self.pool is None else self.pool.encode
-        encoded = encode_study(work.sources, work.analyses, report, context, image_encoder=encoder)
+        encoded = encode_study(work.sources, work.analyses, report, context)
         timings.append(("encode", time.perf_counter() - encoding))
         self._check_free_space()
         self._write_thumbnails(job, study_uid, work)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import fields, replace
 
 from pydicom import Dataset
 
@@ -28,7 +28,7 @@ from miemss_node.encode.pdf import PdfRequest, build_encapsulated_pdf
 from miemss_node.encode.pm import PmRequest, build_parametric_map
 from miemss_node.encode.repair import repair_source
 from miemss_node.encode.sc import ScRequest, build_secondary_capture
-from miemss_node.encode.seg import SegmentFrames, SegRequest, build_segmentation
+from miemss_node.encode.seg import SegRequest, build_segmentation
 from miemss_node.encode.sr import ImageEntry, SrRequest, build_report
 from miemss_node.encode.templates import Templates, load_templates
 from miemss_node.encode.uids import instance_uid, series_uid, study_level_uid
@@ -37,15 +37,7 @@ from miemss_node.pipeline.base import ImageAnalysis, Report
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EncodeContext",
-    "EncodedResult",
-    "ImageEncodeRequest",
-    "ImageEncoding",
-    "encode_image",
-    "encode_images",
-    "encode_study",
-]
+__all__ = ["EncodeContext", "EncodedResult", "encode_study"]
 
 
 def _index_sources(sources: Sequence[Dataset]) -> dict[str, Dataset]:
@@ -73,94 +65,11 @@ def _check_frame(source: Dataset, analysis: ImageAnalysis) -> None:
         raise EncodeError(f"analysis of {uid} names frame {frame}, the image has {frames}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ImageEncodeRequest:
-    """What encoding one analysed image (or frame) needs: its SEG, SC and PM depend on nothing else."""
-
-    #: 1-based position among the study's analyses (the SC's and PM's Instance Number).
-    index: int
-    #: The repaired source header (:func:`~miemss_node.encode.repair.repair_source`).
-    source: Dataset
-    analysis: ImageAnalysis
-    #: The study's templates, with its version in their Series Descriptions.
-    templates: Templates
-    equipment: Equipment
-    context: EncodeContext
-    #: Instance Number of the image's SEG: 1 + the SEGs of the images before it.
-    seg_instance_number: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageEncoding:
-    """The objects of one analysed image, in the order the study returns them."""
-
-    #: The SEG and where its segments are (the SR references them); None without regions or SR/SEG.
-    segments: SegmentFrames | None
-    results: tuple[EncodedResult, ...]
-
-
-#: Encodes a study's images: one after the other (:func:`encode_images`), or side by side.
-ImageEncoder = Callable[[Sequence[ImageEncodeRequest]], list[ImageEncoding]]
-
-
-def encode_image(request: ImageEncodeRequest) -> ImageEncoding:
-    """Encode the SEG (when the image has a region), the SC and the PM of one analysed image, as far as
-    ``context.kinds`` asks (the SEG is built for an SR too, which references its segments).
-
-    Raises
-    ------
-    EncodeError
-        When an object cannot be built.
-    """
-    context, templates, analysis = request.context, request.templates, request.analysis
-    uid = str(request.source.SOPInstanceUID)
-    frame = analysis.decoded.frame_number
-    results: list[EncodedResult] = []
-    segments = None
-    if context.kinds & {"SEG", "SR"}:
-        segments = build_segmentation(
-            SegRequest(
-                source=request.source,
-                analysis=analysis,
-                template=templates.segment,
-                equipment=request.equipment,
-                job_key=context.job_key,
-                series_uid=series_uid(context.job_key, "SEG"),
-                sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
-                series_number=context.series_number("SEG"),
-                instance_number=request.seg_instance_number,
-                pipeline_version=context.pipeline_version,
-                models=context.models,
-            )
-        )
-        if segments is not None and "SEG" in context.kinds:
-            results.append(EncodedResult(kind="SEG", dataset=segments.seg, source_sop_instance_uids=(uid,)))
-    _encode_image_extras(
-        results,
-        request.source,
-        analysis,
-        request.index,
-        templates,
-        request.equipment,
-        context,
-        series_uid(context.job_key, "SC"),
-        series_uid(context.job_key, "PM"),
-    )
-    return ImageEncoding(segments=segments, results=tuple(results))
-
-
-def encode_images(requests: Sequence[ImageEncodeRequest]) -> list[ImageEncoding]:
-    """Encode images one after the other, in this process."""
-    return [encode_image(request) for request in requests]
-
-
 def encode_study(
     sources: Sequence[Dataset],
     analyses: Sequence[ImageAnalysis],
     report: Report,
     context: EncodeContext,
-    *,
-    image_encoder: ImageEncoder = encode_images,
 ) -> list[EncodedResult]:
     """Encode the results of one study: those of the kinds ``context.kinds`` names.
 
@@ -175,9 +84,6 @@ def encode_study(
         The study's report text.
     context
         Job key, kinds, series numbers, models that ran, templates folder.
-    image_encoder
-        Runs :func:`encode_image` on each image: here one after the other, or elsewhere side by
-        side (the worker's image pool); the results are the same either way.
 
     Returns
     -------
@@ -202,9 +108,13 @@ def encode_study(
     equipment = equipment_for(context.pipeline_version, context.institution_name)
     repaired: dict[str, Dataset] = {}
     seen: set[tuple[str, int | None]] = set()
+    results: list[EncodedResult] = []
+    entries: list[ImageEntry] = []
     kinds = context.kinds
-    requests: list[ImageEncodeRequest] = []
-    segs_before = 0
+    images: list[KeyImage] = []
+    seg_series = series_uid(context.job_key, "SEG")
+    sc_series = series_uid(context.job_key, "SC")
+    pm_series = series_uid(context.job_key, "PM")
     for index, analysis in enumerate(analyses, start=1):
         uid = analysis.decoded.sop_instance_uid
         frame = analysis.decoded.frame_number
@@ -220,27 +130,28 @@ def encode_study(
                 raise EncodeError(f"source {uid} cannot be encoded for: {exc}") from exc
         source = repaired[uid]
         _check_frame(source, analysis)
-        requests.append(
-            ImageEncodeRequest(
-                index=index,
-                source=source,
-                analysis=analysis,
-                templates=templates,
-                equipment=equipment,
-                context=context,
-                seg_instance_number=segs_before + 1,
+        images.append(KeyImage(source=source, analysis=analysis))
+        segments = None
+        if kinds & {"SEG", "SR"}:
+            segments = build_segmentation(
+                SegRequest(
+                    source=source,
+                    analysis=analysis,
+                    template=templates.segment,
+                    equipment=equipment,
+                    job_key=context.job_key,
+                    series_uid=seg_series,
+                    sop_instance_uid=instance_uid(context.job_key, "SEG", uid, frame),
+                    series_number=context.series_number("SEG"),
+                    instance_number=sum(result.kind == "SEG" for result in results) + 1,
+                    pipeline_version=context.pipeline_version,
+                    models=context.models,
+                )
             )
-        )
-        # Only returned SEGs are numbered; an image gets one when it has a region (see build_segmentation).
-        segs_before += int("SEG" in kinds and bool(analysis.region_map.regions))
-    encodings = image_encoder(requests)
-    results: list[EncodedResult] = []
-    entries: list[ImageEntry] = []
-    images: list[KeyImage] = []
-    for request, encoding in zip(requests, encodings, strict=True):
-        results.extend(encoding.results)
-        images.append(KeyImage(source=request.source, analysis=request.analysis))
-        entries.append(ImageEntry(source=request.source, analysis=request.analysis, segments=encoding.segments))
+            if segments is not None and "SEG" in kinds:
+                results.append(EncodedResult(kind="SEG", dataset=segments.seg, source_sop_instance_uids=(uid,)))
+        _encode_image_extras(results, source, analysis, index, templates, equipment, context, sc_series, pm_series)
+        entries.append(ImageEntry(source=source, analysis=analysis, segments=segments))
     analysed = tuple(dict.fromkeys(str(image.source.SOPInstanceUID) for image in images))
     if "SR" in kinds:
         results.append(_encode_sr(entries, report, templates, equipment, context, analysed))
