@@ -30,11 +30,11 @@ from tests.support.peers import PacsScp, store_datasets  # noqa: E402
 from tests.support.studies import copies_as_new_study  # noqa: E402
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process, in MB; 0 when it is gone."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmHWM: the peak, VmRSS: now), in MB; 0 when it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
@@ -50,19 +50,6 @@ def descendants(pid: int) -> list[int]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return found + [grandchild for child in found for grandchild in descendants(child)]
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory (VmRSS) of a process now, in MB; 0 when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
 
 
 def in_process_baseline(study: list[Dataset]) -> float:
@@ -115,8 +102,8 @@ def main() -> None:
             while time.monotonic() < deadline:
                 below = descendants(node.pid)
                 for pid in [node.pid, *below]:
-                    peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
-                below_peak = max(below_peak, sum(rss_mb(pid) for pid in below))
+                    peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
+                below_peak = max(below_peak, sum(status_mb(pid, "VmRSS") for pid in below))
                 if len(pacs.received) >= expected or (
                     pacs.received and time.perf_counter() - arrivals[-1] > 5 and any(
                         str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in pacs.received

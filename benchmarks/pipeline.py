@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from miemss_node.config import load_config  # noqa: E402
 from miemss_node.pipeline.anomaly import score_patches  # noqa: E402
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, PipelineSettings  # noqa: E402
-from miemss_node.pipeline.chest import is_frontal_chest_candidate, judge_chest, measure_chest  # noqa: E402
+from miemss_node.pipeline.chest import is_frontal_chest_candidate, measure_chest  # noqa: E402
 from miemss_node.pipeline.chest_reference import load_chest_reference  # noqa: E402
 from miemss_node.pipeline.decode import decode_dataset, read_dicom_file  # noqa: E402
 from miemss_node.pipeline.enhance import enhance  # noqa: E402
@@ -43,6 +43,7 @@ from miemss_node.pipeline.features import patch_features  # noqa: E402
 from miemss_node.pipeline.modality import settings_for_image  # noqa: E402
 from miemss_node.pipeline.regions import find_regions  # noqa: E402
 from miemss_node.pipeline.report import findings_sentences  # noqa: E402
+from miemss_node.pipeline.runner import judged_chest  # noqa: E402
 from miemss_node.pipeline.score import generic_abnormality  # noqa: E402
 
 Row = tuple[str, float, float, float]
@@ -118,29 +119,9 @@ def _chest_rows(
         return None
     reference, wall, cpu, peak = measure(lambda: load_chest_reference(settings.chest_reference), repeat)
     rows.append(("reference", wall, cpu, peak))
-    judged, wall, cpu, peak = measure(
-        lambda: judge_chest(
-            measured,
-            image,
-            reference,
-            threshold=settings.threshold,
-            max_focal_regions=settings.max_focal_regions,
-            focal_threshold=settings.focal_threshold or None,
-        ),
-        repeat,
-    )
+    analysis, wall, cpu, peak = measure(lambda: judged_chest(image, enhanced, measured, reference, settings), repeat)
     rows.append(("regions (zones, round densities)", wall, cpu, peak))
-    return ImageAnalysis(
-        decoded=image,
-        enhanced=enhanced,
-        features=None,
-        scores=None,
-        region_map=judged.region_map,
-        findings=(),
-        abnormality_score=judged.abnormality_score,
-        anatomy=measured.anatomy,
-        method="chest",
-    )
+    return analysis
 
 
 def _generic_rows(

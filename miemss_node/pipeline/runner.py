@@ -17,8 +17,14 @@ from pydicom.dataset import Dataset
 
 from miemss_node.errors import MiemssError, StageError
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, PipelineSettings
-from miemss_node.pipeline.chest import is_frontal_chest_candidate, judge_chest, measure_chest, mm_per_pixel
-from miemss_node.pipeline.chest_reference import load_chest_reference, reference_anatomy_notes
+from miemss_node.pipeline.chest import (
+    ChestMeasurements,
+    is_frontal_chest_candidate,
+    judge_chest,
+    measure_chest,
+    mm_per_pixel,
+)
+from miemss_node.pipeline.chest_reference import ChestReference, load_chest_reference, reference_anatomy_notes
 from miemss_node.pipeline.decode import decode_dataset
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import patch_features, working_shape
@@ -100,30 +106,7 @@ def _analyse_enhanced(
     if measured is not None:
         chest = measured
         reference = _timed("reference", seconds, lambda: load_chest_reference(settings.chest_reference))
-        judged = _timed(
-            "regions",
-            seconds,
-            lambda: judge_chest(
-                chest,
-                image,
-                reference,
-                threshold=settings.threshold,
-                max_focal_regions=settings.max_focal_regions,
-                focal_threshold=settings.focal_threshold or None,
-            ),
-        )
-        analysis = ImageAnalysis(
-            decoded=image,
-            enhanced=enhanced,
-            features=None,
-            scores=None,
-            region_map=judged.region_map,
-            findings=(),
-            abnormality_score=judged.abnormality_score,
-            anatomy=chest.anatomy,
-            method="chest",
-            reference=reference.model_run,
-        )
+        analysis = _timed("regions", seconds, lambda: judged_chest(image, enhanced, chest, reference, settings))
         notes = reference_anatomy_notes(reference, chest.anatomy, image)
         if models.chest is not None:
             classifier = models.chest
@@ -145,6 +128,37 @@ def _analyse_enhanced(
         extra={"action": "pipeline.analysed", "sop_instance_uid": image.sop_instance_uid, "stage_seconds": seconds},
     )
     return replace(analysis, findings=findings, stage_seconds=seconds, attention=attention, caption=text)
+
+
+def judged_chest(
+    image: DecodedImage,
+    enhanced: EnhancedImage,
+    measured: ChestMeasurements,
+    reference: ChestReference,
+    settings: PipelineSettings,
+) -> ImageAnalysis:
+    """The chest analysis of a frame whose anatomy was measured: its zones and round densities judged
+    against the normal reference with the settings' thresholds (no findings sentences yet)."""
+    judged = judge_chest(
+        measured,
+        image,
+        reference,
+        threshold=settings.threshold,
+        max_focal_regions=settings.max_focal_regions,
+        focal_threshold=settings.focal_threshold or None,
+    )
+    return ImageAnalysis(
+        decoded=image,
+        enhanced=enhanced,
+        features=None,
+        scores=None,
+        region_map=judged.region_map,
+        findings=(),
+        abnormality_score=judged.abnormality_score,
+        anatomy=measured.anatomy,
+        method="chest",
+        reference=reference.model_run,
+    )
 
 
 def with_classifier(analysis: ImageAnalysis, classifier: ChestClassifier) -> ImageAnalysis:
