@@ -227,8 +227,11 @@ class ImagePool:
                     initargs=(setup,),
                 )
                 try:
-                    # Every process loads the same models; one answer gives their runs (and their errors).
-                    self._runs = executor.submit(_child_runs).result()
+                    # One call per process: with "spawn" the executor starts a process per call while
+                    # none is idle, so all start now. They load the same models: one answer gives
+                    # their runs, and any of them their errors.
+                    calls = [executor.submit(_child_runs) for _ in range(self.processes)]
+                    self._runs = [call.result() for call in calls][0]
                 except BaseException as exc:
                     executor.shutdown(wait=False, cancel_futures=True)
                     if isinstance(exc, BrokenProcessPool):
