@@ -5,7 +5,7 @@ N-image CR study made from the WG04 chest CR (1841x1955, pydicom-data) with new 
 and prints the latency, the node's peak memory (main process and worker children), and, as the
 in-process baseline, the time of the pipeline and encoders alone on the same images.
 
-    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--config-extra TOML]
+    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--image-processes N] [--config-extra TOML]
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
+    parser.add_argument(
+        "--image-processes", type=int, default=0, help="[worker] image_processes (0: the cores; 1: no pool)"
+    )
     parser.add_argument("--log", action="store_true", help="show the node's INFO log (job, stage and send timings)")
     args = parser.parse_args()
 
@@ -82,7 +85,7 @@ def main() -> None:
         config = Path(folder) / "config.toml"
         config.write_text(
             f"[node]\nport={port}\nstorage_dir='store'\n[study]\nsettle_seconds={args.settle}\n"
-            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\n"
+            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\nimage_processes={args.image_processes}\n"
             f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n{args.config_extra}\n",
             encoding="utf-8",
         )
