@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = test_dataset(args.size)
     print(f"Generic analysis (other films) on a {args.size}x{args.size} CR (settings from {args.config.name}):")
     print(table(pipeline_rows(ds, settings.replaced(chest_analysis=False), args.repeat)))
-    print(f"\nChest analysis (frontal chest films) on the same CR:")
+    print("\nChest analysis (frontal chest films) on the same CR:")
     ours = pipeline_rows(ds, settings, args.repeat)
     print(table(ours))
     total = sum(r[1] for r in ours)
