@@ -851,6 +851,12 @@ def awaiting_review(session: Session, *, limit: int = 100) -> list[AwaitingRevie
     return waiting
 
 
+def awaiting_review_count(session: Session) -> int:
+    """How many jobs have results held for review."""
+    held = select(func.count(func.distinct(Delivery.job_id))).where(Delivery.state == DeliveryState.AWAITING_REVIEW)
+    return int(session.scalar(held) or 0)
+
+
 def oldest_review_since(session: Session) -> datetime | None:
     """When the longest-waiting held delivery was queued; None when nothing waits for review."""
     return session.scalar(

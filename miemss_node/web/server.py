@@ -9,7 +9,12 @@ Routes:
 - ``GET /``, ``GET /studies/<Study Instance UID>``, ``GET /thumbs/<job id>/<name>.png``: the
   dashboard (:mod:`miemss_node.web.dashboard`).
 - ``POST /deliveries/<id>/retry`` with form field ``token``: make a failed delivery pending again;
-  403 without the right ``[http] token`` (and always when none is configured).
+  403 without a reviewer's token or the right ``[http] token`` (and always when neither is configured).
+- ``POST /studies/<Study Instance UID>/review`` with form fields ``token`` (a reviewer's), ``action``
+  (``decide``, ``accept_all`` or ``reject_all``), ``finding-N`` (``accept`` or ``reject``, for
+  ``decide``) and ``comment``: record the decision (:mod:`miemss_node.review.decide`). 403 without
+  a reviewer's token, 409 when nothing awaits review or the decision does not cover every finding.
+  Every study page view and every review request, refused ones included, goes to the audit log.
 
 waitress reads requests in one event loop and hands only complete requests to its threads, so
 slow or idle clients cost a socket, not a thread; it closes connections idle for
@@ -40,10 +45,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
-from miemss_node.config import HttpSettings
+from miemss_node.config import HttpSettings, Reviewer
+from miemss_node.errors import ReviewError
 from miemss_node.metrics import DASHBOARD_RETRIES, database_registry, exposition
 from miemss_node.queue import repository
 from miemss_node.queue.models import Job
+from miemss_node.review.audit import AuditLog
+from miemss_node.review.decide import record_decision
+from miemss_node.review.reviewers import reviewer_for_token
 from miemss_node.web.dashboard import Dashboard, page
 from miemss_node.web.health import database_problem
 
@@ -52,6 +61,8 @@ logger = logging.getLogger(__name__)
 _STUDY_PATH = re.compile(r"^/studies/([0-9.]{1,64})$")
 _THUMB_PATH = re.compile(r"^/thumbs/([0-9]{1,12})/(image-[0-9]{1,6}-(?:overlay|heatmap)\.png)$")
 _RETRY_PATH = re.compile(r"^/deliveries/([0-9]{1,12})/retry$")
+_REVIEW_PATH = re.compile(r"^/studies/([0-9.]{1,64})/review$")
+_FINDING_FIELD = re.compile(r"^finding-([0-9]{1,6})$")
 
 #: Largest request body read (the retry form), in bytes.
 MAX_BODY_BYTES = 4096
@@ -90,6 +101,12 @@ class HttpServer:
         Returns None when the receiver answers, else why not.
     disk_problem
         Returns None when the storage disk has room, else why not (no check when omitted).
+    reviewers
+        ``[[reviewers]]``: whose tokens the review and retry forms accept.
+    audit_log
+        The review audit log's file (``Config.audit_log_path``); default ``<storage_dir>/review-audit.jsonl``.
+    max_attempts
+        ``[worker] max_attempts`` of the job a decision queues.
     """
 
     def __init__(
@@ -99,10 +116,17 @@ class HttpServer:
         storage_dir: Path,
         receiver_problem: Callable[[], str | None],
         disk_problem: Callable[[], str | None] | None = None,
+        *,
+        reviewers: tuple[Reviewer, ...] = (),
+        audit_log: Path | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.dashboard = Dashboard(settings, storage_dir)
+        self.reviewers = reviewers
+        self.audit = AuditLog(audit_log or storage_dir / "review-audit.jsonl")
+        self.max_attempts = max_attempts
+        self.dashboard = Dashboard(settings, storage_dir, reviewers=bool(reviewers))
         self.receiver_problem = receiver_problem
         self.disk_problem = disk_problem or (lambda: None)
         self.metrics_registry = database_registry(sessions)
@@ -181,11 +205,15 @@ class HttpServer:
         return HTTPStatus.OK, body
 
     def retry(self, delivery_id: int, token: str) -> tuple[int, str, str]:
-        """Check the token and retry a failed delivery: (status, message, study UID or "")."""
+        """Check the token and retry a failed delivery: (status, message, study UID or "").
+
+        A reviewer's token or ``[http] token`` (the operator's, without a name) is accepted.
+        """
         expected = self.settings.token
-        if not expected:
-            return HTTPStatus.FORBIDDEN, "retries are disabled: set [http] token in the config", ""
-        if not hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8")):
+        if not expected and not self.reviewers:
+            return HTTPStatus.FORBIDDEN, "retries are disabled: set [http] token or [[reviewers]] in the config", ""
+        operator = bool(expected) and hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
+        if not operator and reviewer_for_token(self.reviewers, token) is None:
             logger.warning(
                 "dashboard retry of delivery %d refused: wrong token",
                 delivery_id,
@@ -213,6 +241,56 @@ class HttpServer:
         )
         DASHBOARD_RETRIES.inc()
         return HTTPStatus.SEE_OTHER, f"delivery to {destination} queued again", study_uid
+
+    def review(self, study_uid: str, form: dict[str, list[str]]) -> tuple[int, str]:
+        """Check the reviewer's token and record their decision: (status, message).
+
+        Every outcome is audited: a refusal (no or wrong token: 403; a decision that cannot be
+        recorded: 409) with the reason, a decision with the finding numbers.
+        """
+        token = form.get("token", [""])[0]
+        reviewer = reviewer_for_token(self.reviewers, token)
+        if reviewer is None:
+            reason = "no token given" if not token else "wrong token"
+            if not self.reviewers:
+                reason = "no reviewer configured"
+            self.audit.write(action="refused", study_uid=study_uid, reviewer=None, via="dashboard", reason=reason)
+            return HTTPStatus.FORBIDDEN, f"review refused: {reason}"
+        action = form.get("action", ["decide"])[0]
+        choices: dict[int, bool] | None = None
+        accept: bool | None = None
+        if action == "accept_all":
+            accept = True
+        elif action == "reject_all":
+            accept = False
+        elif action == "decide":
+            choices = {}
+            for name, values in form.items():
+                if (match := _FINDING_FIELD.match(name)) and values[0] in ("accept", "reject"):
+                    choices[int(match.group(1))] = values[0] == "accept"
+        else:
+            return HTTPStatus.BAD_REQUEST, f"unknown action {action[:20]!r}"
+        try:
+            decision = record_decision(
+                self.sessions,
+                self.audit,
+                study_uid=study_uid,
+                reviewer=reviewer,
+                via="dashboard",
+                max_attempts=self.max_attempts,
+                comment=form.get("comment", [""])[0],
+                choices=choices,
+                accept=accept,
+            )
+        except ReviewError as exc:
+            return HTTPStatus.CONFLICT, str(exc)
+        accepted = ", ".join(str(n) for n in decision.accepted) or "none"
+        rejected = ", ".join(str(n) for n in decision.rejected) or "none"
+        return (
+            HTTPStatus.SEE_OTHER,
+            f"decision of {reviewer.name} recorded: accepted {accepted}; rejected {rejected}; "
+            f"job {decision.review_job_id} encodes the reviewed version",
+        )
 
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -247,7 +325,10 @@ class HttpServer:
                     study = repository.study_by_uid(session, match.group(1))
                     if study is None:
                         return _error(HTTPStatus.NOT_FOUND, "No such study.")
-                    return _html(HTTPStatus.OK, self.dashboard.study(session, study, notice=notice))
+                    html = self.dashboard.study(session, study, notice=notice)
+                # The page is read without a token, so a view names no reviewer.
+                self.audit.write(action="view", study_uid=match.group(1), reviewer=None, via="dashboard")
+                return _html(HTTPStatus.OK, html)
             if match := _THUMB_PATH.match(path):
                 with self.sessions() as session:
                     found = self.dashboard.thumbnail_path(session, int(match.group(1)), match.group(2))
@@ -266,7 +347,8 @@ class HttpServer:
 
     def _post(self, path: str, environ: dict[str, Any]) -> Response:
         match = _RETRY_PATH.match(path)
-        if match is None:
+        review = _REVIEW_PATH.match(path)
+        if match is None and review is None:
             return _error(HTTPStatus.NOT_FOUND, "Not found.")
         try:
             length = int(environ.get("CONTENT_LENGTH") or "0")
@@ -275,6 +357,16 @@ class HttpServer:
         if not 0 <= length <= MAX_BODY_BYTES:
             return _error(HTTPStatus.BAD_REQUEST, "Bad request body.")
         form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", errors="replace"))
+        if review is not None:
+            study_uid = review.group(1)
+            try:
+                status, message = self.review(study_uid, form)
+            except SQLAlchemyError:
+                return _error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
+            if status == HTTPStatus.SEE_OTHER:
+                return status, b"", "text/plain", {"Location": f"/studies/{study_uid}?notice={quote(message)}"}
+            return _error(status, message)
+        assert match is not None
         try:
             status, message, study_uid = self.retry(int(match.group(1)), form.get("token", [""])[0])
         except SQLAlchemyError:
