@@ -282,15 +282,16 @@ class Dashboard:
         """The findings of the job held for review, each with accept/reject, a comment, the token."""
         findings = repository.job_findings(session, job.id)
         uid = escape(study.study_instance_uid)
+        images = {(t.sop_instance_uid, t.frame_number): t.image for t in self._thumbnails(study.study_instance_uid, job)}
         rows = "".join(
-            f"<tr><td>{f.number}</td><td>{escape(_finding_place(f))}</td><td>{escape(f.location)}</td>"
+            f"<tr><td>{f.number}</td><td>{escape(_finding_place(f, images))}</td><td>{escape(f.location)}</td>"
             f"<td>{escape(_finding_kind(f))}</td><td>{escape(_finding_area(f))}</td><td>{f.max_score:.2f}</td>"
             f'<td><label><input type="radio" name="finding-{f.number}" value="accept" checked> accept</label> '
             f'<label><input type="radio" name="finding-{f.number}" value="reject"> reject</label></td></tr>'
             for f in findings
         )
         table = (
-            "<table><tr><th>Finding</th><th>Where on the images</th><th>Location</th><th>Kind</th><th>Size</th>"
+            "<table><tr><th>Finding</th><th>Image and region</th><th>Location</th><th>Kind</th><th>Size</th>"
             f"<th>Score (max)</th><th>Decision</th></tr>{rows}</table>"
             if findings
             else '<p class="muted">The AI flagged no finding in this study; accepting sends the verified report.</p>'
@@ -418,9 +419,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _finding_place(finding: Finding) -> str:
+def _finding_place(finding: Finding, images: dict[tuple[str, int | None], int]) -> str:
+    """ "Image 2, region 1" as the overlays are captioned (the SOP Instance UID when no thumbnail names it)."""
+    image = images.get((finding.sop_instance_uid, finding.frame_number))
     frame = f" frame {finding.frame_number}" if finding.frame_number is not None else ""
-    return f"region {finding.label} of {finding.sop_instance_uid}{frame}"
+    where = f"image {image}" if image is not None else finding.sop_instance_uid
+    return f"{where}{frame}, region {finding.label}"
 
 
 def _finding_kind(finding: Finding) -> str:
