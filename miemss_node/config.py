@@ -462,54 +462,49 @@ def _coerce(value: Any, kind: str) -> Any:
     raise TypeError(f"no coercion for annotation {kind}")
 
 
-def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
-    """Build every ``[[destinations]]`` table; ``name`` defaults to the AE title."""
+def _build_tables(
+    label: str, cls: type, tables: Any, required: tuple[str, ...], problems: list[str], defaults: Any = None
+) -> list[Any]:
+    """Build every table of an array of tables (``[[label]]``) as ``cls``; ``defaults(table)`` adds
+    default values taken from the table itself. A table with a problem is left out (and listed)."""
     if not isinstance(tables, list):
-        problems.append("[[destinations]] must be an array of tables")
-        return ()
+        problems.append(f"[[{label}]] must be an array of tables")
+        return []
     result = []
     for index, table in enumerate(tables, start=1):
-        where = f"[[destinations]] #{index}"
+        where = f"[[{label}]] #{index}"
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table")
             continue
-        missing = [key for key in ("ae_title", "host", "port") if key not in table]
+        missing = [key for key in required if key not in table]
         problems += [f"{where} missing {key!r}" for key in missing]
         if missing:
             continue
         before = len(problems)
-        destination = _build_section(where, Destination, {"name": table["ae_title"], **table}, problems)
+        built = _build_section(where, cls, {**(defaults(table) if defaults else {}), **table}, problems)
         if len(problems) == before:
-            result.append(destination)
-    names = [d.name for d in result]
-    problems += [f"[[destinations]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
-    return tuple(result)
+            result.append((where, built))
+    names = [item.name for _where, item in result]
+    problems += [f"[[{label}]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    return result
+
+
+def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
+    """Build every ``[[destinations]]`` table; ``name`` defaults to the AE title."""
+    built = _build_tables(
+        "destinations", Destination, tables, ("ae_title", "host", "port"), problems, lambda t: {"name": t["ae_title"]}
+    )
+    return tuple(destination for _where, destination in built)
 
 
 def _build_reviewers(tables: Any, problems: list[str]) -> tuple[Reviewer, ...]:
     """Build every ``[[reviewers]]`` table, checking names, person names and token hashes."""
-    if not isinstance(tables, list):
-        problems.append("[[reviewers]] must be an array of tables")
-        return ()
     result = []
-    for index, table in enumerate(tables, start=1):
-        where = f"[[reviewers]] #{index}"
-        if not isinstance(table, dict):
-            problems.append(f"{where} must be a table")
-            continue
-        missing = [key for key in ("name", "person_name", "token_sha256") if key not in table]
-        problems += [f"{where} missing {key!r}" for key in missing]
-        if missing:
-            continue
-        before = len(problems)
-        reviewer: Reviewer | None = _build_section(where, Reviewer, table, problems)
-        if reviewer is None or len(problems) != before:
-            continue
-        problems += [f"{where} {problem}" for problem in _reviewer_problems(reviewer)]
-        if len(problems) == before:
+    for where, reviewer in _build_tables("reviewers", Reviewer, tables, ("name", "person_name", "token_sha256"), problems):
+        found = _reviewer_problems(reviewer)
+        problems += [f"{where} {problem}" for problem in found]
+        if not found:
             result.append(reviewer)
-    names = [r.name for r in result]
-    problems += [f"[[reviewers]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
     hashes = [r.token_sha256.lower() for r in result]
     if len(set(hashes)) != len(hashes):
         problems.append("[[reviewers]] two reviewers share a token: give each their own")

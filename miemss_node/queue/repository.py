@@ -256,21 +256,35 @@ def settle_due_studies(
         latest, queued = versions[0] or 0, versions[1]
         if queued or (latest and not reprocess_late_instances):
             continue
-        job = Job(
-            study_id=study.id,
-            version=latest + 1,
-            state=JobState.QUEUED,
-            attempts=0,
-            max_attempts=max_attempts,
-            not_before=now,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(job)
-        session.flush()
-        _add_event(session, job, now, "study settled")
-        created.append(job)
+        created.append(_queue_job(session, study.id, latest + 1, max_attempts, now, "study settled"))
     return created
+
+
+def _queue_job(
+    session: Session,
+    study_id: int,
+    version: int,
+    max_attempts: int,
+    now: datetime,
+    detail: str,
+    reviewed_job_id: int | None = None,
+) -> Job:
+    """Add a queued job for a study's ``version`` (with its first event) and flush it."""
+    job = Job(
+        study_id=study_id,
+        version=version,
+        reviewed_job_id=reviewed_job_id,
+        state=JobState.QUEUED,
+        attempts=0,
+        max_attempts=max_attempts,
+        not_before=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    _add_event(session, job, now, detail)
+    return job
 
 
 def claim_job(session: Session, *, owner: str, lease_seconds: float, now: datetime) -> Job | None:
@@ -892,19 +906,9 @@ def record_review(
     if not any(delivery.job_id == job.id for delivery in held):
         return None
     latest = session.scalar(select(func.max(Job.version)).where(Job.study_id == job.study_id)) or job.version
-    review_job = Job(
-        study_id=job.study_id,
-        version=latest + 1,
-        reviewed_job_id=job.id,
-        state=JobState.QUEUED,
-        attempts=0,
-        max_attempts=max_attempts,
-        not_before=now,
-        created_at=now,
-        updated_at=now,
+    review_job = _queue_job(
+        session, job.study_id, latest + 1, max_attempts, now, f"reviewed version of job {job.id} queued", job.id
     )
-    session.add(review_job)
-    session.flush()
     review = Review(
         job_id=job.id, review_job_id=review_job.id, reviewer=reviewer, comment=comment or None, via=via, decided_at=now
     )
@@ -922,7 +926,6 @@ def record_review(
     _add_event(session, job, now, f"reviewed by {reviewer}: {kept} of {len(accepted)} finding(s) accepted")
     for reviewed_id in sorted({delivery.job_id for delivery in held}):
         _update_job_after_delivery(session, reviewed_id, now)
-    _add_event(session, review_job, now, f"reviewed version of job {job.id} queued")
     return review
 
 
