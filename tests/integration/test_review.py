@@ -15,16 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset, dcmread
 from sqlalchemy import select
 
@@ -34,6 +29,7 @@ from miemss_node.queue.models import Delivery, DeliveryState, Job, Result, Revie
 from miemss_node.review.audit import read_audit_log
 from miemss_node.review.reviewers import hash_token
 from miemss_node.web.dashboard import report_texts
+from tests.integration.test_dashboard_metrics import get, metric_samples, post, wait_until
 from tests.support.browser import HeadlessChromium
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.net import free_port
@@ -64,15 +60,6 @@ class Running:
     silent: PacsScp
     study_a: list[Dataset]
     study_b: list[Dataset]
-
-
-def wait_until(predicate: object, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met in {timeout} s")
 
 
 def deliveries_of(node: Node, study_uid: str) -> list[tuple[int, str, DeliveryState]]:
@@ -110,31 +97,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=REPO_ROOT,
     )
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def post(url: str, fields: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def metric(text: str, name: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"no metric {name}")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +170,7 @@ all_rejected = "nothing"
             (1, "reviewed", DeliveryState.AWAITING_REVIEW),
             (1, "silent", DeliveryState.AWAITING_REVIEW),
         ]
-        wait_until(lambda: all(deliveries_of(node, uid_of(s)) == held for s in (study_a, study_b)))
+        wait_until(lambda: all(deliveries_of(node, uid_of(s)) == held for s in (study_a, study_b)), timeout=300)
         yield Running(
             node=node,
             config_path=config_path,
@@ -242,15 +204,15 @@ def test_results_for_review_destinations_are_held_and_listed(running: Running) -
         assert len(of_study(running.plain.received, study, SR_CLASS)) == 1  # no review: sent as before
     assert running.reviewed.received == [] and running.silent.received == []
     assert running.reviewed.attempts == 0 and running.silent.attempts == 0
-    status, index = get(f"{running.base_url}/")
+    status, _, body = get(f"{running.base_url}/")
     assert status == 200
-    waiting = index.split("<h1>Recent studies</h1>")[0]
+    waiting = body.decode().split("<h1>Recent studies</h1>")[0]
     assert "Awaiting review (2)" in waiting
     assert uid_of(running.study_a) in waiting and uid_of(running.study_b) in waiting
-    _, metrics = get(f"{running.base_url}/metrics")
-    assert metric(metrics, "miemss_review_awaiting") == 2
-    assert metric(metrics, "miemss_review_oldest_wait_seconds") > 0
-    _, page = get(f"{running.base_url}/studies/{uid_of(running.study_a)}")
+    metrics = metric_samples(get(f"{running.base_url}/metrics")[2].decode())
+    assert metrics[("miemss_review_awaiting", ())] == 2
+    assert metrics[("miemss_review_oldest_wait_seconds", ())] > 0
+    page = get(f"{running.base_url}/studies/{uid_of(running.study_a)}")[2].decode()
     assert 'action="/studies/' in page and 'name="finding-1"' in page and 'name="finding-2"' in page
 
 
@@ -273,7 +235,8 @@ def test_review_accepts_one_finding_and_the_reviewed_version_is_delivered_once(r
             (1, "silent", DeliveryState.REVIEWED),
             (2, "reviewed", DeliveryState.DELIVERED),
             (2, "silent", DeliveryState.DELIVERED),
-        ]
+        ],
+        timeout=300,
     )
     running.reviewed.wait_until_idle()
     got = of_study(running.reviewed.received, study)
@@ -334,9 +297,9 @@ def test_dashboard_review_needs_a_reviewer_token_and_reject_all_follows_each_des
         browser.click("#review-reject-all", navigates=True)
         assert browser.url().startswith(page_url)
         assert "decision of bjones recorded: accepted none; rejected 1, 2" in browser.text()
-    assert post(f"{page_url}/review", {"action": "accept_all"}) == 403  # no token at all
+    assert post(f"{page_url}/review", {"action": "accept_all"})[0] == 403  # no token at all
     # "report": a short SR that says every finding was rejected; "nothing": no delivery at all.
-    wait_until(lambda: (2, "reviewed", DeliveryState.DELIVERED) in deliveries_of(running.node, uid))
+    wait_until(lambda: (2, "reviewed", DeliveryState.DELIVERED) in deliveries_of(running.node, uid), timeout=300)
     assert [(v, d) for v, d, _s in deliveries_of(running.node, uid) if v == 2] == [(2, "reviewed")]
     running.reviewed.wait_until_idle()
     got = of_study(running.reviewed.received, study)
