@@ -107,9 +107,14 @@ class Worker:
             if job is None:
                 return 0
             study = repository.study_of_job(session, job)
-            instances = [(i.sop_instance_uid, i.path) for i in repository.study_instances(session, study.id)]
-            study_uid = study.study_instance_uid
             plan = repository.review_plan(session, job)
+            # A reviewed version is made from the images the reviewed job analysed, not later ones.
+            received_by = None
+            if job.reviewed_job_id is not None:
+                received_by = repository.job_encoded_at(session, job.reviewed_job_id)
+            stored = repository.study_instances(session, study.id, received_by=received_by)
+            instances = [(i.sop_instance_uid, i.path) for i in stored]
+            study_uid = study.study_instance_uid
             # A reviewed version supersedes the version reviewed; any other the study's latest.
             if plan is not None and job.reviewed_job_id is not None:
                 previous = repository.job_report(session, job.reviewed_job_id)

@@ -248,10 +248,12 @@ def settle_due_studies(
         )
         if _rowcount(taken) != 1:
             continue  # another settler took it, or a new instance just arrived
+        # A queued reviewed version reads only the instances its review covered, not the late ones.
         versions = session.execute(
-            select(func.max(Job.version), func.count(Job.id).filter(Job.state == JobState.QUEUED)).where(
-                Job.study_id == study.id
-            )
+            select(
+                func.max(Job.version),
+                func.count(Job.id).filter(Job.state == JobState.QUEUED, Job.reviewed_job_id.is_(None)),
+            ).where(Job.study_id == study.id)
         ).one()
         latest, queued = versions[0] or 0, versions[1]
         if queued or (latest and not reprocess_late_instances):
@@ -341,9 +343,21 @@ def study_of_job(session: Session, job: Job) -> Study:
     return session.get_one(Study, job.study_id)
 
 
-def study_instances(session: Session, study_id: int) -> list[Instance]:
-    """The stored instances of a study, in arrival order."""
-    return list(session.scalars(select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)))
+def study_instances(session: Session, study_id: int, *, received_by: datetime | None = None) -> list[Instance]:
+    """The stored instances of a study, in arrival order (only those received by ``received_by`` if given)."""
+    query = select(Instance).where(Instance.study_id == study_id)
+    if received_by is not None:
+        query = query.where(Instance.received_at <= received_by)
+    return list(session.scalars(query.order_by(Instance.id)))
+
+
+def job_encoded_at(session: Session, job_id: int) -> datetime | None:
+    """When a job recorded its results (its first ENCODED or DELIVERED event), or None."""
+    return session.scalar(
+        select(func.min(JobEvent.at)).where(
+            JobEvent.job_id == job_id, JobEvent.state.in_([JobState.ENCODED, JobState.DELIVERED])
+        )
+    )
 
 
 def previous_report(session: Session, job: Job) -> tuple[int, str, str] | None:

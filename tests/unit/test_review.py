@@ -168,6 +168,9 @@ def test_held_deliveries_wait_for_a_decision_which_queues_the_reviewed_version(
         assert repository.awaiting_review_count(session) == 0
     with sessions.begin() as session, pytest.raises(ReviewError, match="no results awaiting review"):
         decide(session, study_uid="1.2.3", reviewer=reviewer, accept=False, comment=None, via="cli", max_attempts=3)
+    # A late instance gets its own job: the queued reviewed version covers only what was reviewed.
+    receive(sessions, "1.2.3.1.2", datetime(2026, 1, 1, 12, 5, 0))
+    assert settle(sessions, datetime(2026, 1, 1, 12, 5, 11)) == [3]
     statement = review_statement(plan, "Smith^Jane", "Radiology")
     assert "Reviewed by Smith Jane (Radiology)" in statement and "accepted: 2; rejected: 1" in statement
 
