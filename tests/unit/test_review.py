@@ -226,3 +226,24 @@ def test_feedback_precision_per_type_and_band_and_a_proposed_threshold() -> None
     strict = propose_threshold(decided, target_precision=1.0)
     assert strict.threshold == 0.85 and strict.precision == 1.0
     assert propose_threshold([DecidedFinding(kind="focal", score=0.6, accepted=False)]).threshold is None
+
+
+def test_the_retry_button_takes_a_reviewers_token(
+    sessions: sessionmaker[Session],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    from miemss_node.config import HttpSettings
+    from miemss_node.web.server import HttpServer
+
+    held_job(sessions)
+    with sessions.begin() as session:
+        plain = session.scalars(select(Delivery).where(Delivery.destination == "plain")).one()
+        repository.record_delivery_outcome(
+            session, delivery_id=plain.id, delivered=False, retry_at=None, status=0xC000, error="refused", now=T0
+        )
+    reviewers = (replace_reviewer("jsmith", hash_token(TOKEN)),)
+    server = HttpServer(HttpSettings(), sessions, tmp_path, receiver_problem=lambda: None, reviewers=reviewers)
+    assert server.retry(plain.id, "wrong-token-0123456789")[0] == 403
+    assert server.retry(plain.id, TOKEN)[:2] == (303, "delivery to plain queued again")
+    without = HttpServer(HttpSettings(), sessions, tmp_path, receiver_problem=lambda: None)
+    assert without.retry(plain.id, TOKEN)[0] == 403
