@@ -247,3 +247,24 @@ def test_the_retry_button_takes_a_reviewers_token(
     assert server.retry(plain.id, TOKEN)[:2] == (303, "delivery to plain queued again")
     without = HttpServer(HttpSettings(), sessions, tmp_path, receiver_problem=lambda: None)
     assert without.retry(plain.id, TOKEN)[0] == 403
+
+
+def test_the_review_form_decides_per_finding_and_every_finding_needs_a_decision(
+    sessions: sessionmaker[Session],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    from miemss_node.config import HttpSettings
+    from miemss_node.web.server import HttpServer
+
+    held_job(sessions)
+    reviewers = (replace_reviewer("jsmith", hash_token(TOKEN)),)
+    server = HttpServer(HttpSettings(), sessions, tmp_path, receiver_problem=lambda: None, reviewers=reviewers)
+    partial = {"token": [TOKEN], "action": ["decide"], "finding-1": ["reject"]}
+    status, message = server.review("1.2.3", partial)
+    assert status == 409 and "missing [2]" in message
+    status, message = server.review("1.2.3", {**partial, "finding-2": ["accept"], "comment": ["ok"]})
+    assert status == 303 and "accepted 2; rejected 1" in message
+    with sessions() as session:
+        assert [(f.number, ok) for f, ok in repository.decided_findings(session)] == [(1, False), (2, True)]
+    entries = read_audit_log(tmp_path / "review-audit.jsonl")
+    assert [(e["action"], e["reviewer"]) for e in entries] == [("refused", "jsmith"), ("decision", "jsmith")]
