@@ -1,7 +1,7 @@
 """The review audit log: one JSON object per line for every study page view and every decision.
 
 Each line has ``time`` (UTC, ISO 8601), ``reviewer`` (the configured name, or null when no valid
-token was given), ``study_uid`` and ``action`` (``view``, ``decision``, ``refused``), plus details
+token was given: a view by someone not signed in, a refused request), ``study_uid`` and ``action`` (``view``, ``signin``, ``decision``, ``refused``), plus details
 that carry no patient data: finding numbers, counts, the channel (``dashboard`` or ``cli``) and why
 a request was refused. A reviewer's comment is free text that may name the patient, so only
 whether there was one is logged; the comment itself goes into the reviewed SR.

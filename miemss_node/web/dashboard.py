@@ -217,8 +217,11 @@ class Dashboard:
         )
         return page("MIEMSS node: recent studies", body)
 
-    def study(self, session: Session, study: Study, *, notice: str = "") -> bytes:
-        """One study: timeline, and per job its thumbnails, report text, results and deliveries."""
+    def study(self, session: Session, study: Study, *, notice: str = "", reviewer: str | None = None) -> bytes:
+        """One study: timeline, and per job its thumbnails, report text, results and deliveries.
+
+        ``reviewer`` is the signed-in reviewer's name (their review form then asks for no token).
+        """
         uid = escape(study.study_instance_uid)
         jobs = repository.study_jobs(session, study.id)
         count = len(repository.study_instances(session, study.id))
@@ -230,6 +233,8 @@ class Dashboard:
             parts.append(f"<p>Patient: {escape(patient_of(self.storage_dir, session, study))}</p>")
         if notice:
             parts.append(f'<p class="muted">{escape(notice)}</p>')
+        if self.reviewers:
+            parts.append(_sign_in(study.study_instance_uid, reviewer))
         timeline = [
             (study.first_received_at, "received", f"first instance ({count} instance(s) in all)"),
             (study.last_received_at, "received", "last instance"),
@@ -254,7 +259,7 @@ class Dashboard:
         parts.append(_conflicts_section(repository.study_conflicts(session, study.study_instance_uid)))
         held = repository.job_awaiting_review(session, study.id)
         if held is not None:
-            parts.append(self._review_form(session, study, held))
+            parts.append(self._review_form(session, study, held, signed_in=reviewer is not None))
         for job in jobs:
             parts.append(self._job_section(session, study, job))
         return page(f"MIEMSS node: study {study.study_instance_uid}", "".join(parts))
@@ -278,7 +283,7 @@ class Dashboard:
                 return StorageLayout(self.storage_dir).thumbnail_dir(study.study_instance_uid, job.id) / name
         return None
 
-    def _review_form(self, session: Session, study: Study, job: Job) -> str:
+    def _review_form(self, session: Session, study: Study, job: Job, *, signed_in: bool = False) -> str:
         """The findings of the job held for review, each with accept/reject, a comment, the token."""
         findings = repository.job_findings(session, job.id)
         uid = escape(study.study_instance_uid)
@@ -305,8 +310,13 @@ class Dashboard:
             controls = (
                 '<p><label>Comment (optional, goes into the reviewed report)<br>'
                 '<textarea name="comment" rows="2" maxlength="1000"></textarea></label></p>'
-                '<p><label>Reviewer token <input type="password" name="token" required autocomplete="off"></label></p>'
-                '<button type="submit" name="action" value="decide" id="review-decide">Submit decisions</button>'
+                + (
+                    ""
+                    if signed_in
+                    else '<p><label>Reviewer token <input type="password" name="token" required '
+                    'autocomplete="off"></label></p>'
+                )
+                + '<button type="submit" name="action" value="decide" id="review-decide">Submit decisions</button>'
                 '<button type="submit" name="action" value="accept_all" id="review-accept-all">Accept all</button>'
                 '<button type="submit" name="action" value="reject_all" id="review-reject-all">Reject all</button>'
             )
@@ -408,6 +418,23 @@ class Dashboard:
             return '<p class="muted">The Structured Report could not be read.</p>'
         lines = [f"{name}: {text}" for name, text in report_texts(dataset)]
         return f'<div class="report">{escape(chr(10).join(lines))}</div>'
+
+
+def _sign_in(study_uid: str, reviewer: str | None) -> str:
+    """Who is signed in (page views and decisions are audited in their name), or the sign-in form."""
+    uid = escape(study_uid)
+    if reviewer is not None:
+        return (
+            f'<form method="post" action="/signout"><input type="hidden" name="next" value="/studies/{uid}">'
+            f'<span class="muted">Signed in as {escape(reviewer)}: views and decisions are audited in this '
+            'name.</span> <button type="submit" id="sign-out">Sign out</button></form>'
+        )
+    return (
+        f'<form method="post" action="/signin"><input type="hidden" name="next" value="/studies/{uid}">'
+        '<span class="muted">Reviewers: sign in so that views are audited in your name.</span> '
+        '<input type="password" name="token" placeholder="reviewer token" required autocomplete="off"> '
+        '<button type="submit" id="sign-in">Sign in</button></form>'
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -15,6 +15,9 @@ Routes:
   ``decide``) and ``comment``: record the decision (:mod:`miemss_node.review.decide`). 403 without
   a reviewer's token, 409 when nothing awaits review or the decision does not cover every finding.
   Every study page view and every review request, refused ones included, goes to the audit log.
+- ``POST /signin`` with ``token`` and ``next`` (a dashboard path): a reviewer's token becomes the
+  HttpOnly, SameSite=Strict cookie :data:`REVIEWER_COOKIE`, so their page views are audited in their
+  name and their review form needs no token; ``POST /signout`` removes it.
 
 waitress reads requests in one event loop and hands only complete requests to its threads, so
 slow or idle clients cost a socket, not a thread; it closes connections idle for
@@ -36,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterable
 from html import escape
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -63,6 +67,14 @@ _THUMB_PATH = re.compile(r"^/thumbs/([0-9]{1,12})/(image-[0-9]{1,6}-(?:overlay|h
 _RETRY_PATH = re.compile(r"^/deliveries/([0-9]{1,12})/retry$")
 _REVIEW_PATH = re.compile(r"^/studies/([0-9.]{1,64})/review$")
 _FINDING_FIELD = re.compile(r"^finding-([0-9]{1,6})$")
+#: Where sign-in and sign-out may send the browser back to: a dashboard page, nothing else.
+_NEXT_PATH = re.compile(r"^/(?:studies/([0-9.]{1,64}))?$")
+
+#: The cookie holding a signed-in reviewer's token (sent only to this server, never to scripts).
+REVIEWER_COOKIE = "miemss_reviewer"
+
+#: How long a sign-in lasts, in seconds (a working day).
+SIGN_IN_SECONDS = 8 * 3600
 
 #: Largest request body read (the retry form), in bytes.
 MAX_BODY_BYTES = 4096
@@ -242,13 +254,14 @@ class HttpServer:
         DASHBOARD_RETRIES.inc()
         return HTTPStatus.SEE_OTHER, f"delivery to {destination} queued again", study_uid
 
-    def review(self, study_uid: str, form: dict[str, list[str]]) -> tuple[int, str]:
-        """Check the reviewer's token and record their decision: (status, message).
+    def review(self, study_uid: str, form: dict[str, list[str]], cookie_token: str = "") -> tuple[int, str]:
+        """Check the reviewer's token (the form's, else the sign-in cookie's) and record their decision:
+        (status, message).
 
         Every outcome is audited: a refusal (no or wrong token: 403; a decision that cannot be
         recorded: 409) with the reason, a decision with the finding numbers.
         """
-        token = form.get("token", [""])[0]
+        token = form.get("token", [""])[0] or cookie_token
         reviewer = reviewer_for_token(self.reviewers, token)
         if reviewer is None:
             reason = "no token given" if not token else "wrong token"
@@ -293,12 +306,27 @@ class HttpServer:
         )
 
 
+    def sign_in(self, form: dict[str, list[str]]) -> Response:
+        """A reviewer's token becomes the sign-in cookie; a wrong one is refused (403) and audited."""
+        back = form.get("next", ["/"])[0]
+        match = _NEXT_PATH.match(back)
+        back, study_uid = (back, match.group(1) or "") if match else ("/", "")
+        token = form.get("token", [""])[0]
+        reviewer = reviewer_for_token(self.reviewers, token)
+        if reviewer is None:
+            reason = "sign-in: no token given" if not token else "sign-in: wrong token"
+            self.audit.write(action="refused", study_uid=study_uid, reviewer=None, via="dashboard", reason=reason)
+            return _error(HTTPStatus.FORBIDDEN, reason)
+        self.audit.write(action="signin", study_uid=study_uid, reviewer=reviewer.name, via="dashboard")
+        cookie = f"{REVIEWER_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SIGN_IN_SECONDS}"
+        return HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": back, "Set-Cookie": cookie}
+
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The WSGI application."""
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
         if method in ("GET", "HEAD"):
-            status, body, content_type, headers = self._get(path, environ.get("QUERY_STRING", ""))
+            status, body, content_type, headers = self._get(path, environ.get("QUERY_STRING", ""), _cookie_token(environ))
         elif method == "POST":
             status, body, content_type, headers = self._post(path, environ)
         else:
@@ -309,7 +337,7 @@ class HttpServer:
         start_response(f"{int(status)} {reason}", response_headers)
         return [b"" if method == "HEAD" else body]
 
-    def _get(self, path: str, query: str) -> Response:
+    def _get(self, path: str, query: str, cookie_token: str = "") -> Response:
         try:
             if path == "/metrics":
                 return HTTPStatus.OK, exposition(self.metrics_registry), CONTENT_TYPE_LATEST, {}
@@ -321,13 +349,15 @@ class HttpServer:
                     return _html(HTTPStatus.OK, self.dashboard.index(session))
             if match := _STUDY_PATH.match(path):
                 notice = parse_qs(query).get("notice", [""])[0][:200]
+                reviewer = reviewer_for_token(self.reviewers, cookie_token)
+                name = None if reviewer is None else reviewer.name
                 with self.sessions() as session:
                     study = repository.study_by_uid(session, match.group(1))
                     if study is None:
                         return _error(HTTPStatus.NOT_FOUND, "No such study.")
-                    html = self.dashboard.study(session, study, notice=notice)
-                # The page is read without a token, so a view names no reviewer.
-                self.audit.write(action="view", study_uid=match.group(1), reviewer=None, via="dashboard")
+                    html = self.dashboard.study(session, study, notice=notice, reviewer=name)
+                # The page is read without a token too: a view names its reviewer when one signed in.
+                self.audit.write(action="view", study_uid=match.group(1), reviewer=name, via="dashboard")
                 return _html(HTTPStatus.OK, html)
             if match := _THUMB_PATH.match(path):
                 with self.sessions() as session:
@@ -348,7 +378,7 @@ class HttpServer:
     def _post(self, path: str, environ: dict[str, Any]) -> Response:
         match = _RETRY_PATH.match(path)
         review = _REVIEW_PATH.match(path)
-        if match is None and review is None:
+        if match is None and review is None and path not in ("/signin", "/signout"):
             return _error(HTTPStatus.NOT_FOUND, "Not found.")
         try:
             length = int(environ.get("CONTENT_LENGTH") or "0")
@@ -357,10 +387,17 @@ class HttpServer:
         if not 0 <= length <= MAX_BODY_BYTES:
             return _error(HTTPStatus.BAD_REQUEST, "Bad request body.")
         form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", errors="replace"))
+        if path == "/signin":
+            return self.sign_in(form)
+        if path == "/signout":
+            back = form.get("next", ["/"])[0]
+            location = back if _NEXT_PATH.match(back) else "/"
+            cookie = f"{REVIEWER_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            return HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": location, "Set-Cookie": cookie}
         if review is not None:
             study_uid = review.group(1)
             try:
-                status, message = self.review(study_uid, form)
+                status, message = self.review(study_uid, form, _cookie_token(environ))
             except SQLAlchemyError:
                 return _error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
             if status == HTTPStatus.SEE_OTHER:
@@ -374,6 +411,17 @@ class HttpServer:
         if status == HTTPStatus.SEE_OTHER:
             return status, b"", "text/plain", {"Location": f"/studies/{study_uid}?notice={quote(message)}"}
         return _error(status, message)
+
+
+def _cookie_token(environ: dict[str, Any]) -> str:
+    """The token of the sign-in cookie, or "" (also for a malformed Cookie header)."""
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(environ.get("HTTP_COOKIE", ""))
+    except CookieError:
+        return ""
+    morsel = cookies.get(REVIEWER_COOKIE)
+    return "" if morsel is None else morsel.value
 
 
 def _html(status: int, body: bytes) -> Response:

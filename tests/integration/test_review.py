@@ -287,13 +287,17 @@ def test_dashboard_review_needs_a_reviewer_token_and_reject_all_follows_each_des
         assert shot.stat().st_size > 10_000
         if os.environ.get(SCREENSHOT_ENV):
             shutil.copy(shot, os.environ[SCREENSHOT_ENV])
-        browser.type_into("input[name=token]", "not-a-reviewer-token")
+        browser.type_into("form.review input[name=token]", "not-a-reviewer-token")
         browser.click("#review-reject-all", navigates=True)
         assert "403" in browser.text() and "wrong token" in browser.text()
         assert [state for _v, _d, state in deliveries_of(running.node, uid)].count(DeliveryState.AWAITING_REVIEW) == 2
+        # Signed in, the reviewer's views are audited in their name and the form asks for no token.
         browser.goto(page_url)
+        browser.type_into('form[action="/signin"] input[name=token]', OTHER_TOKEN)
+        browser.click("#sign-in", navigates=True)
+        assert browser.url() == page_url and "Signed in as bjones" in browser.text()
+        assert browser.evaluate("document.querySelector('form.review input[name=token]') === null")
         browser.type_into("textarea[name=comment]", "Both are normal anatomy.")
-        browser.type_into("input[name=token]", OTHER_TOKEN)
         browser.click("#review-reject-all", navigates=True)
         assert browser.url().startswith(page_url)
         assert "decision of bjones recorded: accepted none; rejected 1, 2" in browser.text()
@@ -314,7 +318,9 @@ def test_dashboard_review_needs_a_reviewer_token_and_reject_all_follows_each_des
     refused = [e for e in entries if e["action"] == "refused"]
     assert {e["reason"] for e in refused} >= {"wrong token", "no token given"}
     assert all(e["reviewer"] is None for e in refused)
-    assert any(e["action"] == "view" for e in entries)
+    views = [e["reviewer"] for e in entries if e["action"] == "view"]
+    assert None in views and "bjones" in views  # before and after signing in
+    assert [e["reviewer"] for e in entries if e["action"] == "signin"] == ["bjones"]
     decision = [e for e in entries if e["action"] == "decision"]
     assert len(decision) == 1 and decision[0]["reviewer"] == "bjones" and decision[0]["rejected"] == [1, 2]
     assert decision[0]["comment"] is True and "normal anatomy" not in json.dumps(entries)

@@ -268,3 +268,26 @@ def test_the_review_form_decides_per_finding_and_every_finding_needs_a_decision(
         assert [(f.number, ok) for f, ok in repository.decided_findings(session)] == [(1, False), (2, True)]
     entries = read_audit_log(tmp_path / "review-audit.jsonl")
     assert [(e["action"], e["reviewer"]) for e in entries] == [("refused", "jsmith"), ("decision", "jsmith")]
+
+
+def test_sign_in_sets_a_cookie_that_stands_in_for_the_token(
+    sessions: sessionmaker[Session],  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    from miemss_node.config import HttpSettings
+    from miemss_node.web.server import REVIEWER_COOKIE, HttpServer, _cookie_token
+
+    held_job(sessions)
+    reviewers = (replace_reviewer("jsmith", hash_token(TOKEN)),)
+    server = HttpServer(HttpSettings(), sessions, tmp_path, receiver_problem=lambda: None, reviewers=reviewers)
+    status, _, _, headers = server.sign_in({"token": [TOKEN], "next": ["https://elsewhere.example/"]})
+    assert status == 303 and headers["Location"] == "/"  # never sent off the dashboard
+    assert headers["Set-Cookie"].startswith(f"{REVIEWER_COOKIE}={TOKEN};") and "HttpOnly" in headers["Set-Cookie"]
+    assert "SameSite=Strict" in headers["Set-Cookie"]
+    assert server.sign_in({"token": ["wrong-token-0123456789"], "next": ["/studies/1.2.3"]})[0] == 403
+    assert _cookie_token({"HTTP_COOKIE": f"other=1; {REVIEWER_COOKIE}={TOKEN}"}) == TOKEN
+    assert _cookie_token({"HTTP_COOKIE": 'bad"cookie'}) == ""
+    status, message = server.review("1.2.3", {"action": ["accept_all"]}, cookie_token=TOKEN)
+    assert status == 303 and "accepted 1, 2" in message
+    actions = [(e["action"], e["reviewer"], e["study_uid"]) for e in read_audit_log(tmp_path / "review-audit.jsonl")]
+    assert actions == [("signin", "jsmith", ""), ("refused", None, "1.2.3"), ("decision", "jsmith", "1.2.3")]
