@@ -127,6 +127,35 @@ def _build_parser() -> argparse.ArgumentParser:
     resend.add_argument("study_uid")
     resend.add_argument("--destination", help="name of one destination (default: all of the job's)")
 
+    review = command(
+        "review", _review, "accept or reject the findings of a study held for review; the reviewed version is then sent"
+    )
+    with_config(review, required=True)
+    review.add_argument("study_uid", help="Study Instance UID of the study awaiting review")
+    verdict = review.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--accept", action="store_true", help="accept the findings (all, or those of --finding)")
+    verdict.add_argument("--reject", action="store_true", help="reject the findings (all, or those of --finding)")
+    review.add_argument(
+        "--finding",
+        type=int,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="N",
+        help="finding numbers (as on the study page) the decision is for; the others get the opposite one",
+    )
+    review.add_argument("--comment", help="a note for the reviewed report (goes into the SR, not into logs)")
+    review.add_argument("--reviewer", required=True, help="your name as in a [[reviewers]] table of the config")
+
+    reviewer = command("reviewer", _reviewer_token, "reviewers of held results")
+    reviewer_commands = reviewer.add_subparsers(title="reviewer commands", required=True, metavar="REVIEWER_COMMAND")
+    reviewer_token = reviewer_commands.add_parser(
+        "token", help="make a reviewer's token; prints it once and the [[reviewers]] table (with its hash) for the config"
+    )
+    reviewer_token.set_defaults(func=_reviewer_token)
+    reviewer_token.add_argument("name", help="the reviewer's short name (e.g. jsmith)")
+    reviewer_token.add_argument("--person-name", required=True, help='DICOM Person Name, e.g. "Smith^Jane"')
+
     health = command("healthcheck", _healthcheck, "C-ECHO the node's receiver; exit 0 when it answers")
     with_config(health)
 
@@ -272,6 +301,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from miemss_node.pipeline.models import NO_MODELS, load_models
 
     config = _load(args)
+    if args.feedback:
+        from miemss_node.evaluate.command import run_feedback
+
+        return run_feedback(args, config)
     # Real films run through the node's models, as the node runs them (chest classifier: AUC per pathology).
     real = args.zones is not None or args.labels is not None
     return run_evaluate(args, config.pipeline, load_models(config.models) if real else NO_MODELS)
@@ -292,7 +325,7 @@ def _reference_chest(args: argparse.Namespace) -> int:
 def _reference_fit(args: argparse.Namespace) -> int:
     from miemss_node.evaluate.command import run_reference_fit
 
-    return run_reference_fit(args, _load(args).pipeline)
+    return run_reference_fit(args, _load(args))
 
 
 def _models_check(args: argparse.Namespace) -> int:
@@ -417,6 +450,53 @@ def _resend(args: argparse.Namespace) -> int:
         print(f"miemss-node: no results to resend for study {args.study_uid}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{count} delivery(ies) of study {args.study_uid} queued again; the running node sends them")
+    return EXIT_OK
+
+
+def _review(args: argparse.Namespace) -> int:
+    from miemss_node.queue.db import create_database_engine, session_factory
+    from miemss_node.review.audit import AuditLog
+    from miemss_node.review.decide import record_decision
+    from miemss_node.review.reviewers import reviewer_named
+
+    config = _load(args)
+    reviewer = reviewer_named(config.reviewers, args.reviewer)
+    if reviewer is None:
+        known = ", ".join(r.name for r in config.reviewers) or "none configured"
+        print(f"miemss-node: unknown reviewer {args.reviewer!r} (the config's [[reviewers]]: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    engine = create_database_engine(config.database_url)
+    try:
+        decision = record_decision(
+            session_factory(engine),
+            AuditLog(config.audit_log_path),
+            study_uid=args.study_uid,
+            reviewer=reviewer,
+            via="cli",
+            max_attempts=config.worker.max_attempts,
+            comment=args.comment,
+            accept=bool(args.accept),
+            listed=args.finding,
+        )
+    finally:
+        engine.dispose()
+    accepted = ", ".join(str(n) for n in decision.accepted) or "none"
+    rejected = ", ".join(str(n) for n in decision.rejected) or "none"
+    print(f"study {decision.study_uid}: finding(s) accepted {accepted}; rejected {rejected}")
+    print(f"job {decision.review_job_id} queued to encode the reviewed version; the running node sends it")
+    return EXIT_OK
+
+
+def _reviewer_token(args: argparse.Namespace) -> int:
+    from miemss_node.review.reviewers import new_token, reviewer_table
+
+    if "^" not in args.person_name:
+        print('miemss-node: --person-name must be a DICOM Person Name such as "Smith^Jane"', file=sys.stderr)
+        return EXIT_USAGE
+    token = new_token()
+    print(f"token for {args.name} (give it to them; it is not stored anywhere): {token}")
+    print("add to the node's config.toml:\n")
+    print(reviewer_table(args.name, args.person_name, token))
     return EXIT_OK
 
 

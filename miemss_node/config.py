@@ -147,6 +147,42 @@ class Destination:
     tls: bool = False
     #: The result types this destination gets (see :data:`RESULT_TYPES`).
     result_types: tuple[str, ...] = DEFAULT_RESULT_TYPES
+    #: Hold this destination's results until a reviewer decides (``miemss-node review`` or the
+    #: dashboard); it then gets the reviewed version, holding only the accepted findings.
+    review: bool = False
+    #: What a review destination gets when every finding is rejected: "report" (a short SR that
+    #: says so) or "nothing" (see :data:`ALL_REJECTED_CHOICES`).
+    all_rejected: str = "report"
+
+
+#: Values of a destination's ``all_rejected``.
+ALL_REJECTED_CHOICES = ("report", "nothing")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reviewer:
+    """A person who may accept or reject findings (one ``[[reviewers]]`` table).
+
+    Only a SHA-256 of the reviewer's token is stored (``miemss-node reviewer token NAME`` makes a
+    token and prints the table); the token itself is a random secret, so a fast hash is enough.
+    """
+
+    #: Short name, as in ``miemss-node review --reviewer NAME`` and the audit log.
+    name: str
+    #: DICOM Person Name of the Verifying Observer, e.g. "Smith^Jane" (family^given).
+    person_name: str
+    #: Hex SHA-256 of the reviewer's dashboard token.
+    token_sha256: str
+    #: Verifying Organization of the reviewed SR; "" uses ``[results] institution_name``.
+    organization: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewSettings:
+    """The review loop (``[review]``)."""
+
+    #: JSON-lines audit log of study page views and review decisions; "" = ``<storage_dir>/review-audit.jsonl``.
+    audit_log: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,8 +285,19 @@ class Config:
     tls: TlsSettings = field(default_factory=TlsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
+    reviewers: tuple[Reviewer, ...] = ()
     #: The file this came from, None for the built-in defaults.
     source: Path | None = None
+
+    @property
+    def audit_log_path(self) -> Path:
+        """Where the review audit log is written."""
+        return Path(self.review.audit_log) if self.review.audit_log else self.node.storage_dir / "review-audit.jsonl"
+
+    def destination(self, name: str) -> Destination | None:
+        """The configured destination of this name, if any."""
+        return next((d for d in self.destinations if d.name == name), None)
 
     @property
     def database_url(self) -> str:
@@ -271,6 +318,7 @@ _SECTIONS: dict[str, type] = {
     "tls": TlsSettings,
     "http": HttpSettings,
     "models": ModelSettings,
+    "review": ReviewSettings,
 }
 
 
@@ -315,7 +363,7 @@ def load_config(
     for (section, key), value in (overrides or {}).items():
         raw.setdefault(section, {})[key] = value
 
-    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    unknown = set(raw) - set(_SECTIONS) - {"destinations", "reviewers"}
     problems += [f"unknown section [{name}]" for name in sorted(unknown)]
 
     modality_tables = _pop_modality_tables(raw.get("pipeline"), problems)
@@ -329,16 +377,25 @@ def load_config(
     sections["models"] = replace(sections["models"], chest_thresholds=chest_thresholds)
     sections["pipeline"] = _with_modalities(sections["pipeline"], modality_tables, base_dir, problems)
     destinations = _build_destinations(raw.get("destinations", []), problems)
+    reviewers = _build_reviewers(raw.get("reviewers", []), problems)
     node: NodeSettings = sections["node"]
     node = _resolve_paths(node, base_dir)
     sections["node"] = node
     sections["tls"] = _resolve_tls(sections["tls"], base_dir)
     sections["models"] = _resolve_models(sections["models"], base_dir)
+    review: ReviewSettings = sections["review"]
+    if review.audit_log:
+        sections["review"] = replace(review, audit_log=str((base_dir / review.audit_log).resolve()))
 
     _validate(sections, destinations, problems)
+    if any(d.review for d in destinations) and not reviewers:
+        problems.append(
+            "[[destinations]] with review = true need at least one [[reviewers]] table "
+            "(`miemss-node reviewer token NAME` prints one); otherwise nothing could release their results"
+        )
     if problems:
         raise ConfigError(problems)
-    return Config(**sections, destinations=destinations, source=source)
+    return Config(**sections, destinations=destinations, reviewers=reviewers, source=source)
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> None:
@@ -408,28 +465,69 @@ def _coerce(value: Any, kind: str) -> Any:
     raise TypeError(f"no coercion for annotation {kind}")
 
 
-def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
-    """Build every ``[[destinations]]`` table; ``name`` defaults to the AE title."""
+def _build_tables(
+    label: str, cls: type, tables: Any, required: tuple[str, ...], problems: list[str], defaults: Any = None
+) -> list[Any]:
+    """Build every table of an array of tables (``[[label]]``) as ``cls``; ``defaults(table)`` adds
+    default values taken from the table itself. A table with a problem is left out (and listed)."""
     if not isinstance(tables, list):
-        problems.append("[[destinations]] must be an array of tables")
-        return ()
+        problems.append(f"[[{label}]] must be an array of tables")
+        return []
     result = []
     for index, table in enumerate(tables, start=1):
-        where = f"[[destinations]] #{index}"
+        where = f"[[{label}]] #{index}"
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table")
             continue
-        missing = [key for key in ("ae_title", "host", "port") if key not in table]
+        missing = [key for key in required if key not in table]
         problems += [f"{where} missing {key!r}" for key in missing]
         if missing:
             continue
         before = len(problems)
-        destination = _build_section(where, Destination, {"name": table["ae_title"], **table}, problems)
+        built = _build_section(where, cls, {**(defaults(table) if defaults else {}), **table}, problems)
         if len(problems) == before:
-            result.append(destination)
-    names = [d.name for d in result]
-    problems += [f"[[destinations]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+            result.append((where, built))
+    names = [item.name for _where, item in result]
+    problems += [f"[[{label}]] name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    return result
+
+
+def _build_destinations(tables: Any, problems: list[str]) -> tuple[Destination, ...]:
+    """Build every ``[[destinations]]`` table; ``name`` defaults to the AE title."""
+    built = _build_tables(
+        "destinations", Destination, tables, ("ae_title", "host", "port"), problems, lambda t: {"name": t["ae_title"]}
+    )
+    return tuple(destination for _where, destination in built)
+
+
+def _build_reviewers(tables: Any, problems: list[str]) -> tuple[Reviewer, ...]:
+    """Build every ``[[reviewers]]`` table, checking names, person names and token hashes."""
+    result = []
+    for where, reviewer in _build_tables("reviewers", Reviewer, tables, ("name", "person_name", "token_sha256"), problems):
+        found = _reviewer_problems(reviewer)
+        problems += [f"{where} {problem}" for problem in found]
+        if not found:
+            result.append(reviewer)
+    hashes = [r.token_sha256.lower() for r in result]
+    if len(set(hashes)) != len(hashes):
+        problems.append("[[reviewers]] two reviewers share a token: give each their own")
     return tuple(result)
+
+
+def _reviewer_problems(reviewer: Reviewer) -> list[str]:
+    problems = []
+    if not reviewer.name.strip() or len(reviewer.name) > 64 or not reviewer.name.isprintable():
+        problems.append(f"name {reviewer.name!r} must be 1-64 printable characters")
+    if "^" not in reviewer.person_name or len(reviewer.person_name) > 64 or "\\" in reviewer.person_name:
+        problems.append(
+            f"person_name {reviewer.person_name!r} must be a DICOM Person Name such as \"Smith^Jane\" (family^given)"
+        )
+    digest = reviewer.token_sha256
+    if len(digest) != 64 or any(char not in "0123456789abcdefABCDEF" for char in digest):
+        problems.append("token_sha256 must be 64 hex digits (`miemss-node reviewer token NAME` prints one)")
+    if len(reviewer.organization) > 64:
+        problems.append("organization must be at most 64 characters (VR LO)")
+    return problems
 
 
 def _resolve_tls(tls: TlsSettings, base_dir: Path) -> TlsSettings:
@@ -525,6 +623,11 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         if not destination.result_types:
             known = ", ".join(RESULT_TYPES)
             problems.append(f"[[destinations]] #{index} result_types must name at least one of {known}")
+        if destination.all_rejected not in ALL_REJECTED_CHOICES:
+            problems.append(
+                f"[[destinations]] #{index} all_rejected {destination.all_rejected!r} is not one of "
+                f"{', '.join(ALL_REJECTED_CHOICES)}"
+            )
 
     _validate_tls(sections["tls"], destinations, problems)
     _validate_models(sections["models"], problems)

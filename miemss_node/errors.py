@@ -85,3 +85,7 @@ class SendError(MiemssError):
         self.status = status
         self.retryable = retryable
         super().__init__(message)
+
+
+class ReviewError(MiemssError):
+    """A review decision could not be recorded: see the reason (study, finding numbers, reviewer)."""

@@ -6,7 +6,8 @@ Two kinds of numbers, exposed together on ``/metrics`` (:mod:`miemss_node.web.se
   outcome, dashboard retries). Each counter is incremented next to the log line of the same event,
   so a counter and a ``grep`` of its action agree. They start at zero when the process starts.
 - Numbers read from the database at scrape time by :class:`DatabaseCollector`: jobs by state,
-  queue depth, deliveries by state, and the pipeline's stage durations. Workers run in child
+  queue depth, deliveries by state, studies awaiting review and the oldest wait, and the
+  pipeline's stage durations. Workers run in child
   processes (and, with PostgreSQL, on other hosts); they record each stage's duration in the
   ``stage_durations`` table, so ``/metrics`` shows every worker's timings without sharing memory
   (no ``PROMETHEUS_MULTIPROC_DIR`` needed).
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from miemss_node.clock import utcnow
 from miemss_node.queue import repository
 from miemss_node.queue.models import DeliveryState, JobState
 
@@ -80,8 +82,9 @@ class DatabaseCollector(Collector):
 
     Yields ``miemss_database_up`` (1, or 0 when the query failed, in which case nothing else is
     yielded), ``miemss_jobs{state}``, ``miemss_queue_depth{queue}`` (queued jobs and pending
-    deliveries), ``miemss_delivery_states{state}`` and the histogram
-    ``miemss_stage_duration_seconds{stage}``.
+    deliveries), ``miemss_delivery_states{state}``, ``miemss_review_awaiting`` (jobs with results held
+    for review), ``miemss_review_oldest_wait_seconds`` (how long the longest-held results have
+    waited; 0 when none wait) and the histogram ``miemss_stage_duration_seconds{stage}``.
     """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
@@ -99,6 +102,8 @@ class DatabaseCollector(Collector):
                 jobs = repository.job_counts(session)
                 deliveries = repository.delivery_counts(session)
                 histograms = repository.stage_histograms(session, STAGE_BUCKETS)
+                awaiting = repository.awaiting_review_count(session)
+                oldest = repository.oldest_review_since(session)
         except SQLAlchemyError as exc:
             logger.warning(
                 "metrics: database did not answer (%s)",
@@ -126,6 +131,15 @@ class DatabaseCollector(Collector):
         for delivery_state in DeliveryState:
             delivery_states.add_metric([delivery_state.value], deliveries.get(delivery_state, 0))
         yield delivery_states
+        yield GaugeMetricFamily(
+            "miemss_review_awaiting", "Jobs whose results are held until a reviewer decides.", value=awaiting
+        )
+        wait = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+        yield GaugeMetricFamily(
+            "miemss_review_oldest_wait_seconds",
+            "How long the results held longest for review have waited (0 when none wait).",
+            value=wait,
+        )
         stages = HistogramMetricFamily(
             "miemss_stage_duration_seconds",
             "Duration of each pipeline stage per image or frame, and of each job's encoding, "

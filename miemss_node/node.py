@@ -204,6 +204,9 @@ class Node:
             self.config.node.storage_dir,
             receiver_problem=self.receiver_problem,
             disk_problem=self.disk_problem,
+            reviewers=self.config.reviewers,
+            audit_log=self.config.audit_log_path,
+            max_attempts=self.config.worker.max_attempts,
         )
         self.http.start()
 

@@ -12,8 +12,8 @@ from pydicom import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
-from miemss_node.config import DEFAULT_RESULT_TYPES, Config
-from miemss_node.encode.context import PredecessorDocument
+from miemss_node.config import DEFAULT_RESULT_TYPES, Config, Destination
+from miemss_node.encode.context import PredecessorDocument, Verification
 from miemss_node.encode.ko import key_image_index
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import load_templates
@@ -36,6 +36,14 @@ from miemss_node.queue import repository
 from miemss_node.queue.lease import LeaseKeeper, lease_owner_id
 from miemss_node.queue.models import Job, JobState
 from miemss_node.queue.retry import PROGRAMMING_ERRORS, RetryDecision, RetryPolicy
+from miemss_node.review.findings import (
+    all_rejected,
+    finding_records,
+    keep_accepted,
+    review_statement,
+    reviewed_report,
+)
+from miemss_node.review.reviewers import reviewer_named
 from miemss_node.storage import StorageLayout, free_bytes, write_atomically
 from miemss_node.thumbnails import write_thumbnails
 
@@ -49,6 +57,9 @@ class NothingToProcess(MiemssError):
 #: Job errors that fail at once: building our objects or reading our templates fails the same way
 #: again, and so does a bug in our code. Everything else is retried up to ``max_attempts``.
 PERMANENT_JOB_ERRORS: tuple[type[BaseException], ...] = (EncodeError, TemplateError, ConfigError, *PROGRAMMING_ERRORS)
+
+#: Verifying Organization of a reviewed SR when neither the reviewer nor ``[results]`` names one.
+UNKNOWN_ORGANIZATION = "Organization not configured"
 
 #: Job errors that wait, without using up attempts, until the resource is back.
 WAITING_JOB_ERRORS: tuple[type[BaseException], ...] = (OutOfSpaceError,)
@@ -126,9 +137,19 @@ class Worker:
             if job is None:
                 return 0
             study = repository.study_of_job(session, job)
-            instances = [(i.sop_instance_uid, i.path) for i in repository.study_instances(session, study.id)]
+            plan = repository.review_plan(session, job)
+            # A reviewed version is made from the images the reviewed job analysed, not later ones.
+            received_by = None
+            if job.reviewed_job_id is not None:
+                received_by = repository.job_encoded_at(session, job.reviewed_job_id)
+            stored = repository.study_instances(session, study.id, received_by=received_by)
+            instances = [(i.sop_instance_uid, i.path) for i in stored]
             study_uid = study.study_instance_uid
-            previous = repository.previous_report(session, job)
+            # A reviewed version supersedes the version reviewed; any other the study's latest.
+            if plan is not None and job.reviewed_job_id is not None:
+                previous = repository.job_report(session, job.reviewed_job_id)
+            else:
+                previous = repository.previous_report(session, job)
             predecessor = None if previous is None else predecessor_document(study_uid, *previous)
         extra = {"job_id": job.id, "study_uid": study_uid, "worker": self.owner}
         logger.info("job %d started (attempt %d)", job.id, job.attempts, extra={"action": "job.started", **extra})
@@ -138,14 +159,14 @@ class Worker:
         with LeaseKeeper(lambda: self._renew(job.id), lease / 3, name=f"lease of job {job.id}"):
             try:
                 self._check_free_space()
-                results = self._process(job, study_uid, instances, timings, predecessor)
+                results, findings = self._process(job, study_uid, instances, timings, predecessor, plan)
             except NothingToProcess as exc:
-                self._finish(job, [], extra, started, note=str(exc))
+                self._finish(job, [], extra, started, note=str(exc), plan=plan)
                 return 1
             except Exception as exc:  # noqa: BLE001 - the job's error boundary: recorded, then the policy decides
                 self._fail(job, exc, extra)
                 return 1
-        self._finish(job, results, extra, started, timings=timings)
+        self._finish(job, results, extra, started, timings=timings, plan=plan, findings=findings)
         return 1
 
     def _renew(self, job_id: int) -> bool:
@@ -165,10 +186,35 @@ class Worker:
                 free_bytes=free,
             )
 
-    def result_kinds(self) -> frozenset[str]:
-        """The result types to encode: every type some destination gets (the default with none)."""
-        wanted = {kind for destination in self.config.destinations for kind in destination.result_types}
+    def result_kinds(self, plan: repository.ReviewPlan | None = None) -> frozenset[str]:
+        """The result types to encode: every type some destination gets (the default with none).
+
+        A reviewed version is for the destinations whose results were held; when every finding was
+        rejected it is the short SR that says so.
+        """
+        destinations = self.config.destinations if plan is None else self._released(plan)
+        if plan is not None and all_rejected(plan):
+            return frozenset({"SR"})
+        wanted = {kind for destination in destinations for kind in destination.result_types}
         return frozenset(wanted or DEFAULT_RESULT_TYPES)
+
+    def _released(self, plan: repository.ReviewPlan) -> list[Destination]:
+        """The configured destinations a review released held results for."""
+        found = (self.config.destination(name) for name in plan.destinations)
+        return [destination for destination in found if destination is not None]
+
+    def _verification(self, plan: repository.ReviewPlan) -> tuple[Verification, str]:
+        """The SR's Verifying Observer for a review, and the review in words."""
+        reviewer = reviewer_named(self.config.reviewers, plan.reviewer)
+        # A reviewer removed from the config since keeps their name (a single-component Person Name).
+        person = reviewer.person_name if reviewer is not None else f"{plan.reviewer}^"
+        organization = (
+            (reviewer.organization if reviewer is not None else "")
+            or self.config.results.institution_name
+            or UNKNOWN_ORGANIZATION
+        )
+        verification = Verification(observer_name=person, organization=organization, verified_at=plan.decided_at)
+        return verification, review_statement(plan, person, organization)
 
     def _process(
         self,
@@ -177,25 +223,38 @@ class Worker:
         instances: list[tuple[str, str]],
         timings: list[tuple[str, float]],
         predecessor: PredecessorDocument | None,
-    ) -> list[repository.ResultRecord]:
-        """Analyse, encode and write a job's results; ``timings`` receives (stage, seconds) pairs."""
+        plan: repository.ReviewPlan | None = None,
+    ) -> tuple[list[repository.ResultRecord], list[repository.FindingRecord]]:
+        """Analyse, encode and write a job's results; ``timings`` receives (stage, seconds) pairs.
+
+        Returns the written results and the findings a reviewer may decide on (none for a reviewed
+        version, which holds only the accepted findings of the version reviewed).
+        """
         work = self._analyse(instances)
         if not work.analyses:
             reasons = "; ".join(f"{uid}: {reason}" for uid, reason in work.skipped)
             raise NothingToProcess(f"no processable image in study {study_uid} ({reasons})")
+        findings = finding_records(work.analyses) if plan is None else []
+        verification = statement = None
+        if plan is not None:
+            work.analyses = keep_accepted(work.analyses, plan)
+            verification, statement = self._verification(plan)
         # One caption per study, of its key image (each costs seconds on a CPU).
         work.analyses = caption_key_image(work.analyses, key_image_index(work.analyses), self.models.blip)
         report = build_report(work.analyses, caption=study_caption(work.analyses), models=self.model_runs())
         report = with_skipped_instances(report, work.skipped)
+        if statement is not None:
+            report = reviewed_report(report, statement)
         context = EncodeContext(
             job_key=job_key(study_uid, job.version),
             series_numbers=self.config.results.series_number_map(),
             version=job.version,
             predecessor=predecessor,
-            kinds=self.result_kinds(),
+            kinds=self.result_kinds(plan),
             institution_name=self.config.results.institution_name or None,
             # The report's models: these and the reference model that scored the patches, if any.
             models=report.models,
+            verification=verification,
         )
         timings.extend((stage, seconds) for a in work.analyses for stage, seconds in a.stage_seconds.items())
         encoding = time.perf_counter()
@@ -203,7 +262,7 @@ class Worker:
         timings.append(("encode", time.perf_counter() - encoding))
         self._check_free_space()
         self._write_thumbnails(job, study_uid, work)
-        return [self._write_result(job, study_uid, item.kind, item.dataset) for item in encoded]
+        return [self._write_result(job, study_uid, item.kind, item.dataset) for item in encoded], findings
 
     def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork) -> None:
         """Save the dashboard's thumbnails beside the results; a failure only costs the pictures."""
@@ -272,10 +331,25 @@ class Worker:
         started: float,
         note: str = "",
         timings: list[tuple[str, float]] | None = None,
+        plan: repository.ReviewPlan | None = None,
+        findings: list[repository.FindingRecord] | None = None,
     ) -> None:
         # A destination gets a delivery only when some result is of a type it takes.
         kinds = {result.kind for result in results}
-        destinations = [d.name for d in self.config.destinations if kinds & set(d.result_types)]
+        if plan is None:
+            wanted = [d for d in self.config.destinations if kinds & set(d.result_types)]
+            destinations = [d.name for d in wanted if not d.review]
+            held = [d.name for d in wanted if d.review]
+        else:
+            # The reviewed version goes where results were held, unless every finding was rejected
+            # and the destination asked for nothing then.
+            nothing = all_rejected(plan)
+            destinations = [
+                d.name
+                for d in self._released(plan)
+                if kinds & set(d.result_types) and not (nothing and d.all_rejected == "nothing")
+            ]
+            held = []
         with self.sessions.begin() as session:
             recorded = repository.finish_job_encoded(
                 session,
@@ -285,6 +359,8 @@ class Worker:
                 destinations=destinations,
                 now=utcnow(),
                 note=note,
+                held=held,
+                findings=findings,
             )
             if recorded and timings:
                 # Read by /metrics in the node's main process (workers run in other processes).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.resources.abc import Traversable
 
 from pydicom import Dataset
@@ -51,6 +52,18 @@ class PredecessorDocument:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Verification:
+    """Who verified a reviewed version and when: the SR's Verifying Observer (PS3.3 C.17.2.2)."""
+
+    #: Verifying Observer Name (PN, e.g. "Smith^Jane").
+    observer_name: str
+    #: Verifying Organization (LO).
+    organization: str
+    #: When the reviewer decided (UTC, naive): the Verification DateTime.
+    verified_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class EncodeContext:
     """Everything about a job that the encoders need besides the images and analyses."""
 
@@ -68,6 +81,8 @@ class EncodeContext:
     institution_name: str | None = None
     #: Models that ran; empty means none did, and the SR says so.
     models: tuple[ModelRun, ...] = ()
+    #: Set for a version a reviewer decided on: its SR is VERIFIED by them.
+    verification: Verification | None = None
     pipeline_version: str = miemss_node.__version__
     templates_dir: Traversable = field(default=DEFAULT_TEMPLATES_DIR)
 

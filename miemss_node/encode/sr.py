@@ -23,6 +23,9 @@ Content tree (PS3.16 TID 1500), built with highdicom's templates:
   statements, which models ran (or that none did) and a disclaimer, as TEXT.
 
 The document is UNVERIFIED and PRELIMINARY, and COMPLETE (nothing of the analysis is left out).
+A version a reviewer decided on (``SrRequest.verification``) is VERIFIED and FINAL: its Verifying
+Observer Sequence names the reviewer, their organization and the time of the decision, and its
+text says which findings were accepted and rejected; it holds only the accepted ones.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from highdicom.sr import (
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from miemss_node.encode.context import Verification
 from miemss_node.encode.equipment import (
     DEVICE_OBSERVER_UID,
     Equipment,
@@ -103,6 +107,8 @@ class SrRequest:
     predecessors: tuple[Dataset, ...] = ()
     #: How a chest classifier's output is coded; needed when an image has pathology probabilities.
     pathologies: PathologiesTemplate | None = None
+    #: The review of a reviewed version; None for the AI's own (unverified) results.
+    verification: Verification | None = None
 
 
 def image_name(entry: ImageEntry) -> str:
@@ -463,7 +469,10 @@ def _texts(request: SrRequest) -> list[tuple[CodedConcept, str]]:
         )
     texts.append((template.models, models_statement(template, request.models)))
     texts.extend((template.models, text) for entry in request.entries if (text := attention_statement(entry)))
-    texts.append((template.models, template.disclaimer))
+    if request.verification is None:
+        texts.append((template.models, template.disclaimer))
+    else:
+        texts.append((template.models, template.reviewed_disclaimer))
     return texts
 
 
@@ -536,6 +545,9 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
     evidence = [entry.source for entry in request.entries]
     evidence.extend(entry.segments.seg for entry in request.entries if entry.segments is not None)
     kwargs: dict[str, Any] = {}
+    verification = request.verification
+    if verification is not None:
+        kwargs.update(verifying_observer_name=verification.observer_name, verifying_organization=verification.organization)
     charset = _character_set(request)
     if charset is not None:
         kwargs["specific_character_set"] = charset
@@ -556,8 +568,9 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
             instance_number=1,
             manufacturer=equipment.manufacturer,
             is_complete=True,
-            is_final=False,
-            is_verified=False,
+            # A verified report is the reviewer's final word on these findings (Preliminary Flag FINAL).
+            is_final=verification is not None,
+            is_verified=verification is not None,
             institution_name=equipment.institution_name,
             series_description=template.series_description,
             manufacturer_model_name=equipment.model_name,
@@ -569,6 +582,10 @@ def build_report(request: SrRequest) -> Comprehensive3DSR:
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodeError(f"SR could not be built: {exc}") from exc
+    if verification is not None:
+        # highdicom stamps the time of construction; the verification happened when the reviewer
+        # decided, and a retried job must write the same value.
+        sr.VerifyingObserverSequence[0].VerificationDateTime = verification.verified_at.strftime("%Y%m%d%H%M%S")
     logger.info(
         "SR encoded with %d measurement group(s)",
         len(groups),

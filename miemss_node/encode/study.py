@@ -288,6 +288,7 @@ def _encode_sr(
             models=context.models,
             predecessors=() if context.predecessor is None else (context.predecessor.as_dataset(),),
             pathologies=templates.pathologies,
+            verification=context.verification,
         )
     )
     return EncodedResult(kind="SR", dataset=sr, source_sop_instance_uids=analysed)

@@ -110,6 +110,8 @@ class ReportTemplate:
     models_ran: str
     references_used: str
     disclaimer: str
+    #: Replaces ``disclaimer`` in a version a reviewer verified.
+    reviewed_disclaimer: str
     region_location: str
     devices_seen: str
     abnormality_scores: str
@@ -371,6 +373,7 @@ def _report_template(document: dict[str, Any]) -> ReportTemplate:
         models_ran=statements["modelsRan"],
         references_used=statements["referencesUsed"],
         disclaimer=statements["disclaimer"],
+        reviewed_disclaimer=statements["reviewedDisclaimer"],
         region_location=statements["regionLocation"],
         devices_seen=statements["devicesSeen"],
         abnormality_scores=statements["abnormalityScores"],

@@ -15,6 +15,7 @@ from miemss_node.errors import MiemssError
 from miemss_node.pipeline.base import PipelineSettings
 
 if TYPE_CHECKING:
+    from miemss_node.config import Config
     from miemss_node.pipeline.models import ModelSet
     from miemss_node.pipeline.reference import ReferenceModel
     from miemss_node.pipeline.xrv_models import AnatomySegmenter
@@ -28,6 +29,18 @@ EXIT_USAGE = 2
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``evaluate`` (``--config`` is added by ``cli.py``)."""
+    feedback = parser.add_argument_group("reviewers' decisions (the node's database, from --config)")
+    feedback.add_argument(
+        "--feedback",
+        action="store_true",
+        help="precision of the findings reviewers decided on, per finding type and score band, and a proposed threshold",
+    )
+    feedback.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.8,
+        help="precision the proposed threshold aims for (default 0.8)",
+    )
     real = parser.add_argument_group("real films (the chest analysis as the node runs it)")
     real.add_argument("--zones", type=Path, help="zone file (JSON): regions on objects, outside the thorax, on the disease")
     real.add_argument(
@@ -124,6 +137,49 @@ def run_evaluate(args: argparse.Namespace, settings: PipelineSettings, models: M
         plot_path = args.output / "evaluation.png"
         plot_png(plot_path, result)
         print(f"plot: {plot_path}")
+    return EXIT_OK
+
+
+def run_feedback(args: argparse.Namespace, config: Config) -> int:
+    """Print precision per finding type and score band from the stored decisions, and a proposed
+    threshold; write them to ``feedback.json`` in ``--output``. Reads the database, never changes it."""
+    import json
+    from dataclasses import asdict
+
+    from miemss_node.queue import repository
+    from miemss_node.queue.db import open_database_read_only, session_factory
+    from miemss_node.review.feedback import (
+        DecidedFinding,
+        feedback_table,
+        precision_rows,
+        proposal_text,
+        propose_threshold,
+    )
+
+    if not 0.0 < args.target_precision <= 1.0:
+        print("miemss-node evaluate: --target-precision must be in (0, 1]")
+        return EXIT_USAGE
+    engine = open_database_read_only(config.database_url)
+    try:
+        with session_factory(engine)() as session:
+            decided = [
+                DecidedFinding(kind=finding.kind, score=finding.max_score, accepted=accepted)
+                for finding, accepted in repository.decided_findings(session)
+            ]
+    finally:
+        engine.dispose()
+    rows = precision_rows(decided)
+    proposal = propose_threshold(decided, args.target_precision)
+    print(f"Reviewers' decisions: {len(decided)} finding(s), {sum(f.accepted for f in decided)} accepted.")
+    if rows:
+        print("Precision (share of findings accepted), by finding type and score band (the region's maximum score):")
+        print(feedback_table(rows))
+    print(proposal_text(proposal, config.pipeline.threshold, len(decided)))
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / "feedback.json"
+    payload = {"decided": len(decided), "precision": [asdict(r) for r in rows], "proposal": asdict(proposal)}
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    print(f"\nJSON: {path}")
     return EXIT_OK
 
 
@@ -236,6 +292,11 @@ def _references(
 def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``reference fit`` (``--config`` is added by ``cli.py``)."""
     parser.add_argument("folder", type=Path, help="folder of normal films (DICOM, PNG, JPEG)")
+    parser.add_argument(
+        "--add-rejected",
+        action="store_true",
+        help="also fit on the node's stored films whose every finding a reviewer rejected (needs --config)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="model file to write (e.g. reference.joblib)")
     parser.add_argument("--name", help="name given in the SR (default: the output file's name)")
     parser.add_argument(
@@ -243,18 +304,24 @@ def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_reference_fit(args: argparse.Namespace, settings: PipelineSettings) -> int:
-    """Fit a reference model on a folder of normal films and save it."""
+def run_reference_fit(args: argparse.Namespace, config: Config) -> int:
+    """Fit a reference model on a folder of normal films (and, with ``--add-rejected``, the stored
+    films whose every finding was rejected) and save it."""
+    import itertools
     from dataclasses import replace
 
-    from miemss_node.pipeline.reference import fit_reference_model, images_in, save_reference_model
+    from miemss_node.pipeline.reference import fit_reference_model, images_from_files, images_in, save_reference_model
 
+    settings = config.pipeline
     if not args.folder.is_dir():
         print(f"miemss-node reference fit: not a folder: {args.folder}")
         return EXIT_USAGE
+    rejected = rejected_films(config) if args.add_rejected else []
+    if args.add_rejected:
+        print(f"{len(rejected)} stored film(s) whose every finding a reviewer rejected are added as normals")
     images = (
         replace(image, modality=args.picture_modality) if image.sop_instance_uid is None else image
-        for image in images_in(args.folder)
+        for image in itertools.chain(images_in(args.folder), images_from_files(rejected))
     )
     # The model scores with the settings it was fitted with, so it must not itself be a reference.
     model = fit_reference_model(images, replace(settings, reference_model=""), name=args.name or args.output.name)
@@ -262,6 +329,20 @@ def run_reference_fit(args: argparse.Namespace, settings: PipelineSettings) -> i
     print(f"{args.output}: {model.n_images} image(s), {model.n_patches} patches, revision {revision}")
     print(f'use it with [pipeline] reference_model = "{args.output}"')
     return EXIT_OK
+
+
+def rejected_films(config: Config) -> list[Path]:
+    """The stored films whose every finding a reviewer rejected (read from the node's database)."""
+    from miemss_node.queue import repository
+    from miemss_node.queue.db import open_database_read_only, session_factory
+
+    engine = open_database_read_only(config.database_url)
+    try:
+        with session_factory(engine)() as session:
+            instances = repository.instances_with_all_findings_rejected(session)
+    finally:
+        engine.dispose()
+    return [config.node.storage_dir / instance.path for instance in instances]
 
 
 def add_chest_reference_arguments(parser: argparse.ArgumentParser) -> None:

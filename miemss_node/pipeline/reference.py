@@ -242,9 +242,14 @@ def images_in(folder: Path, max_frames: int = 1) -> Iterator[DecodedImage]:
 
     A skipped file is logged with its reason; at most ``max_frames`` frames per DICOM instance.
     """
+    return images_from_files(sorted(p for p in folder.rglob("*") if p.is_file()), max_frames)
+
+
+def images_from_files(paths: Iterable[Path], max_frames: int = 1) -> Iterator[DecodedImage]:
+    """Decode these image files (DICOM, PNG, JPEG) as :func:`images_in` does."""
     from miemss_node.pipeline.decode import decode_dataset, decode_image_file, is_image_dataset, read_dicom_file
 
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in paths:
         try:
             if path.suffix.lower() in PICTURE_SUFFIXES:
                 yield decode_image_file(path)

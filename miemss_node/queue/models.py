@@ -39,6 +39,10 @@ class DeliveryState(enum.Enum):
     DELIVERED = "delivered"
     #: Refused by the destination or out of attempts; ``resend`` can try again.
     FAILED = "failed"
+    #: Held for a destination with ``review = true`` until a reviewer decides; never sent as is.
+    AWAITING_REVIEW = "awaiting review"
+    #: Held results a reviewer decided on: the reviewed version (a later job) is sent instead.
+    REVIEWED = "reviewed"
 
 
 class Study(Base):
@@ -116,6 +120,8 @@ class Job(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     #: 1 for a study's first job, 2 for the job started by late instances, ...
     version: Mapped[int]
+    #: For the job that encodes a reviewed version: the job whose findings were reviewed.
+    reviewed_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16))
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int]
@@ -215,3 +221,62 @@ class SentObject(Base):
     sent_at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("delivery_id", "result_id", name="uq_sent_objects_delivery_result"),)
+
+
+class Finding(Base):
+    """One region a job flagged: what a reviewer accepts or rejects, with what it measured.
+
+    Numbered 1.. across the study's images (in the order of the job's analyses, then by region
+    label), as the dashboard and ``miemss-node review --finding N`` name them.
+    """
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int]
+    #: The source image (and frame) and the region's label in that image's analysis.
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    frame_number: Mapped[int | None]
+    label: Mapped[int]
+    #: "zone", "focal", "patch" or "pathology" (``Region.kind``), and the pathology's label if any.
+    kind: Mapped[str] = mapped_column(String(16))
+    pathology: Mapped[str | None] = mapped_column(String(64))
+    #: Where it is, in words (``Region.location``).
+    location: Mapped[str] = mapped_column(String(256))
+    area_px: Mapped[int] = mapped_column(BigInteger)
+    area_mm2: Mapped[float | None] = mapped_column(Float)
+    mean_score: Mapped[float] = mapped_column(Float)
+    max_score: Mapped[float] = mapped_column(Float)
+    #: "row0 col0 row1 col1" in source pixels: a re-analysis must find the same region.
+    bbox: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_findings_job_number"),)
+
+
+class Review(Base):
+    """A reviewer's decision on the findings of one job."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The job whose findings were decided on (its held deliveries are released by this).
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    #: The job that encodes the reviewed version.
+    review_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    reviewer: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(Text)
+    #: "cli" or "dashboard".
+    via: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[datetime]
+
+
+class FindingDecision(Base):
+    """A reviewer's decision on one finding."""
+
+    __tablename__ = "finding_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id"), index=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id"), unique=True)
+    accepted: Mapped[bool]

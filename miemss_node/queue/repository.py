@@ -21,12 +21,15 @@ from miemss_node.queue.models import (
     ConflictKind,
     Delivery,
     DeliveryState,
+    Finding,
+    FindingDecision,
     Instance,
     Job,
     JobEvent,
     JobState,
     ReceiveConflict,
     Result,
+    Review,
     SentObject,
     StageDuration,
     Study,
@@ -60,6 +63,32 @@ class ResultRecord:
     sop_class_uid: str
     sop_instance_uid: str
     path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FindingRecord:
+    """A region a job flagged, as recorded for review (see ``Finding``)."""
+
+    number: int
+    sop_instance_uid: str
+    frame_number: int | None
+    label: int
+    kind: str
+    pathology: str | None
+    location: str
+    area_px: int
+    area_mm2: float | None
+    mean_score: float
+    max_score: float
+    bbox: str
+
+
+#: Delivery states that still wait for something: the sender, or a reviewer.
+OPEN_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.AWAITING_REVIEW)
+
+#: Delivery states that count as done when a job's state is decided: a held delivery a reviewer
+#: decided on is replaced by the reviewed version's delivery.
+DONE_DELIVERY_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.REVIEWED})
 
 
 def instance_exists(session: Session, sop_instance_uid: str) -> bool:
@@ -219,29 +248,45 @@ def settle_due_studies(
         )
         if _rowcount(taken) != 1:
             continue  # another settler took it, or a new instance just arrived
+        # A queued reviewed version reads only the instances its review covered, not the late ones.
         versions = session.execute(
-            select(func.max(Job.version), func.count(Job.id).filter(Job.state == JobState.QUEUED)).where(
-                Job.study_id == study.id
-            )
+            select(
+                func.max(Job.version),
+                func.count(Job.id).filter(Job.state == JobState.QUEUED, Job.reviewed_job_id.is_(None)),
+            ).where(Job.study_id == study.id)
         ).one()
         latest, queued = versions[0] or 0, versions[1]
         if queued or (latest and not reprocess_late_instances):
             continue
-        job = Job(
-            study_id=study.id,
-            version=latest + 1,
-            state=JobState.QUEUED,
-            attempts=0,
-            max_attempts=max_attempts,
-            not_before=now,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(job)
-        session.flush()
-        _add_event(session, job, now, "study settled")
-        created.append(job)
+        created.append(_queue_job(session, study.id, latest + 1, max_attempts, now, "study settled"))
     return created
+
+
+def _queue_job(
+    session: Session,
+    study_id: int,
+    version: int,
+    max_attempts: int,
+    now: datetime,
+    detail: str,
+    reviewed_job_id: int | None = None,
+) -> Job:
+    """Add a queued job for a study's ``version`` (with its first event) and flush it."""
+    job = Job(
+        study_id=study_id,
+        version=version,
+        reviewed_job_id=reviewed_job_id,
+        state=JobState.QUEUED,
+        attempts=0,
+        max_attempts=max_attempts,
+        not_before=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    _add_event(session, job, now, detail)
+    return job
 
 
 def claim_job(session: Session, *, owner: str, lease_seconds: float, now: datetime) -> Job | None:
@@ -298,9 +343,21 @@ def study_of_job(session: Session, job: Job) -> Study:
     return session.get_one(Study, job.study_id)
 
 
-def study_instances(session: Session, study_id: int) -> list[Instance]:
-    """The stored instances of a study, in arrival order."""
-    return list(session.scalars(select(Instance).where(Instance.study_id == study_id).order_by(Instance.id)))
+def study_instances(session: Session, study_id: int, *, received_by: datetime | None = None) -> list[Instance]:
+    """The stored instances of a study, in arrival order (only those received by ``received_by`` if given)."""
+    query = select(Instance).where(Instance.study_id == study_id)
+    if received_by is not None:
+        query = query.where(Instance.received_at <= received_by)
+    return list(session.scalars(query.order_by(Instance.id)))
+
+
+def job_encoded_at(session: Session, job_id: int) -> datetime | None:
+    """When a job recorded its results (its first ENCODED or DELIVERED event), or None."""
+    return session.scalar(
+        select(func.min(JobEvent.at)).where(
+            JobEvent.job_id == job_id, JobEvent.state.in_([JobState.ENCODED, JobState.DELIVERED])
+        )
+    )
 
 
 def previous_report(session: Session, job: Job) -> tuple[int, str, str] | None:
@@ -316,6 +373,18 @@ def previous_report(session: Session, job: Job) -> tuple[int, str, str] | None:
     return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
 
 
+def job_report(session: Session, job_id: int) -> tuple[int, str, str] | None:
+    """The SR a job made: (its version, SOP Class UID, SOP Instance UID), or None when it made none."""
+    row = session.execute(
+        select(Job.version, Result.sop_class_uid, Result.sop_instance_uid)
+        .join(Result, Result.job_id == Job.id)
+        .where(Job.id == job_id, Result.kind == "SR")
+        .order_by(Result.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+
 def finish_job_encoded(
     session: Session,
     *,
@@ -325,8 +394,13 @@ def finish_job_encoded(
     destinations: list[str],
     now: datetime,
     note: str = "",
+    held: list[str] | None = None,
+    findings: list[FindingRecord] | None = None,
 ) -> bool:
     """Record a job's results and queue one delivery per destination; ``note`` goes to the job's events.
+
+    Deliveries to the ``held`` destinations (``review = true``) wait in AWAITING_REVIEW until a
+    reviewer decides on the job's ``findings``, which are recorded for that.
 
     Returns False (recording nothing) when ``owner`` lost the lease meanwhile: the job runs
     elsewhere, and that run's identical UIDs make the results the same.
@@ -342,12 +416,21 @@ def finish_job_encoded(
         session.add(
             Delivery(job_id=job.id, destination=name, state=DeliveryState.PENDING, next_attempt_at=now, created_at=now)
         )
-    job.state = JobState.ENCODED if destinations else JobState.DELIVERED
+    for name in held or []:
+        session.add(
+            Delivery(
+                job_id=job.id, destination=name, state=DeliveryState.AWAITING_REVIEW, next_attempt_at=now, created_at=now
+            )
+        )
+    session.add_all(Finding(job_id=job.id, **record.__dict__) for record in findings or [])
+    job.state = JobState.ENCODED if destinations or held else JobState.DELIVERED
     job.lease_owner = None
     job.lease_expires_at = None
     job.last_error = None
     job.updated_at = now
     detail = f"{len(results)} result(s) for {len(destinations)} destination(s)"
+    if held:
+        detail += f", held for review for {len(held)}"
     _add_event(session, job, now, f"{detail}; {note}" if note else detail)
     return True
 
@@ -537,9 +620,9 @@ def record_delivery_outcome(
 def _update_job_after_delivery(session: Session, job_id: int, now: datetime) -> None:
     job = session.get_one(Job, job_id)
     states = set(session.scalars(select(Delivery.state).where(Delivery.job_id == job_id)))
-    if DeliveryState.PENDING in states:
+    if states & set(OPEN_DELIVERY_STATES):
         return
-    new_state = JobState.DELIVERED if states == {DeliveryState.DELIVERED} else JobState.FAILED
+    new_state = JobState.DELIVERED if states <= DONE_DELIVERY_STATES else JobState.FAILED
     if job.state != new_state:
         job.state = new_state
         job.updated_at = now
@@ -562,7 +645,10 @@ def reset_deliveries(session: Session, *, study_instance_uid: str, destination: 
     )
     if job is None:
         return 0
-    query = select(Delivery).where(Delivery.job_id == job.id)
+    # Held results are released by a reviewer only, never by a resend.
+    query = select(Delivery).where(
+        Delivery.job_id == job.id, Delivery.state.not_in([DeliveryState.AWAITING_REVIEW, DeliveryState.REVIEWED])
+    )
     if destination is not None:
         query = query.where(Delivery.destination == destination)
     deliveries = session.scalars(query).all()
@@ -604,11 +690,13 @@ def studies_past_retention(session: Session, *, cutoff: datetime, limit: int = 1
 
 
 def delete_study(session: Session, study: Study) -> None:
-    """Delete a study's rows: instances, jobs with their events, results and deliveries."""
+    """Delete a study's rows: instances, jobs with their events, results, deliveries, findings and reviews."""
     job_ids = select(Job.id).where(Job.study_id == study.id)
     delivery_ids = select(Delivery.id).where(Delivery.job_id.in_(job_ids))
     session.execute(delete(SentObject).where(SentObject.delivery_id.in_(delivery_ids)))
-    for model in (JobEvent, Result, Delivery, StageDuration):
+    review_ids = select(Review.id).where(Review.job_id.in_(job_ids))
+    session.execute(delete(FindingDecision).where(FindingDecision.review_id.in_(review_ids)))
+    for model in (JobEvent, Result, Delivery, StageDuration, Review, Finding):
         session.execute(delete(model).where(model.job_id.in_(job_ids)))
     session.execute(delete(Job).where(Job.study_id == study.id))
     session.execute(delete(Instance).where(Instance.study_id == study.id))
@@ -739,3 +827,195 @@ def _rowcount(result: Result_[Any]) -> int:
 
 def _add_event(session: Session, job: Job, now: datetime, detail: str) -> None:
     session.add(JobEvent(job_id=job.id, at=now, state=job.state, detail=detail))
+
+
+def job_findings(session: Session, job_id: int) -> list[Finding]:
+    """The findings a job recorded, by number."""
+    return list(session.scalars(select(Finding).where(Finding.job_id == job_id).order_by(Finding.number)))
+
+
+def job_awaiting_review(session: Session, study_id: int) -> Job | None:
+    """The study's latest job with results held for review, or None."""
+    held = select(Delivery.id).where(Delivery.job_id == Job.id, Delivery.state == DeliveryState.AWAITING_REVIEW)
+    return session.scalar(
+        select(Job).where(Job.study_id == study_id, held.exists()).order_by(Job.version.desc()).limit(1)
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwaitingReview:
+    """A study whose results wait for a reviewer (one row of the dashboard's list)."""
+
+    study_instance_uid: str
+    job_id: int
+    #: When its results were held (the oldest held delivery of the job).
+    since: datetime
+    destinations: tuple[str, ...]
+    findings: int
+
+
+def awaiting_review(session: Session, *, limit: int = 100) -> list[AwaitingReview]:
+    """Jobs with results held for review, the longest waiting first."""
+    rows = session.execute(
+        select(Study.study_instance_uid, Job.id, func.min(Delivery.created_at))
+        .join(Job, Job.study_id == Study.id)
+        .join(Delivery, Delivery.job_id == Job.id)
+        .where(Delivery.state == DeliveryState.AWAITING_REVIEW)
+        .group_by(Study.study_instance_uid, Job.id)
+        .order_by(func.min(Delivery.created_at), Job.id)
+        .limit(limit)
+    ).all()
+    waiting = []
+    for uid, job_id, since in rows:
+        names = session.scalars(
+            select(Delivery.destination)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.AWAITING_REVIEW)
+            .order_by(Delivery.destination)
+        ).all()
+        count = session.scalar(select(func.count(Finding.id)).where(Finding.job_id == job_id)) or 0
+        waiting.append(
+            AwaitingReview(study_instance_uid=uid, job_id=job_id, since=since, destinations=tuple(names), findings=count)
+        )
+    return waiting
+
+
+def awaiting_review_count(session: Session) -> int:
+    """How many jobs have results held for review."""
+    held = select(func.count(func.distinct(Delivery.job_id))).where(Delivery.state == DeliveryState.AWAITING_REVIEW)
+    return int(session.scalar(held) or 0)
+
+
+def oldest_review_since(session: Session) -> datetime | None:
+    """When the longest-waiting held delivery was queued; None when nothing waits for review."""
+    return session.scalar(
+        select(func.min(Delivery.created_at)).where(Delivery.state == DeliveryState.AWAITING_REVIEW)
+    )
+
+
+def record_review(
+    session: Session,
+    *,
+    job_id: int,
+    reviewer: str,
+    accepted: dict[int, bool],
+    comment: str | None,
+    via: str,
+    max_attempts: int,
+    now: datetime,
+) -> Review | None:
+    """Record a decision on a job's findings and queue the job that encodes the reviewed version.
+
+    ``accepted`` maps each finding's id to the decision. The job's held deliveries (and any older
+    ones of the study, which the newer results replace) become REVIEWED; the new job (the study's
+    next version) delivers to the destinations they were for. Returns None, recording nothing,
+    when the job has no held delivery any more (another reviewer decided first).
+    """
+    job = session.get_one(Job, job_id, with_for_update=True, populate_existing=True)
+    held = session.scalars(
+        select(Delivery)
+        .join(Job, Job.id == Delivery.job_id)
+        .where(Job.study_id == job.study_id, Job.version <= job.version, Delivery.state == DeliveryState.AWAITING_REVIEW)
+        .with_for_update()
+    ).all()
+    if not any(delivery.job_id == job.id for delivery in held):
+        return None
+    latest = session.scalar(select(func.max(Job.version)).where(Job.study_id == job.study_id)) or job.version
+    review_job = _queue_job(
+        session, job.study_id, latest + 1, max_attempts, now, f"reviewed version of job {job.id} queued", job.id
+    )
+    review = Review(
+        job_id=job.id, review_job_id=review_job.id, reviewer=reviewer, comment=comment or None, via=via, decided_at=now
+    )
+    session.add(review)
+    session.flush()
+    session.add_all(
+        FindingDecision(review_id=review.id, finding_id=finding_id, accepted=decision)
+        for finding_id, decision in accepted.items()
+    )
+    kept = sum(accepted.values())
+    for delivery in held:
+        delivery.state = DeliveryState.REVIEWED
+        delivery.last_error = None
+    session.flush()
+    _add_event(session, job, now, f"reviewed by {reviewer}: {kept} of {len(accepted)} finding(s) accepted")
+    for reviewed_id in sorted({delivery.job_id for delivery in held}):
+        _update_job_after_delivery(session, reviewed_id, now)
+    return review
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewPlan:
+    """What the job encoding a reviewed version needs to know about the decision."""
+
+    reviewer: str
+    comment: str | None
+    decided_at: datetime
+    #: Per finding: (source SOP Instance UID, frame, label) -> (number, bbox, accepted).
+    decisions: dict[tuple[str, int | None, int], tuple[int, str, bool]]
+    #: Destinations whose held deliveries the review released.
+    destinations: tuple[str, ...]
+
+
+def review_plan(session: Session, job: Job) -> ReviewPlan | None:
+    """The decision a review job encodes; None for a job that is not a reviewed version."""
+    if job.reviewed_job_id is None:
+        return None
+    review = session.scalars(select(Review).where(Review.job_id == job.reviewed_job_id)).one()
+    rows = session.execute(
+        select(Finding, FindingDecision.accepted)
+        .join(FindingDecision, FindingDecision.finding_id == Finding.id)
+        .where(FindingDecision.review_id == review.id)
+        .order_by(Finding.number)
+    ).all()
+    names = session.scalars(
+        select(Delivery.destination)
+        .where(Delivery.job_id == job.reviewed_job_id, Delivery.state == DeliveryState.REVIEWED)
+        .order_by(Delivery.destination)
+    ).all()
+    return ReviewPlan(
+        reviewer=review.reviewer,
+        comment=review.comment,
+        decided_at=review.decided_at,
+        decisions={
+            (finding.sop_instance_uid, finding.frame_number, finding.label): (finding.number, finding.bbox, accepted)
+            for finding, accepted in rows
+        },
+        destinations=tuple(names),
+    )
+
+
+def job_review(session: Session, job_id: int) -> Review | None:
+    """The review of a job's findings, if one was made."""
+    return session.scalar(select(Review).where(Review.job_id == job_id))
+
+
+def finding_decisions(session: Session, job_id: int) -> dict[int, bool]:
+    """Finding number -> accepted, for a reviewed job."""
+    rows = session.execute(
+        select(Finding.number, FindingDecision.accepted)
+        .join(FindingDecision, FindingDecision.finding_id == Finding.id)
+        .where(Finding.job_id == job_id)
+    ).all()
+    return {int(number): bool(accepted) for number, accepted in rows}
+
+
+def decided_findings(session: Session) -> list[tuple[Finding, bool]]:
+    """Every finding a reviewer decided on, with the decision (accepted or not)."""
+    rows = session.execute(
+        select(Finding, FindingDecision.accepted)
+        .join(FindingDecision, FindingDecision.finding_id == Finding.id)
+        .order_by(Finding.id)
+    ).all()
+    return [(finding, bool(accepted)) for finding, accepted in rows]
+
+
+def instances_with_all_findings_rejected(session: Session) -> list[Instance]:
+    """Stored images whose every finding was rejected by a reviewer (at least one finding)."""
+    decided = decided_findings(session)
+    verdicts: dict[str, list[bool]] = {}
+    for finding, accepted in decided:
+        verdicts.setdefault(finding.sop_instance_uid, []).append(accepted)
+    rejected = sorted(uid for uid, accepted in verdicts.items() if not any(accepted))
+    if not rejected:
+        return []
+    return list(session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(rejected)).order_by(Instance.id)))

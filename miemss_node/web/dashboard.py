@@ -1,6 +1,8 @@
-"""The dashboard's pages: recent studies, and per study its timeline, thumbnails, report, deliveries.
+"""The dashboard's pages: studies awaiting review, recent studies, and per study its timeline,
+thumbnails, findings, report and deliveries.
 
-Read-only apart from one button (a failed delivery's retry, which asks for ``[http] token``).
+Read-only apart from two forms, each asking for a reviewer's token: a failed delivery's retry, and
+the review of a study's held findings (accept or reject each finding, or all, with a comment).
 Studies are named by their Study Instance UID. Patient names and IDs are shown only with
 ``[http] show_patient_data = true``; they are then read from the study's first stored instance.
 An overlay thumbnail of a source that has burned-in annotation (text that may name the patient)
@@ -19,9 +21,19 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session
 
+from miemss_node.clock import utcnow
 from miemss_node.config import HttpSettings
 from miemss_node.queue import repository
-from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState, ReceiveConflict, Result, Study
+from miemss_node.queue.models import (
+    Delivery,
+    DeliveryState,
+    Finding,
+    Job,
+    JobState,
+    ReceiveConflict,
+    Result,
+    Study,
+)
 from miemss_node.storage import StorageLayout
 from miemss_node.thumbnails import Thumbnail, read_thumbnails
 
@@ -41,6 +53,9 @@ figure { margin: 0; background: #fff; border: 1px solid #d5d9de; padding: .4rem;
 figcaption { font-size: .75rem; max-width: 256px; } img { display: block; }
 .report { white-space: pre-wrap; background: #fff; border: 1px solid #d5d9de; padding: .6rem; }
 form { display: inline; } .muted { color: #5f6b76; font-size: .8rem; }
+.state-awaiting-review, .state-reviewed { color: #5a3fa0; font-weight: 600; }
+form.review { background: #fff; border: 2px solid #5a3fa0; padding: .6rem; margin: .8rem 0; display: block; }
+form.review textarea { width: 100%; max-width: 40rem; } form.review button { margin: .4rem .4rem 0 0; }
 """
 
 
@@ -49,7 +64,7 @@ def _time(value: datetime | None) -> str:
 
 
 def _state(value: str) -> str:
-    return f'<span class="state-{escape(value)}">{escape(value)}</span>'
+    return f'<span class="state-{escape(value.replace(" ", "-"))}">{escape(value)}</span>'
 
 
 def _refused(count: int) -> str:
@@ -140,12 +155,34 @@ def patient_of(storage_dir: Path, session: Session, study: Study) -> str:
 class Dashboard:
     """Renders the dashboard's pages from the database and the storage folder."""
 
-    def __init__(self, settings: HttpSettings, storage_dir: Path) -> None:
+    def __init__(self, settings: HttpSettings, storage_dir: Path, *, reviewers: bool = False) -> None:
         self.settings = settings
         self.storage_dir = storage_dir
+        #: Whether any reviewer is configured (the review form needs one's token).
+        self.reviewers = reviewers
+
+    def _awaiting_section(self, session: Session) -> str:
+        """The studies whose results are held for review, the longest waiting first."""
+        waiting = repository.awaiting_review(session)
+        if not waiting:
+            return '<h1>Awaiting review</h1><p class="muted">No study is waiting for a reviewer.</p>'
+        now = utcnow()
+        rows = "".join(
+            f'<tr><td><a href="/studies/{escape(item.study_instance_uid)}"><code>'
+            f"{escape(item.study_instance_uid)}</code></a></td><td>{_time(item.since)}</td>"
+            f"<td>{_duration((now - item.since).total_seconds())}</td><td>{item.findings}</td>"
+            f"<td>{escape(', '.join(item.destinations))}</td></tr>"
+            for item in waiting
+        )
+        return (
+            f"<h1>Awaiting review ({len(waiting)})</h1>"
+            '<p class="muted">Results held for destinations with review = true; the longest waiting first.</p>'
+            "<table><tr><th>Study Instance UID</th><th>Held since</th><th>Waiting</th><th>Findings</th>"
+            f"<th>Held for</th></tr>{rows}</table>"
+        )
 
     def index(self, session: Session) -> bytes:
-        """The recent studies, newest first, with their latest job's milestones."""
+        """Studies awaiting review, then the recent studies, newest first, with their latest job's milestones."""
         show_patient = self.settings.show_patient_data
         rows = []
         summaries = repository.recent_studies(session, limit=self.settings.recent_studies)
@@ -170,7 +207,7 @@ class Dashboard:
                 f"<td>{_state(job.state.value) if job else _state('receiving')}</td><td>{thumb}</td></tr>"
             )
         patient_header = "<th>Patient</th>" if show_patient else ""
-        body = (
+        body = self._awaiting_section(session) + (
             "<h1>Recent studies</h1>"
             f'<p class="muted">The {self.settings.recent_studies} studies that last received an instance; '
             'times in UTC. <a href="/metrics">metrics</a> · <a href="/healthz">health</a></p>'
@@ -180,8 +217,11 @@ class Dashboard:
         )
         return page("MIEMSS node: recent studies", body)
 
-    def study(self, session: Session, study: Study, *, notice: str = "") -> bytes:
-        """One study: timeline, and per job its thumbnails, report text, results and deliveries."""
+    def study(self, session: Session, study: Study, *, notice: str = "", reviewer: str | None = None) -> bytes:
+        """One study: timeline, and per job its thumbnails, report text, results and deliveries.
+
+        ``reviewer`` is the signed-in reviewer's name (their review form then asks for no token).
+        """
         uid = escape(study.study_instance_uid)
         jobs = repository.study_jobs(session, study.id)
         count = len(repository.study_instances(session, study.id))
@@ -193,6 +233,8 @@ class Dashboard:
             parts.append(f"<p>Patient: {escape(patient_of(self.storage_dir, session, study))}</p>")
         if notice:
             parts.append(f'<p class="muted">{escape(notice)}</p>')
+        if self.reviewers:
+            parts.append(_sign_in(study.study_instance_uid, reviewer))
         timeline = [
             (study.first_received_at, "received", f"first instance ({count} instance(s) in all)"),
             (study.last_received_at, "received", "last instance"),
@@ -215,6 +257,9 @@ class Dashboard:
         ]
         parts.append("</table>")
         parts.append(_conflicts_section(repository.study_conflicts(session, study.study_instance_uid)))
+        held = repository.job_awaiting_review(session, study.id)
+        if held is not None:
+            parts.append(self._review_form(session, study, held, signed_in=reviewer is not None))
         for job in jobs:
             parts.append(self._job_section(session, study, job))
         return page(f"MIEMSS node: study {study.study_instance_uid}", "".join(parts))
@@ -238,9 +283,72 @@ class Dashboard:
                 return StorageLayout(self.storage_dir).thumbnail_dir(study.study_instance_uid, job.id) / name
         return None
 
+    def _review_form(self, session: Session, study: Study, job: Job, *, signed_in: bool = False) -> str:
+        """The findings of the job held for review, each with accept/reject, a comment, the token."""
+        findings = repository.job_findings(session, job.id)
+        uid = escape(study.study_instance_uid)
+        images = {(t.sop_instance_uid, t.frame_number): t.image for t in self._thumbnails(study.study_instance_uid, job)}
+        rows = "".join(
+            f"<tr><td>{f.number}</td><td>{escape(_finding_place(f, images))}</td><td>{escape(f.location)}</td>"
+            f"<td>{escape(_finding_kind(f))}</td><td>{escape(_finding_area(f))}</td><td>{f.max_score:.2f}</td>"
+            f'<td><label><input type="radio" name="finding-{f.number}" value="accept" checked> accept</label> '
+            f'<label><input type="radio" name="finding-{f.number}" value="reject"> reject</label></td></tr>'
+            for f in findings
+        )
+        table = (
+            "<table><tr><th>Finding</th><th>Image and region</th><th>Location</th><th>Kind</th><th>Size</th>"
+            f"<th>Score (max)</th><th>Decision</th></tr>{rows}</table>"
+            if findings
+            else '<p class="muted">The AI flagged no finding in this study; accepting sends the verified report.</p>'
+        )
+        if not self.reviewers:
+            controls = (
+                '<button type="button" disabled>Submit decisions</button>'
+                ' <span class="muted">(no [[reviewers]] configured)</span>'
+            )
+        else:
+            controls = (
+                '<p><label>Comment (optional, goes into the reviewed report)<br>'
+                '<textarea name="comment" rows="2" maxlength="1000"></textarea></label></p>'
+                + (
+                    ""
+                    if signed_in
+                    else '<p><label>Reviewer token <input type="password" name="token" required '
+                    'autocomplete="off"></label></p>'
+                )
+                + '<button type="submit" name="action" value="decide" id="review-decide">Submit decisions</button>'
+                '<button type="submit" name="action" value="accept_all" id="review-accept-all">Accept all</button>'
+                '<button type="submit" name="action" value="reject_all" id="review-reject-all">Reject all</button>'
+            )
+        return (
+            f'<form class="review" method="post" action="/studies/{uid}/review">'
+            f"<h2>Review: job {job.id} (version {job.version}) awaiting review</h2>"
+            '<p class="muted">Its results are held for the destinations with review = true. Accept or reject '
+            "each finding (see the overlay below: image N, region label); the node then sends a new version with "
+            "only the accepted findings, verified in your name.</p>"
+            f"{table}{controls}</form>"
+        )
+
+    def _review_line(self, session: Session, job: Job) -> str:
+        """Who decided on a job's findings and how, or ""."""
+        review = repository.job_review(session, job.id)
+        if review is None:
+            return ""
+        decisions = repository.finding_decisions(session, job.id)
+        accepted = ", ".join(str(n) for n, ok in sorted(decisions.items()) if ok) or "none"
+        rejected = ", ".join(str(n) for n, ok in sorted(decisions.items()) if not ok) or "none"
+        return (
+            f'<p class="state-reviewed">Reviewed by {escape(review.reviewer)} at {_time(review.decided_at)} '
+            f"({escape(review.via)}): findings accepted {accepted}; rejected {rejected}; "
+            f"reviewed version: job {review.review_job_id}.</p>"
+        )
+
     def _job_section(self, session: Session, study: Study, job: Job) -> str:
         results = repository.job_results(session, job.id)
         parts = [f"<h2>Job {job.id} (version {job.version}): {_state(job.state.value)}</h2>"]
+        if job.reviewed_job_id is not None:
+            parts.append(f'<p class="state-reviewed">Reviewed version of job {job.reviewed_job_id}.</p>')
+        parts.append(self._review_line(session, job))
         if job.last_error:
             parts.append(f'<p class="muted">Last error: {escape(job.last_error)}</p>')
         figures = []
@@ -310,6 +418,48 @@ class Dashboard:
             return '<p class="muted">The Structured Report could not be read.</p>'
         lines = [f"{name}: {text}" for name, text in report_texts(dataset)]
         return f'<div class="report">{escape(chr(10).join(lines))}</div>'
+
+
+def _sign_in(study_uid: str, reviewer: str | None) -> str:
+    """Who is signed in (page views and decisions are audited in their name), or the sign-in form."""
+    uid = escape(study_uid)
+    if reviewer is not None:
+        return (
+            f'<form method="post" action="/signout"><input type="hidden" name="next" value="/studies/{uid}">'
+            f'<span class="muted">Signed in as {escape(reviewer)}: views and decisions are audited in this '
+            'name.</span> <button type="submit" id="sign-out">Sign out</button></form>'
+        )
+    return (
+        f'<form method="post" action="/signin"><input type="hidden" name="next" value="/studies/{uid}">'
+        '<span class="muted">Reviewers: sign in so that views are audited in your name.</span> '
+        '<input type="password" name="token" placeholder="reviewer token" required autocomplete="off"> '
+        '<button type="submit" id="sign-in">Sign in</button></form>'
+    )
+
+
+def _duration(seconds: float) -> str:
+    """A wait in words: "42 s", "17 min", "3.5 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _finding_place(finding: Finding, images: dict[tuple[str, int | None], int]) -> str:
+    """ "Image 2, region 1" as the overlays are captioned (the SOP Instance UID when no thumbnail names it)."""
+    image = images.get((finding.sop_instance_uid, finding.frame_number))
+    frame = f" frame {finding.frame_number}" if finding.frame_number is not None else ""
+    where = f"image {image}" if image is not None else finding.sop_instance_uid
+    return f"{where}{frame}, region {finding.label}"
+
+
+def _finding_kind(finding: Finding) -> str:
+    return f"{finding.kind}: {finding.pathology}" if finding.pathology else finding.kind
+
+
+def _finding_area(finding: Finding) -> str:
+    return f"{finding.area_mm2:.0f} mm²" if finding.area_mm2 is not None else f"{finding.area_px} px"
 
 
 def report_texts(sr: Dataset) -> list[tuple[str, str]]:

@@ -9,7 +9,15 @@ Routes:
 - ``GET /``, ``GET /studies/<Study Instance UID>``, ``GET /thumbs/<job id>/<name>.png``: the
   dashboard (:mod:`miemss_node.web.dashboard`).
 - ``POST /deliveries/<id>/retry`` with form field ``token``: make a failed delivery pending again;
-  403 without the right ``[http] token`` (and always when none is configured).
+  403 without a reviewer's token or the right ``[http] token`` (and always when neither is configured).
+- ``POST /studies/<Study Instance UID>/review`` with form fields ``token`` (a reviewer's), ``action``
+  (``decide``, ``accept_all`` or ``reject_all``), ``finding-N`` (``accept`` or ``reject``, for
+  ``decide``) and ``comment``: record the decision (:mod:`miemss_node.review.decide`). 403 without
+  a reviewer's token, 409 when nothing awaits review or the decision does not cover every finding.
+  Every study page view and every review request, refused ones included, goes to the audit log.
+- ``POST /signin`` with ``token`` and ``next`` (a dashboard path): a reviewer's token becomes the
+  HttpOnly, SameSite=Strict cookie :data:`REVIEWER_COOKIE`, so their page views are audited in their
+  name and their review form needs no token; ``POST /signout`` removes it.
 
 waitress reads requests in one event loop and hands only complete requests to its threads, so
 slow or idle clients cost a socket, not a thread; it closes connections idle for
@@ -31,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterable
 from html import escape
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -40,10 +49,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
-from miemss_node.config import HttpSettings
+from miemss_node.config import HttpSettings, Reviewer
+from miemss_node.errors import ReviewError
 from miemss_node.metrics import DASHBOARD_RETRIES, database_registry, exposition
 from miemss_node.queue import repository
 from miemss_node.queue.models import Job
+from miemss_node.review.audit import AuditLog
+from miemss_node.review.decide import record_decision
+from miemss_node.review.reviewers import reviewer_for_token
 from miemss_node.web.dashboard import Dashboard, page
 from miemss_node.web.health import database_problem
 
@@ -52,6 +65,16 @@ logger = logging.getLogger(__name__)
 _STUDY_PATH = re.compile(r"^/studies/([0-9.]{1,64})$")
 _THUMB_PATH = re.compile(r"^/thumbs/([0-9]{1,12})/(image-[0-9]{1,6}-(?:overlay|heatmap)\.png)$")
 _RETRY_PATH = re.compile(r"^/deliveries/([0-9]{1,12})/retry$")
+_REVIEW_PATH = re.compile(r"^/studies/([0-9.]{1,64})/review$")
+_FINDING_FIELD = re.compile(r"^finding-([0-9]{1,6})$")
+#: Where sign-in and sign-out may send the browser back to: a dashboard page, nothing else.
+_NEXT_PATH = re.compile(r"^/(?:studies/([0-9.]{1,64}))?$")
+
+#: The cookie holding a signed-in reviewer's token (sent only to this server, never to scripts).
+REVIEWER_COOKIE = "miemss_reviewer"
+
+#: How long a sign-in lasts, in seconds (a working day).
+SIGN_IN_SECONDS = 8 * 3600
 
 #: Largest request body read (the retry form), in bytes.
 MAX_BODY_BYTES = 4096
@@ -90,6 +113,12 @@ class HttpServer:
         Returns None when the receiver answers, else why not.
     disk_problem
         Returns None when the storage disk has room, else why not (no check when omitted).
+    reviewers
+        ``[[reviewers]]``: whose tokens the review and retry forms accept.
+    audit_log
+        The review audit log's file (``Config.audit_log_path``); default ``<storage_dir>/review-audit.jsonl``.
+    max_attempts
+        ``[worker] max_attempts`` of the job a decision queues.
     """
 
     def __init__(
@@ -99,10 +128,17 @@ class HttpServer:
         storage_dir: Path,
         receiver_problem: Callable[[], str | None],
         disk_problem: Callable[[], str | None] | None = None,
+        *,
+        reviewers: tuple[Reviewer, ...] = (),
+        audit_log: Path | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.dashboard = Dashboard(settings, storage_dir)
+        self.reviewers = reviewers
+        self.audit = AuditLog(audit_log or storage_dir / "review-audit.jsonl")
+        self.max_attempts = max_attempts
+        self.dashboard = Dashboard(settings, storage_dir, reviewers=bool(reviewers))
         self.receiver_problem = receiver_problem
         self.disk_problem = disk_problem or (lambda: None)
         self.metrics_registry = database_registry(sessions)
@@ -181,11 +217,15 @@ class HttpServer:
         return HTTPStatus.OK, body
 
     def retry(self, delivery_id: int, token: str) -> tuple[int, str, str]:
-        """Check the token and retry a failed delivery: (status, message, study UID or "")."""
+        """Check the token and retry a failed delivery: (status, message, study UID or "").
+
+        A reviewer's token or ``[http] token`` (the operator's, without a name) is accepted.
+        """
         expected = self.settings.token
-        if not expected:
-            return HTTPStatus.FORBIDDEN, "retries are disabled: set [http] token in the config", ""
-        if not hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8")):
+        if not expected and not self.reviewers:
+            return HTTPStatus.FORBIDDEN, "retries are disabled: set [http] token or [[reviewers]] in the config", ""
+        operator = bool(expected) and hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
+        if not operator and reviewer_for_token(self.reviewers, token) is None:
             logger.warning(
                 "dashboard retry of delivery %d refused: wrong token",
                 delivery_id,
@@ -214,13 +254,79 @@ class HttpServer:
         DASHBOARD_RETRIES.inc()
         return HTTPStatus.SEE_OTHER, f"delivery to {destination} queued again", study_uid
 
+    def review(self, study_uid: str, form: dict[str, list[str]], cookie_token: str = "") -> tuple[int, str]:
+        """Check the reviewer's token (the form's, else the sign-in cookie's) and record their decision:
+        (status, message).
+
+        Every outcome is audited: a refusal (no or wrong token: 403; a decision that cannot be
+        recorded: 409) with the reason, a decision with the finding numbers.
+        """
+        token = form.get("token", [""])[0] or cookie_token
+        reviewer = reviewer_for_token(self.reviewers, token)
+        if reviewer is None:
+            reason = "no token given" if not token else "wrong token"
+            if not self.reviewers:
+                reason = "no reviewer configured"
+            self.audit.write(action="refused", study_uid=study_uid, reviewer=None, via="dashboard", reason=reason)
+            return HTTPStatus.FORBIDDEN, f"review refused: {reason}"
+        action = form.get("action", ["decide"])[0]
+        choices: dict[int, bool] | None = None
+        accept: bool | None = None
+        if action == "accept_all":
+            accept = True
+        elif action == "reject_all":
+            accept = False
+        elif action == "decide":
+            choices = {}
+            for name, values in form.items():
+                if (match := _FINDING_FIELD.match(name)) and values[0] in ("accept", "reject"):
+                    choices[int(match.group(1))] = values[0] == "accept"
+        else:
+            return HTTPStatus.BAD_REQUEST, f"unknown action {action[:20]!r}"
+        try:
+            decision = record_decision(
+                self.sessions,
+                self.audit,
+                study_uid=study_uid,
+                reviewer=reviewer,
+                via="dashboard",
+                max_attempts=self.max_attempts,
+                comment=form.get("comment", [""])[0],
+                choices=choices,
+                accept=accept,
+            )
+        except ReviewError as exc:
+            return HTTPStatus.CONFLICT, str(exc)
+        accepted = ", ".join(str(n) for n in decision.accepted) or "none"
+        rejected = ", ".join(str(n) for n in decision.rejected) or "none"
+        return (
+            HTTPStatus.SEE_OTHER,
+            f"decision of {reviewer.name} recorded: accepted {accepted}; rejected {rejected}; "
+            f"job {decision.review_job_id} encodes the reviewed version",
+        )
+
+
+    def sign_in(self, form: dict[str, list[str]]) -> Response:
+        """A reviewer's token becomes the sign-in cookie; a wrong one is refused (403) and audited."""
+        back = form.get("next", ["/"])[0]
+        match = _NEXT_PATH.match(back)
+        back, study_uid = (back, match.group(1) or "") if match else ("/", "")
+        token = form.get("token", [""])[0]
+        reviewer = reviewer_for_token(self.reviewers, token)
+        if reviewer is None:
+            reason = "sign-in: no token given" if not token else "sign-in: wrong token"
+            self.audit.write(action="refused", study_uid=study_uid, reviewer=None, via="dashboard", reason=reason)
+            return _error(HTTPStatus.FORBIDDEN, reason)
+        self.audit.write(action="signin", study_uid=study_uid, reviewer=reviewer.name, via="dashboard")
+        cookie = f"{REVIEWER_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SIGN_IN_SECONDS}"
+        return HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": back, "Set-Cookie": cookie}
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The WSGI application."""
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")
         if method in ("GET", "HEAD"):
-            status, body, content_type, headers = self._get(path, environ.get("QUERY_STRING", ""))
+            status, body, content_type, headers = self._get(path, environ.get("QUERY_STRING", ""), _cookie_token(environ))
         elif method == "POST":
             status, body, content_type, headers = self._post(path, environ)
         else:
@@ -231,7 +337,7 @@ class HttpServer:
         start_response(f"{int(status)} {reason}", response_headers)
         return [b"" if method == "HEAD" else body]
 
-    def _get(self, path: str, query: str) -> Response:
+    def _get(self, path: str, query: str, cookie_token: str = "") -> Response:
         try:
             if path == "/metrics":
                 return HTTPStatus.OK, exposition(self.metrics_registry), CONTENT_TYPE_LATEST, {}
@@ -243,11 +349,16 @@ class HttpServer:
                     return _html(HTTPStatus.OK, self.dashboard.index(session))
             if match := _STUDY_PATH.match(path):
                 notice = parse_qs(query).get("notice", [""])[0][:200]
+                reviewer = reviewer_for_token(self.reviewers, cookie_token)
+                name = None if reviewer is None else reviewer.name
                 with self.sessions() as session:
                     study = repository.study_by_uid(session, match.group(1))
                     if study is None:
                         return _error(HTTPStatus.NOT_FOUND, "No such study.")
-                    return _html(HTTPStatus.OK, self.dashboard.study(session, study, notice=notice))
+                    html = self.dashboard.study(session, study, notice=notice, reviewer=name)
+                # The page is read without a token too: a view names its reviewer when one signed in.
+                self.audit.write(action="view", study_uid=match.group(1), reviewer=name, via="dashboard")
+                return _html(HTTPStatus.OK, html)
             if match := _THUMB_PATH.match(path):
                 with self.sessions() as session:
                     found = self.dashboard.thumbnail_path(session, int(match.group(1)), match.group(2))
@@ -266,7 +377,8 @@ class HttpServer:
 
     def _post(self, path: str, environ: dict[str, Any]) -> Response:
         match = _RETRY_PATH.match(path)
-        if match is None:
+        review = _REVIEW_PATH.match(path)
+        if match is None and review is None and path not in ("/signin", "/signout"):
             return _error(HTTPStatus.NOT_FOUND, "Not found.")
         try:
             length = int(environ.get("CONTENT_LENGTH") or "0")
@@ -275,6 +387,23 @@ class HttpServer:
         if not 0 <= length <= MAX_BODY_BYTES:
             return _error(HTTPStatus.BAD_REQUEST, "Bad request body.")
         form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", errors="replace"))
+        if path == "/signin":
+            return self.sign_in(form)
+        if path == "/signout":
+            back = form.get("next", ["/"])[0]
+            location = back if _NEXT_PATH.match(back) else "/"
+            cookie = f"{REVIEWER_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+            return HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": location, "Set-Cookie": cookie}
+        if review is not None:
+            study_uid = review.group(1)
+            try:
+                status, message = self.review(study_uid, form, _cookie_token(environ))
+            except SQLAlchemyError:
+                return _error(HTTPStatus.SERVICE_UNAVAILABLE, "The database did not answer.")
+            if status == HTTPStatus.SEE_OTHER:
+                return status, b"", "text/plain", {"Location": f"/studies/{study_uid}?notice={quote(message)}"}
+            return _error(status, message)
+        assert match is not None
         try:
             status, message, study_uid = self.retry(int(match.group(1)), form.get("token", [""])[0])
         except SQLAlchemyError:
@@ -282,6 +411,17 @@ class HttpServer:
         if status == HTTPStatus.SEE_OTHER:
             return status, b"", "text/plain", {"Location": f"/studies/{study_uid}?notice={quote(message)}"}
         return _error(status, message)
+
+
+def _cookie_token(environ: dict[str, Any]) -> str:
+    """The token of the sign-in cookie, or "" (also for a malformed Cookie header)."""
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(environ.get("HTTP_COOKIE", ""))
+    except CookieError:
+        return ""
+    morsel = cookies.get(REVIEWER_COOKIE)
+    return "" if morsel is None else morsel.value
 
 
 def _html(status: int, body: bytes) -> Response:

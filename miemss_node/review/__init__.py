@@ -1,0 +1,1 @@
+"""The radiologist in the loop: held results, per-finding decisions, reviewers, audit, feedback."""
