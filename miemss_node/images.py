@@ -19,13 +19,11 @@ import os
 import pickle
 import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TypeVar
 
 from miemss_node.config import Config, LoggingSettings, ModelSettings
 from miemss_node.errors import DecodeError, MiemssError, StageError
@@ -33,8 +31,6 @@ from miemss_node.pipeline.base import ImageAnalysis, ModelRun, PipelineSettings
 from miemss_node.pipeline.models import ModelSet, load_models
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: How often a pool process checks that the process that started it is still there, in seconds.
 ORPHAN_CHECK_SECONDS = 1.0
@@ -257,19 +253,19 @@ class ImagePool:
         ImagePoolBroken
             When a pool process died; the pool is started again on the next call.
         """
-        return self._run([(_child_task, (uid, path, max_frames)) for uid, path in instances])
-
-    def _run(self, calls: list[tuple[Callable[..., T], tuple[object, ...]]]) -> list[T]:
-        """Run the calls in the pool; their results in the same order."""
         executor = self._started()
+        futures: list[Future[ImageOutcome]] = []
         try:
-            futures = [executor.submit(function, *arguments) for function, arguments in calls]
+            futures = [executor.submit(_child_task, uid, path, max_frames) for uid, path in instances]
             return [future.result() for future in futures]
         except BrokenProcessPool as exc:
             with self._lock:
                 self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
             raise ImagePoolBroken(f"a process of the image pool died: {exc}") from exc
+        finally:
+            for future in futures:  # after a failure, the images not yet started are not analysed
+                future.cancel()
 
     def close(self) -> None:
         """Stop the processes (after their current task)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from miemss_node.config import Config, Destination
-from miemss_node.images import ImagePool, ordered_runs
+from miemss_node.images import ImagePool, ImagePoolBroken, ordered_runs
 from miemss_node.node import Node
 from miemss_node.pipeline.base import ModelRun
 from miemss_node.queue.models import JobState
@@ -134,3 +136,25 @@ def test_runs_of_models_in_two_processes_keep_the_order_of_one() -> None:
 def test_a_pool_needs_two_processes(config_factory: Callable[..., Config]) -> None:
     with pytest.raises(ValueError, match="at least 2 processes"):
         ImagePool(config_factory(), 1)
+
+
+def test_a_pool_process_that_dies_fails_the_attempt_and_the_next_call_gets_a_new_pool(
+    tmp_path: Path, config_factory: Callable[..., Config]
+) -> None:
+    ct = Path(str(get_testdata_file("CT_small.dcm")))
+    files = [(str(dcmread(ct).SOPInstanceUID), ct)]
+    pool = ImagePool(config_factory(), 2)
+    try:
+        pool.warm()
+        first = multiprocessing.active_children()
+        assert len(first) == 2
+        os.kill(first[0].pid, signal.SIGKILL)
+        first[0].join(10)
+        with pytest.raises(ImagePoolBroken, match="image pool"):
+            pool.analyse(files, None)
+        outcome = pool.analyse(files, None)[0]
+        assert outcome.skipped is None and len(outcome.analyses) == 1
+        assert {p.pid for p in multiprocessing.active_children()}.isdisjoint({p.pid for p in first})
+    finally:
+        pool.close()
+    assert multiprocessing.active_children() == []
