@@ -41,14 +41,20 @@ def status_mb(pid: int, field: str) -> float:
     return 0.0
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: worker processes and their image pools' processes."""
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (worker processes of the node; image-pool processes of a worker)."""
     found = []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             found += [int(child) for child in (task / "children").read_text().split()]
     except (FileNotFoundError, ProcessLookupError):
         return []
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: worker processes and their image pools' processes."""
+    found = children(pid)
     return found + [grandchild for child in found for grandchild in descendants(child)]
 
 
@@ -102,7 +108,9 @@ def main() -> None:
             deadline = time.monotonic() + 300
             peaks: dict[int, float] = {}
             below_peak = 0.0  # the most the worker processes and their pools held at one moment
+            workers: set[int] = set()
             while time.monotonic() < deadline:
+                workers.update(children(node.pid))
                 below = descendants(node.pid)
                 for pid in [node.pid, *below]:
                     peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
@@ -123,7 +131,8 @@ def main() -> None:
     latency = arrivals[-1] - last_received - args.settle
     baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
-    worker_peak = max((v for pid, v in peaks.items() if pid != node.pid), default=0.0)
+    worker_peak = max((v for pid, v in peaks.items() if pid in workers), default=0.0)
+    pool_peaks = sorted((v for pid, v in peaks.items() if pid != node.pid and pid not in workers), reverse=True)
     processes = len(peaks) - 1
     print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {last_received - sent_at:.2f} s")
     print(f"results received: {len(pacs.received)}")
@@ -131,8 +140,9 @@ def main() -> None:
     print(f"baseline (pipeline + encoders in one process, same images): {baseline:.2f} s")
     print(f"ratio latency / baseline: {latency / baseline:.2f}")
     print(
-        f"peak memory: receiver process {main_peak:.0f} MB; largest worker or image-pool process {worker_peak:.0f} MB;"
-        f" its {processes} worker and image-pool processes together {below_peak:.0f} MB (sampled every 50 ms)"
+        f"peak memory: receiver process {main_peak:.0f} MB; worker process {worker_peak:.0f} MB; image-pool processes "
+        f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {processes} worker and pool processes "
+        f"together {below_peak:.0f} MB at most at one time (sampled every 50 ms)"
     )
 
 
