@@ -14,6 +14,7 @@ difference being the images sent both ways; measured on a shared 2-core machine)
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -118,6 +119,25 @@ def ordered_runs(runs: tuple[ModelRun, ...]) -> tuple[ModelRun, ...]:
     return tuple(sorted(runs, key=lambda run: RUN_ORDER.index(run.role)))
 
 
+#: What the analysis imports on first use (so that ``process`` of a chest film starts without
+#: scikit-learn): a process that analyses imports them before its first job instead.
+ANALYSIS_IMPORTS = ("miemss_node.pipeline.runner", "miemss_node.pipeline.anomaly")
+
+#: What encoding imports on first use: the outline functions of ``skimage.measure`` (a lazily loaded
+#: package: its attributes load their modules, and the polygon module brings scipy.signal).
+ENCODING_IMPORTS = ("miemss_node.encode.study", "skimage.measure:approximate_polygon", "skimage.measure:find_contours")
+
+
+def import_deferred(modules: tuple[str, ...]) -> None:
+    """Import modules ("module" or "module:attribute") now, while a worker waits for jobs, rather than
+    in its first job's time."""
+    for spec in modules:
+        name, _, attribute = spec.partition(":")
+        module = importlib.import_module(name)
+        if attribute:
+            getattr(module, attribute)
+
+
 @dataclass(frozen=True, kw_only=True)
 class _ChildSetup:
     """What a pool process needs to start: everything but the task."""
@@ -145,10 +165,7 @@ def _start_child(setup: _ChildSetup) -> None:
     threadpool_limits(limits=setup.threads)
     models = setup.models if setup.models.threads else replace(setup.models, threads=setup.threads)
     _CHILD["settings"] = setup.settings
-    # Imported now, while the worker waits for jobs, rather than in the first job's time.
-    import miemss_node.pipeline.anomaly
-    import miemss_node.pipeline.runner  # noqa: F401
-
+    import_deferred(ANALYSIS_IMPORTS)
     try:
         _CHILD["models"] = load_models(models)
     except MiemssError as exc:

@@ -26,7 +26,15 @@ from miemss_node.errors import (
     TemplateError,
     describe_error,
 )
-from miemss_node.images import ImageOutcome, ImagePool, analyse_stored_image, ordered_runs
+from miemss_node.images import (
+    ANALYSIS_IMPORTS,
+    ENCODING_IMPORTS,
+    ImageOutcome,
+    ImagePool,
+    analyse_stored_image,
+    import_deferred,
+    ordered_runs,
+)
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun, Report
 from miemss_node.pipeline.caption import caption_key_image, study_caption
 from miemss_node.pipeline.decode import read_dicom_file
@@ -109,7 +117,9 @@ class Worker:
         self.templates = load_templates()
 
     def warm(self) -> None:
-        """Start the image pool's processes now, so that the first job does not wait for them."""
+        """Import what the first job would import on first use, and start the image pool's processes,
+        so that the first job waits for neither."""
+        import_deferred(ENCODING_IMPORTS if self.pool is not None else (*ANALYSIS_IMPORTS, *ENCODING_IMPORTS))
         if self.pool is not None:
             self.pool.warm()
 

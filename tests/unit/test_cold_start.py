@@ -47,3 +47,11 @@ def test_with_a_pool_the_job_process_loads_only_blip_and_the_pool_all_but_blip()
     assert (job.vit, job.blip, job.chest, job.anatomy) == ("", "blip", "", "")
     assert (pool.vit, pool.blip, pool.chest, pool.anatomy) == ("vit", "", "chest", "anatomy")
     assert job_model_settings(models, 1) == models
+
+
+def test_a_worker_imports_before_its_first_job_what_the_pipeline_and_encoders_defer() -> None:
+    statement = (
+        "from miemss_node.images import ANALYSIS_IMPORTS, ENCODING_IMPORTS, import_deferred;"
+        "import_deferred((*ANALYSIS_IMPORTS, *ENCODING_IMPORTS))"
+    )
+    assert imported_after(statement, {"sklearn", "scipy.signal"}) == {"sklearn", "scipy.signal"}
