@@ -11,9 +11,10 @@ corpus), then checks what came out:
   region comes out as a drawn freehand ROI;
 - the GSPS through dcmtk's ``dcmp2pgm``: exit status and the polylines it lists.
 
-    MIEMSS_TEST_DATA=/work/shared/data .venv/bin/python benchmarks/real_results_in_viewers.py OUT_DIR [--reuse]
+    MIEMSS_TEST_DATA=/work/shared/data .venv/bin/python benchmarks/real_results_in_viewers.py OUT_DIR [--reuse] [--only=NAME,...]
 
-``--reuse`` keeps the outputs already in OUT_DIR (no new ``process`` runs).
+``--reuse`` keeps the outputs already in OUT_DIR (no new ``process`` runs); ``--only`` keeps the films
+whose file name contains one of the comma-separated parts.
 """
 
 from __future__ import annotations
@@ -99,17 +100,20 @@ def seg_labels(seg: pydicom.Dataset) -> dict[int, np.ndarray]:
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
+    rows: dict[str, dict[str, object]] = {}
     cases = []
     errors_by_kind: Counter[str] = Counter()
     objects_by_kind: Counter[str] = Counter()
     for index, film in enumerate(films()):
         folder = out / f"film{index:02d}"
+        if only and not any(part in film.name for part in only[0].split(",")):
+            continue
         done = (subprocess.CompletedProcess([], 0, "", "") if "--reuse" in sys.argv and (folder / "findings.json").exists()
                 else process(film, folder))
         row: dict[str, object] = {"film": str(film.relative_to(SHARED_DATA)) if SHARED_DATA in film.parents else film.name,
                                   "process_rc": done.returncode}
-        rows.append(row)
+        rows[folder.name] = row
         if done.returncode != 0:
             row["process_error"] = (done.stdout + done.stderr)[-400:]
             continue
@@ -163,7 +167,7 @@ def main() -> None:
     for case in cases:
         folder = Path(case["labelmapDir"])
         result = loaded[case["name"]]
-        row = rows[int(case["name"].removeprefix("film"))]
+        row = rows[case["name"]]
         verdicts = []
         for seg_path, seg in zip(case["segs"], result["segs"], strict=True):
             if "error" in seg:
@@ -187,8 +191,8 @@ def main() -> None:
             f"rois={sum(m['toolType'] == 'PlanarFreehandROI' and m['closed'] and len(m['imagePoints']) >= 3 for m in sr['measurements'])}"
             for sr in result["srs"]
         ]
-    (out / "rows.json").write_text(json.dumps(rows, indent=1))
-    for row in rows:
+    (out / "rows.json").write_text(json.dumps(list(rows.values()), indent=1))
+    for row in rows.values():
         print(json.dumps({k: v for k, v in row.items() if k != "dciodvfy_errors"}))
     print("objects by kind", dict(objects_by_kind))
     print("dciodvfy error lines by kind", dict(errors_by_kind))
