@@ -24,6 +24,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -102,7 +103,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
     rows: dict[str, dict[str, object]] = {}
-    cases = []
+    cases: list[dict[str, Any]] = []
     errors_by_kind: Counter[str] = Counter()
     objects_by_kind: Counter[str] = Counter()
     for index, film in enumerate(films()):
