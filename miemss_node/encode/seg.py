@@ -1,7 +1,7 @@
 """The Segmentation (SEG) of the anomalous regions of one analysed image or frame.
 
 One segment per :class:`~miemss_node.pipeline.base.Region` (BINARY; FRACTIONAL 0/1 where 1-bit
-frames would not start on a byte, see :func:`segmentation_type`) (PS3.3 A.51, C.8.20), each
+frames would not fill whole bytes, see :func:`segmentation_type`) (PS3.3 A.51, C.8.20), each
 referencing its source image (and frame). An image without any region gets no SEG: an empty
 Segmentation carries no information and some viewers reject a SEG without segments; the SR
 says for that image that no anomalous region was found.
@@ -176,18 +176,21 @@ def _reference_frame(seg: Segmentation, frame_number: int) -> None:
         item.ReferencedFrameNumber = frame_number
 
 
-def segmentation_type(shape: tuple[int, int], n_segments: int) -> dict[str, Any]:
+def segmentation_type(shape: tuple[int, int]) -> dict[str, Any]:
     """The segmentation type arguments: BINARY, or FRACTIONAL when 1-bit frames would not align.
 
     BINARY frames are 1 bit per pixel, packed one after the other with no padding between frames
     (PS3.5 8.1.1), so when Rows x Columns is not a multiple of 8 every frame after the first starts
     inside a byte. OHIF's loader (``@cornerstonejs/adapters`` 5.14, ``getBitmapFramesFromDataset``)
     then takes the even-padded Pixel Data for byte-aligned frames and shifts every segment after
-    the first by a few pixels. Such a SEG is written FRACTIONAL instead (8 bits per pixel, OCCUPANCY,
-    Maximum Fractional Value 1, so every pixel is 0 or 1): the same mask, byte-aligned.
+    the first by a few pixels; with one segment, Pixel Data padded to an even length matches none of
+    the lengths it accepts and it refuses the SEG ("Unexpected 1-bit SEG PixelData length", seen on
+    the WG04 chest CR, 1955 x 1841, with one region). Such a SEG is written FRACTIONAL instead (8 bits
+    per pixel, OCCUPANCY, Maximum Fractional Value 1, so every pixel is 0 or 1): the same mask,
+    byte-aligned.
     """
     rows, columns = shape
-    if n_segments > 1 and (rows * columns) % 8:
+    if (rows * columns) % 8:
         return {
             "segmentation_type": SegmentationTypeValues.FRACTIONAL,
             "fractional_type": SegmentationFractionalTypeValues.OCCUPANCY,
@@ -277,7 +280,7 @@ def build_segmentation(request: SegRequest) -> SegmentFrames | None:
         seg = Segmentation(
             source_images=[header],
             pixel_array=stacked,
-            **segmentation_type(labels.shape, len(regions)),
+            **segmentation_type(labels.shape),
             segment_descriptions=descriptions,
             series_instance_uid=request.series_uid,
             series_number=request.series_number,

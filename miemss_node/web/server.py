@@ -194,7 +194,11 @@ class HttpServer:
             for channel in list(self._map.values()):
                 channel.close()
 
-        server.trigger.pull_trigger(close_everything)
+        try:
+            server.trigger.pull_trigger(close_everything)
+        except OSError:
+            # The loop has already ended and closed its trigger: nothing races us any more.
+            close_everything()
         server.task_dispatcher.shutdown()
         if self._thread is not None:
             self._thread.join(10)
