@@ -186,12 +186,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        small_bytes = write_workload(root / "small", small_template(), args.small)
-        large_bytes = write_workload(root / "large", large_template(), args.large)
+        small_bytes = write_workload(root / "small", small_template(), args.small) if args.small else 0
+        large_bytes = write_workload(root / "large", large_template(), args.large) if args.large else 0
         rows = []
         for key in args.peers.split(","):
             peer = PEERS[key]()
             for workload, count, size in (("small", args.small, small_bytes), ("large", args.large, large_bytes)):
+                if not count:  # --small 0 or --large 0 leaves that workload out
+                    continue
                 folder = root / f"{key}-{workload}"
                 folder.mkdir()
                 port = peer.start(folder)

@@ -5,7 +5,7 @@ N-image CR study made from the WG04 chest CR (1841x1955, pydicom-data) with new 
 and prints the latency, the node's peak memory (main process and worker children), and, as the
 in-process baseline, the time of the pipeline and encoders alone on the same images.
 
-    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--config-extra TOML]
+    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--image-processes N] [--config-extra TOML]
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from tests.support.peers import PacsScp, store_datasets  # noqa: E402
 from tests.support.studies import copies_as_new_study  # noqa: E402
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process, in MB; 0 when it is gone."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/PID/status (VmHWM: the peak, VmRSS: now), in MB; 0 when it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except FileNotFoundError:
         pass
@@ -42,13 +42,20 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (worker processes of the node; image-pool processes of a worker)."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: worker processes and their image pools' processes."""
+    found = children(pid)
+    return found + [grandchild for child in found for grandchild in descendants(child)]
 
 
 def in_process_baseline(study: list[Dataset]) -> float:
@@ -70,6 +77,10 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
+    parser.add_argument(
+        "--image-processes", type=int, default=0, help="[worker] image_processes (0: the cores; 1: no pool)"
+    )
+    parser.add_argument("--log", action="store_true", help="show the node's INFO log (job, stage and send timings)")
     args = parser.parse_args()
 
     study = copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images)
@@ -80,11 +91,11 @@ def main() -> None:
         config = Path(folder) / "config.toml"
         config.write_text(
             f"[node]\nport={port}\nstorage_dir='store'\n[study]\nsettle_seconds={args.settle}\n"
-            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\n"
+            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\nimage_processes={args.image_processes}\n"
             f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n{args.config_extra}\n",
             encoding="utf-8",
         )
-        env = {**os.environ, "MIEMSS_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "MIEMSS_LOG_LEVEL": "INFO" if args.log else "WARNING"}
         node = subprocess.Popen([sys.executable, "-m", "miemss_node", "serve", "--config", str(config)], env=env)
         try:
             wait_for_port(port)
@@ -96,9 +107,14 @@ def main() -> None:
             expected = 2 * len(study) + 1  # SEG + SC per image (when regions are found) + one SR
             deadline = time.monotonic() + 300
             peaks: dict[int, float] = {}
+            below_peak = 0.0  # the most the worker processes and their pools held at one moment
+            workers: set[int] = set()
             while time.monotonic() < deadline:
-                for pid in [node.pid, *children(node.pid)]:
-                    peaks[pid] = max(peaks.get(pid, 0.0), peak_rss_mb(pid))
+                workers.update(children(node.pid))
+                below = descendants(node.pid)
+                for pid in [node.pid, *below]:
+                    peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
+                below_peak = max(below_peak, sum(status_mb(pid, "VmRSS") for pid in below))
                 if len(pacs.received) >= expected or (
                     pacs.received and time.perf_counter() - arrivals[-1] > 5 and any(
                         str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in pacs.received
@@ -115,13 +131,19 @@ def main() -> None:
     latency = arrivals[-1] - last_received - args.settle
     baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
-    worker_peak = max((v for pid, v in peaks.items() if pid != node.pid), default=0.0)
+    worker_peak = max((v for pid, v in peaks.items() if pid in workers), default=0.0)
+    pool_peaks = sorted((v for pid, v in peaks.items() if pid != node.pid and pid not in workers), reverse=True)
+    processes = len(peaks) - 1
     print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {last_received - sent_at:.2f} s")
     print(f"results received: {len(pacs.received)}")
     print(f"latency (last instance -> last result, minus settle {args.settle:g} s): {latency:.2f} s")
     print(f"baseline (pipeline + encoders in one process, same images): {baseline:.2f} s")
     print(f"ratio latency / baseline: {latency / baseline:.2f}")
-    print(f"peak memory: receiver process {main_peak:.0f} MB, worker process {worker_peak:.0f} MB")
+    print(
+        f"peak memory: receiver process {main_peak:.0f} MB; worker process {worker_peak:.0f} MB; image-pool processes "
+        f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {processes} worker and pool processes "
+        f"together {below_peak:.0f} MB at most at one time (sampled every 50 ms)"
+    )
 
 
 if __name__ == "__main__":

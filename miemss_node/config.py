@@ -103,6 +103,9 @@ class WorkerSettings:
     retry_backoff_seconds: float = 30.0
     #: Frames analysed per multi-frame image (each gets its own SEG and SC); 0 means every frame.
     max_frames: int = 0
+    #: Processes that analyse one job's images side by side; 1 analyses them one after the other in
+    #: the worker, 0 gives each worker its share of the cores (cores / workers on this machine).
+    image_processes: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -590,6 +593,8 @@ def _validate(sections: dict[str, Any], destinations: tuple[Destination, ...], p
         problems.append("[worker] retry_backoff_seconds must be >= 0")
     if worker.max_frames < 0:
         problems.append("[worker] max_frames must be >= 0 (0 = every frame)")
+    if worker.image_processes < 0:
+        problems.append("[worker] image_processes must be >= 0 (0 = the worker's share of the cores)")
 
     _validate_pipeline(sections["pipeline"], problems)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from miemss_node.config import Config
 from miemss_node.encode.templates import load_templates
 from miemss_node.errors import ConfigError
+from miemss_node.images import job_model_settings, resolve_image_processes
 from miemss_node.pipeline.models import NO_MODELS, load_models
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.receive.handlers import InstanceStore
@@ -49,12 +50,17 @@ class Node:
         with_receiver: bool = True,
         worker_count: int | None = None,
         worker_processes: bool | None = None,
+        machine_workers: int | None = None,
     ) -> None:
+        """``machine_workers`` is how many jobs run at once on this machine (default: this node's
+        workers), so that each job's image pool takes its share of the cores."""
         self.config = config
         self.with_receiver = with_receiver
         self.worker_count = config.worker.count if worker_count is None else worker_count
         self.worker_processes = config.worker.processes if worker_processes is None else worker_processes
+        self.machine_workers = machine_workers or max(1, self.worker_count)
         self._children: list[BaseProcess] = []
+        self._workers: list[Worker] = []
         self.engine = create_database_engine(config.database_url)
         self.sessions = session_factory(self.engine)
         self.server: ReceiverServer | None = None
@@ -72,9 +78,11 @@ class Node:
     def start(self) -> None:
         """Create the storage folder, start the receiver and the background loops."""
         in_process = bool(self.worker_count) and not self.worker_processes
+        image_processes = resolve_image_processes(self.config.worker.image_processes, self.machine_workers)
         # Once per process, before anything starts: building a ViT/BLIP takes seconds, and a model
-        # that cannot be loaded stops the start here (a ModelError naming the fix).
-        models = load_models(self.config.models) if in_process else NO_MODELS
+        # that cannot be loaded stops the start here (a ModelError naming the fix). With an image
+        # pool, its processes load the ViT and chest models; this one only BLIP.
+        models = load_models(job_model_settings(self.config.models, image_processes)) if in_process else NO_MODELS
         load_templates()  # checked once, before anything runs: a broken template stops the start here
         storage = self.config.node.storage_dir
         try:
@@ -105,8 +113,28 @@ class Node:
             self._spawn("supervisor", self._restart_dead_children, WORKER_RESTART_SECONDS)
             return
         for index in range(self.worker_count):
-            worker = Worker(self.sessions, self.config, models)
-            self._spawn(f"worker-{index}", worker.run_once, self.config.worker.poll_seconds)
+            worker = Worker(
+                self.sessions,
+                self.config,
+                models,
+                image_processes=image_processes,
+                worker_processes=self.machine_workers,
+            )
+            self._workers.append(worker)
+            self._spawn(f"worker-{index}", self._warmed(worker), self.config.worker.poll_seconds)
+
+    @staticmethod
+    def _warmed(worker: Worker) -> Callable[[], int]:
+        """The worker's step, starting its image pool before the first claim (in the worker's thread)."""
+        warmed = threading.Event()
+
+        def step() -> int:
+            if not warmed.is_set():
+                worker.warm()
+                warmed.set()
+            return worker.run_once()
+
+        return step
 
     def _start_receiver(self, store: InstanceStore) -> ReceiverServer:
         node = self.config.node
@@ -230,6 +258,9 @@ class Node:
         for thread in self._threads:  # the supervisor first, so it restarts nothing from here on
             thread.join()
         self._threads.clear()
+        for worker in self._workers:
+            worker.close()
+        self._workers.clear()
         for child in self._children:
             child.terminate()  # SIGTERM: the child finishes its current job step and exits
         for child in self._children:
@@ -255,7 +286,9 @@ def run_worker_process(config: Config, worker_count: int, parent_pid: int, sibli
 
     configure_logging(config.logging.level, log_format=config.logging.format)
     threadpool_limits(limits=max(1, (os.cpu_count() or 1) // max(1, siblings)))
-    node = Node(config, with_receiver=False, worker_count=worker_count, worker_processes=False)
+    node = Node(
+        config, with_receiver=False, worker_count=worker_count, worker_processes=False, machine_workers=siblings
+    )
     received: list[int] = []
     # Only note the signal (no locks in a handler); the loop below stops the node.
     signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))

@@ -10,17 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from types import MappingProxyType
-
-from pydicom.uid import (
-    Comprehensive3DSRStorage,
-    EncapsulatedPDFStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    KeyObjectSelectionDocumentStorage,
-    ParametricMapStorage,
-    SecondaryCaptureImageStorage,
-    SegmentationStorage,
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,10 +22,16 @@ class ResultKind:
     name: str
     #: What it is, for people (config comments, conformance statement).
     title: str
-    #: SOP Class UID of the objects of this kind.
-    sop_class_uid: str
+    #: pydicom's keyword of the SOP Class of the objects of this kind (``pydicom.uid``).
+    sop_class: str
     #: Series Number of the first version's series, unless ``[results]`` says otherwise.
     series_number: int
+
+    @property
+    def sop_class_uid(self) -> str:
+        """SOP Class UID of the objects of this kind (pydicom is imported only when it is asked for,
+        so that ``--help`` and ``check-config`` start without it)."""
+        return str(getattr(import_module("pydicom.uid"), self.sop_class))
 
     @property
     def series_number_key(self) -> str:
@@ -44,18 +41,18 @@ class ResultKind:
 
 #: Every kind, in the order the documentation lists them.
 RESULT_KINDS: tuple[ResultKind, ...] = (
-    ResultKind(name="SEG", title="Segmentation", sop_class_uid=SegmentationStorage, series_number=9001),
-    ResultKind(name="SR", title="Comprehensive 3D SR", sop_class_uid=Comprehensive3DSRStorage, series_number=9002),
-    ResultKind(name="SC", title="Secondary Capture", sop_class_uid=SecondaryCaptureImageStorage, series_number=9003),
-    ResultKind(name="PM", title="Parametric Map", sop_class_uid=ParametricMapStorage, series_number=9004),
-    ResultKind(name="PDF", title="Encapsulated PDF", sop_class_uid=EncapsulatedPDFStorage, series_number=9005),
+    ResultKind(name="SEG", title="Segmentation", sop_class="SegmentationStorage", series_number=9001),
+    ResultKind(name="SR", title="Comprehensive 3D SR", sop_class="Comprehensive3DSRStorage", series_number=9002),
+    ResultKind(name="SC", title="Secondary Capture", sop_class="SecondaryCaptureImageStorage", series_number=9003),
+    ResultKind(name="PM", title="Parametric Map", sop_class="ParametricMapStorage", series_number=9004),
+    ResultKind(name="PDF", title="Encapsulated PDF", sop_class="EncapsulatedPDFStorage", series_number=9005),
     ResultKind(
-        name="KO", title="Key Object Selection", sop_class_uid=KeyObjectSelectionDocumentStorage, series_number=9006
+        name="KO", title="Key Object Selection", sop_class="KeyObjectSelectionDocumentStorage", series_number=9006
     ),
     ResultKind(
         name="GSPS",
         title="Grayscale Softcopy Presentation State",
-        sop_class_uid=GrayscaleSoftcopyPresentationStateStorage,
+        sop_class="GrayscaleSoftcopyPresentationStateStorage",
         series_number=9007,
     ),
 )

@@ -14,25 +14,32 @@ from sqlalchemy.orm import Session, sessionmaker
 from miemss_node.clock import utcnow
 from miemss_node.config import DEFAULT_RESULT_TYPES, Config, Destination
 from miemss_node.encode.context import PredecessorDocument, Verification
+from miemss_node.encode.ko import key_image_index
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import load_templates
 from miemss_node.encode.uids import series_uid
 from miemss_node.errors import (
     ConfigError,
-    DecodeError,
     EncodeError,
     MiemssError,
     OutOfSpaceError,
-    StageError,
     TemplateError,
     describe_error,
 )
-from miemss_node.pipeline.base import ImageAnalysis, Report
-from miemss_node.pipeline.caption import study_caption
-from miemss_node.pipeline.decode import is_image_dataset, read_dicom_file
+from miemss_node.images import (
+    ANALYSIS_IMPORTS,
+    ENCODING_IMPORTS,
+    ImageOutcome,
+    ImagePool,
+    analyse_stored_image,
+    import_deferred,
+    ordered_runs,
+)
+from miemss_node.pipeline.base import ImageAnalysis, ModelRun, Report
+from miemss_node.pipeline.caption import caption_key_image, study_caption
+from miemss_node.pipeline.decode import read_dicom_file
 from miemss_node.pipeline.models import NO_MODELS, ModelSet
 from miemss_node.pipeline.report import build_report
-from miemss_node.pipeline.runner import analyse_dataset
 from miemss_node.queue import repository
 from miemss_node.queue.lease import LeaseKeeper, lease_owner_id
 from miemss_node.queue.models import Job, JobState
@@ -77,13 +84,28 @@ class StudyWork:
 
 
 class Worker:
-    """Runs queued jobs one at a time."""
+    """Runs queued jobs one at a time; a job's images one after the other, or side by side in a pool."""
 
-    def __init__(self, sessions: sessionmaker[Session], config: Config, models: ModelSet = NO_MODELS) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        config: Config,
+        models: ModelSet = NO_MODELS,
+        *,
+        image_processes: int = 1,
+        worker_processes: int = 1,
+    ) -> None:
+        """``image_processes`` > 1 analyses a job's images in that many processes of their own, which
+        load the ViT and chest models themselves (see :mod:`~miemss_node.images`); ``models`` then
+        needs only the BLIP. ``worker_processes`` jobs run at once on the machine and share its cores.
+        """
         self.sessions = sessions
         self.config = config
         #: Loaded once per worker process (see ``Node.start``) and shared by its worker threads.
         self.models = models
+        self.pool = (
+            ImagePool(config, image_processes, worker_processes=worker_processes) if image_processes > 1 else None
+        )
         self.owner = lease_owner_id()
         self.policy = RetryPolicy(
             max_attempts=config.worker.max_attempts,
@@ -93,6 +115,24 @@ class Worker:
         )
         #: Checked once here; a broken template stops the worker before it takes any job.
         self.templates = load_templates()
+
+    def warm(self) -> None:
+        """Import what the first job would import on first use, and start the image pool's processes,
+        so that the first job waits for neither."""
+        import_deferred(ENCODING_IMPORTS if self.pool is not None else (*ANALYSIS_IMPORTS, *ENCODING_IMPORTS))
+        if self.pool is not None:
+            self.pool.warm()
+
+    def close(self) -> None:
+        """Stop the image pool's processes."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def model_runs(self) -> tuple[ModelRun, ...]:
+        """The models that run on a job's images, wherever they are loaded."""
+        if self.pool is None:
+            return self.models.runs
+        return ordered_runs((*self.models.runs, *self.pool.model_runs()))
 
     def run_once(self) -> int:
         """Claim and run one job; returns 1 when a job ran, 0 when none was due.
@@ -209,8 +249,9 @@ class Worker:
         if plan is not None:
             work.analyses = keep_accepted(work.analyses, plan)
             verification, statement = self._verification(plan)
-        runs = self.models.runs
-        report = build_report(work.analyses, caption=study_caption(work.analyses), models=runs)
+        # One caption per study, of its key image (each costs seconds on a CPU).
+        work.analyses = caption_key_image(work.analyses, key_image_index(work.analyses), self.models.blip)
+        report = build_report(work.analyses, caption=study_caption(work.analyses), models=self.model_runs())
         report = with_skipped_instances(report, work.skipped)
         if statement is not None:
             report = reviewed_report(report, statement)
@@ -247,30 +288,34 @@ class Worker:
             )
 
     def _analyse(self, instances: list[tuple[str, str]]) -> StudyWork:
+        """Analyse the study's instances (in the pool when there is one) and read their headers."""
+        layout = StorageLayout(self.config.node.storage_dir)
+        files = [(uid, layout.resolve(path)) for uid, path in instances]
+        max_frames = self.config.worker.max_frames or None
+        outcomes: list[ImageOutcome]
+        if self.pool is None:
+            outcomes = [
+                analyse_stored_image(uid, path, self.config.pipeline, self.models, max_frames) for uid, path in files
+            ]
+        else:
+            outcomes = self.pool.analyse(files, max_frames)
         work = StudyWork()
-        storage = self.config.node.storage_dir
-        for sop_uid, path in instances:
-            try:
-                ds = read_dicom_file(StorageLayout(storage).resolve(path))
-                if not is_image_dataset(ds):
-                    work.skipped.append((sop_uid, "not an image (stored, not processed)"))
-                    continue
-                max_frames = self.config.worker.max_frames or None
-                analyses = analyse_dataset(ds, self.config.pipeline, self.models, max_frames=max_frames)
-            except (DecodeError, StageError) as exc:
-                # One bad image must not cost the study its other images' results. An image that
-                # no decoder can read is a final failure for that image, so it is an ERROR.
-                logger.log(
-                    logging.ERROR if isinstance(exc, DecodeError) else logging.WARNING,
-                    "instance %s not processed: %s",
-                    sop_uid,
-                    exc,
-                    extra={"action": "job.instance_skipped", "sop_instance_uid": sop_uid},
-                )
-                work.skipped.append((sop_uid, str(exc)))
+        for outcome, (sop_uid, path) in zip(outcomes, files, strict=True):
+            if outcome.skipped is not None:
+                if outcome.skip_level is not None:
+                    # One bad image must not cost the study its other images' results.
+                    logger.log(
+                        outcome.skip_level,
+                        "instance %s not processed: %s",
+                        sop_uid,
+                        outcome.skipped,
+                        extra={"action": "job.instance_skipped", "sop_instance_uid": sop_uid},
+                    )
+                work.skipped.append((sop_uid, outcome.skipped))
                 continue
-            work.sources.append(ds)
-            work.analyses.extend(analyses)
+            # The encoders need the header only; the pixels were decoded once, by the analysis.
+            work.sources.append(read_dicom_file(path, header_only=True))
+            work.analyses.extend(outcome.analyses)
         return work
 
     def _write_result(self, job: Job, study_uid: str, kind: str, ds: Dataset) -> repository.ResultRecord:

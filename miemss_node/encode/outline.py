@@ -8,7 +8,6 @@ outline follows the region's boundary, half a pixel outside the centres of its e
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import approximate_polygon, find_contours
 
 #: Largest distance, in pixels, between the outline and the boundary it simplifies.
 TOLERANCE_PX = 0.75
@@ -38,6 +37,9 @@ def region_outline(labels: np.ndarray, label: int) -> np.ndarray:
     ValueError
         When no pixel has the label.
     """
+    # skimage.measure's polygon module imports scipy.signal (about a second): only when outlining.
+    from skimage.measure import approximate_polygon, find_contours
+
     mask = np.asarray(labels) == label
     if not mask.any():
         raise ValueError(f"no pixel is labelled {label}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from skimage.morphology import dilation, footprint_rectangle
@@ -27,8 +30,10 @@ ATTENTION_TEXT = "Magenta: ViT attention"
 def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     """Map scores in [0, 1] to RGB float colours in [0, 255], shape ``heatmap.shape + (3,)``."""
     heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
-    channels = [np.interp(heat, _HEAT_STOPS, _HEAT_COLOURS[:, c]) for c in range(3)]
-    return np.stack(channels, axis=-1).astype(np.float32)
+    colours = np.empty((*heat.shape, 3), dtype=np.float32)
+    for channel in range(3):  # into place: no float64 stack of three channels to convert afterwards
+        colours[..., channel] = np.interp(heat, _HEAT_STOPS, _HEAT_COLOURS[:, channel])
+    return colours
 
 
 def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -124,11 +129,43 @@ def render_overlay(
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+#: Overlays drawn for analyses still alive, by (analysis, how the template draws): the SC, the PDF
+#: and ``process`` each want the same picture, and drawing a 2k film takes a noticeable share of a job.
+_DRAWN: dict[tuple[object, ...], tuple[weakref.ref[ImageAnalysis], np.ndarray]] = {}
+_DRAWN_LOCK = threading.Lock()
+
+
 def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
     """The overlay of one analysed image, drawn as ``sc/secondary_capture.json`` says (uint8 RGB).
 
-    The burned-in text is the template's lines and the image's abnormality score.
+    The burned-in text is the template's lines and the image's abnormality score. The array is
+    read-only: it is drawn once per analysis and template and shared while the analysis lives.
     """
+    key = (
+        id(analysis),
+        template.heatmap_opacity,
+        template.outline_rgb,
+        template.text_rgb,
+        template.burned_in_text,
+        template.abnormality_score_format,
+    )
+    with _DRAWN_LOCK:
+        drawn = _DRAWN.get(key)
+    if drawn is not None and drawn[0]() is analysis:
+        return drawn[1]
+    rgb = _draw_analysis_overlay(analysis, template)
+    rgb.setflags(write=False)
+
+    def forget(_: object) -> None:
+        with _DRAWN_LOCK:
+            _DRAWN.pop(key, None)
+
+    with _DRAWN_LOCK:
+        _DRAWN[key] = (weakref.ref(analysis, forget), rgb)
+    return rgb
+
+
+def _draw_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:
     score_line = template.abnormality_score_format.format(score=float(analysis.abnormality_score))
     return render_overlay(
         analysis.decoded.pixels,

@@ -8,8 +8,10 @@ together with ``encode/`` and ``worker.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the config (and so ``--help``) loads without numpy
+    import numpy as np
 
 
 @dataclass(frozen=True, kw_only=True)

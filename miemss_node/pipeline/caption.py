@@ -8,11 +8,14 @@ report labels it so and names the model, its revision and the decoding parameter
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from miemss_node.errors import StageError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,40 @@ class BlipCaptioner:
             )
         text = self.processor.decode(ids[0], skip_special_tokens=True)
         return " ".join(str(text).split())
+
+
+def caption_key_image(
+    analyses: Sequence[ImageAnalysis], key: int, captioner: BlipCaptioner | None
+) -> list[ImageAnalysis]:
+    """The analyses with the key image's caption: a study is captioned once, not once per image.
+
+    Each caption costs seconds on a CPU, and the images of one study show the same patient; the key
+    image (the one a reader looks at first) is the one described.
+
+    Parameters
+    ----------
+    analyses
+        The study's analyses, in report order.
+    key
+        Index of the key image among them (:func:`~miemss_node.encode.ko.key_image_index`).
+    captioner
+        The worker's BLIP; None leaves the analyses as they are.
+
+    Raises
+    ------
+    StageError
+        When the caption fails (``stage`` is "caption").
+    """
+    if captioner is None or not analyses:
+        return list(analyses)
+    chosen = analyses[key]
+    started = time.perf_counter()
+    try:
+        text = captioner.caption(chosen.enhanced.pixels)
+    except Exception as exc:
+        raise StageError("caption", f"{type(exc).__name__}: {exc}") from exc
+    seconds = {**chosen.stage_seconds, "caption": time.perf_counter() - started}
+    return [replace(a, caption=text, stage_seconds=seconds) if index == key else a for index, a in enumerate(analyses)]
 
 
 def study_caption(analyses: Sequence[ImageAnalysis]) -> str | None:

@@ -110,7 +110,7 @@ def _is_image(ds: Dataset) -> bool:
     return not any(sop_class == root or sop_class.startswith(root + ".") for root in _NON_IMAGE_SOP_ROOTS)
 
 
-def read_dicom_file(path: str | PathLike[str]) -> Dataset:
+def read_dicom_file(path: str | PathLike[str], *, header_only: bool = False) -> Dataset:
     """Read a DICOM file, including a raw dataset without preamble or File Meta.
 
     A file without a Transfer Syntax UID gets one from the encoding pydicom detected while
@@ -120,6 +120,8 @@ def read_dicom_file(path: str | PathLike[str]) -> Dataset:
     ----------
     path
         The file to read.
+    header_only
+        Stop before the pixel data (the encoders need only the header).
 
     Returns
     -------
@@ -136,7 +138,7 @@ def read_dicom_file(path: str | PathLike[str]) -> Dataset:
     path = Path(path)
     try:
         with _pydicom_warnings_logged(None):
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=header_only)
     except OSError:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input

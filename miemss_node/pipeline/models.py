@@ -186,7 +186,9 @@ def load_vit(folder: Path, *, device: str, int8: bool) -> VitAttention:
         ),
     )
     _log_loaded(run, started)
-    return VitAttention(model=model, processor=processor, device=device, run=run)
+    return VitAttention(
+        model=model, processor=processor, device=device, run=run, batch_frames=precision == "fp32"
+    )
 
 
 def load_blip(folder: Path, *, device: str, int8: bool, max_new_tokens: int, num_beams: int) -> BlipCaptioner:

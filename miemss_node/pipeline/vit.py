@@ -53,14 +53,17 @@ class VitPatches:
 class VitAttention:
     """A loaded ViT with its image processor (see :func:`~miemss_node.pipeline.models.load_vit`)."""
 
-    def __init__(self, *, model: Any, processor: Any, device: str, run: ModelRun) -> None:
+    def __init__(self, *, model: Any, processor: Any, device: str, run: ModelRun, batch_frames: bool = True) -> None:
         self.model = model
         self.processor = processor
         self.device = device
         self.run = run
+        #: Frames go through the model together. False for dynamic int8, whose activation scale is
+        #: taken over the whole batch: a frame's result would depend on the frames beside it.
+        self.batch_frames = batch_frames
 
     def patches(self, frames: Sequence[np.ndarray]) -> list[VitPatches]:
-        """Embed and roll out the attention of frames, as one batch.
+        """Embed and roll out the attention of frames: as one batch, or one by one (``batch_frames``).
 
         Parameters
         ----------
@@ -72,6 +75,11 @@ class VitAttention:
         list of VitPatches
             One per frame, on the model's token grid.
         """
+        if not self.batch_frames and len(frames) > 1:
+            return [patches for frame in frames for patches in self._batch([frame])]
+        return self._batch(frames)
+
+    def _batch(self, frames: Sequence[np.ndarray]) -> list[VitPatches]:
         import torch
 
         if not frames:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +19,10 @@ from miemss_node.errors import EncodeError
 from miemss_node.logconfig import configure_logging
 from miemss_node.node import Node
 from miemss_node.queue.db import create_database_engine, session_factory
-from miemss_node.queue.models import Job, JobState
+from miemss_node.queue.models import JobState
 from miemss_node.storage import free_bytes
 from miemss_node.worker import Worker
+from tests.support.jobs import job_of, wait_for_job
 from tests.support.peers import store_datasets
 from tests.support.studies import copies_as_new_study
 
@@ -35,24 +35,6 @@ def queued(config_factory: Callable[..., Config], node_factory: Callable[[Config
     node = node_factory(config)
     assert store_datasets(copies_as_new_study(Path(get_testdata_file("CT_small.dcm")), 1), node.port) == [0x0000]
     return node, config, wait_for_job(node)
-
-
-def wait_for_job(node: Node, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with node.sessions() as session:
-            job = session.query(Job).first()
-            if job is not None:
-                return job.id
-        time.sleep(0.1)
-    raise AssertionError("no job was queued")
-
-
-def job_of(node: Node, job_id: int) -> Job:
-    with node.sessions() as session:
-        job = session.get_one(Job, job_id)
-        session.refresh(job, ["results"])
-        return job
 
 
 def test_a_full_disk_waits_without_using_up_attempts_and_the_job_resumes(queued: tuple[Node, Config, int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import pytest
 from miemss_node.config import ModelSettings
 from miemss_node.errors import ModelError
 from miemss_node.pipeline.base import DecodedImage, PatchFeatures, PipelineSettings
+from miemss_node.pipeline.caption import caption_key_image, study_caption
 from miemss_node.pipeline.models import NO_MODELS, ModelSet, load_models, model_revision, resolve_device
-from miemss_node.pipeline.runner import analyse_image
-from miemss_node.pipeline.vit import FEATURE_NAMES, VitPatches, attention_rollout, join_vit_features
+from miemss_node.pipeline.runner import analyse_frames, analyse_image
+from miemss_node.pipeline.vit import FEATURE_NAMES, VitAttention, VitPatches, attention_rollout, join_vit_features
 from tests.support.paths import REPO_ROOT
 from tests.support.tiny_models import TinyModels, build_tiny_models, build_tiny_vit
 
@@ -191,3 +193,55 @@ def test_beam_search_settings_reach_the_captioner(tiny: TinyModels) -> None:
     assert loaded.blip is not None
     assert "beam search (2 beams), max 5 new tokens" in loaded.blip.run.parameters
     assert 1 <= len(loaded.blip.caption(chest_like()).split()) <= 5
+
+
+class _CountingVit:
+    """The loaded ViT, counting how many frames each call gets."""
+
+    def __init__(self, vit: VitAttention) -> None:
+        self.vit = vit
+        self.run = vit.run
+        self.batches: list[int] = []
+
+    def patches(self, frames: Sequence[np.ndarray]) -> list[VitPatches]:
+        self.batches.append(len(frames))
+        return self.vit.patches(frames)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_vit_sees_the_frames_of_an_image_in_one_call(tiny: TinyModels, int8: bool) -> None:
+    """In fp32 as one batch; in dynamic int8 one by one, since its activation scale is taken over the
+    batch: a frame's attention is then exactly what it is alone."""
+    models = load_models(ModelSettings(vit=str(tiny.vit), device="cpu", int8=("vit",) if int8 else ()))
+    frames = [
+        DecodedImage(pixels=chest_like((128, 112)), pixel_spacing_mm=(0.5, 0.5), frame_number=1),
+        DecodedImage(pixels=chest_like((128, 112))[::-1].copy(), pixel_spacing_mm=(0.5, 0.5), frame_number=2),
+    ]
+    settings = PipelineSettings(analysis_max_side=128, patch_size=8)
+    assert models.vit is not None
+    counting = _CountingVit(models.vit)
+    batched = analyse_frames(frames, settings, replace(models, vit=counting))  # type: ignore[arg-type]
+    assert counting.batches == [2]
+    assert models.vit.batch_frames is not int8
+    for frame, analysis in zip(frames, batched, strict=True):
+        alone = analyse_image(frame, settings, models)
+        assert analysis.attention is not None and alone.attention is not None
+        if int8:
+            np.testing.assert_array_equal(analysis.attention.heatmap, alone.attention.heatmap)
+        else:
+            np.testing.assert_allclose(analysis.attention.heatmap, alone.attention.heatmap, atol=1e-5)
+        assert "vit" in analysis.stage_seconds
+
+
+def test_a_study_is_captioned_once_on_its_key_image(models: ModelSet) -> None:
+    settings = PipelineSettings(analysis_max_side=128, patch_size=8)
+    images = [DecodedImage(pixels=chest_like((128, 112)), pixel_spacing_mm=(0.5, 0.5)) for _ in range(3)]
+    analyses = [analyse_image(image, settings, replace(models, blip=None)) for image in images]
+    assert models.blip is not None
+    captioned = caption_key_image(analyses, 1, models.blip)
+    assert [a.caption is not None for a in captioned] == [False, True, False]
+    assert captioned[1].caption == models.blip.caption(analyses[1].enhanced.pixels)
+    assert "caption" in captioned[1].stage_seconds
+    text = study_caption(captioned)
+    assert text is not None and text.startswith(f"Image 2: {captioned[1].caption}") and text.count("Image") == 1
+    assert caption_key_image(analyses, 1, None) == analyses
