@@ -83,18 +83,24 @@ def analyse_stored_image(
     return ImageOutcome(sop_instance_uid=sop_instance_uid, analyses=tuple(analyses))
 
 
-def resolve_image_processes(configured: int, worker_processes: int) -> int:
+def resolve_image_processes(configured: int, worker_processes: int, models: ModelSettings | None = None) -> int:
     """The processes that analyse one job's images: as configured, or (0) the job's share of the cores.
 
     Parameters
     ----------
     configured
-        ``[worker] image_processes``; 0 means the cores divided among ``worker_processes``.
+        ``[worker] image_processes``; 0 means the cores divided among ``worker_processes``, or 1 when
+        ``models`` names a ViT, chest or anatomy model.
     worker_processes
         Jobs that run at the same time on this machine (worker processes or threads).
+    models
+        ``[models]``: each pool process would load torch and these models again (about 1.2 GB each with
+        ViT-base), so by default a worker with them keeps one process within its 3 GB.
     """
     if configured:
         return configured
+    if models is not None and (models.vit or models.chest or models.anatomy):
+        return 1
     return max(1, (os.cpu_count() or 1) // max(1, worker_processes))
 
 

@@ -78,7 +78,9 @@ class Node:
     def start(self) -> None:
         """Create the storage folder, start the receiver and the background loops."""
         in_process = bool(self.worker_count) and not self.worker_processes
-        image_processes = resolve_image_processes(self.config.worker.image_processes, self.machine_workers)
+        image_processes = resolve_image_processes(
+            self.config.worker.image_processes, self.machine_workers, self.config.models
+        )
         # Once per process, before anything starts: building a ViT/BLIP takes seconds, and a model
         # that cannot be loaded stops the start here (a ModelError naming the fix). With an image
         # pool, its processes load the ViT and chest models; this one only BLIP.

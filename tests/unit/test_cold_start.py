@@ -40,6 +40,16 @@ def test_image_processes_default_to_the_workers_share_of_the_cores(
     assert resolve_image_processes(configured, workers) == expected
 
 
+@pytest.mark.parametrize(("configured", "expected"), [(0, 1), (2, 2)])
+def test_a_worker_with_a_torch_model_keeps_one_image_process_unless_told(
+    monkeypatch: pytest.MonkeyPatch, configured: int, expected: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    with_vit = ModelSettings(vit="/models/vit")
+    assert resolve_image_processes(configured, 1, with_vit) == expected
+    assert resolve_image_processes(0, 1, ModelSettings(blip="/models/blip")) == 8  # BLIP stays in the worker
+
+
 def test_with_a_pool_the_job_process_loads_only_blip_and_the_pool_all_but_blip() -> None:
     models = ModelSettings(vit="vit", blip="blip", chest="chest", anatomy="anatomy")
     job = job_model_settings(models, 2)
