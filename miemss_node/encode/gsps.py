@@ -82,6 +82,7 @@ class GspsRequest:
     series_uid: str
     sop_instance_uid: str
     series_number: int
+    instance_number: int = 1
 
 
 def is_grayscale(source: Dataset) -> bool:
@@ -321,7 +322,7 @@ def build_presentation_state(request: GspsRequest) -> GrayscaleSoftcopyPresentat
             series_instance_uid=request.series_uid,
             series_number=request.series_number,
             sop_instance_uid=request.sop_instance_uid,
-            instance_number=1,
+            instance_number=request.instance_number,
             manufacturer=equipment.manufacturer,
             manufacturer_model_name=equipment.model_name,
             software_versions=software_versions_value(equipment),

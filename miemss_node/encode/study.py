@@ -246,24 +246,35 @@ def _encode_image_extras(
 def _encode_gsps(
     images: list[KeyImage], templates: Templates, equipment: Equipment, context: EncodeContext
 ) -> list[EncodedResult]:
-    gsps = build_presentation_state(
-        GspsRequest(
-            images=tuple(images),
-            template=templates.presentation_state,
-            equipment=equipment,
-            series_uid=series_uid(context.job_key, "GSPS"),
-            sop_instance_uid=study_level_uid(context.job_key, "GSPS", "document"),
-            series_number=context.series_number("GSPS"),
+    """One GSPS per image size in the study (a GSPS presents images of one size only; PS3.3 C.11.11).
+
+    The first size's GSPS keeps the UID a study of one size has always had.
+    """
+    by_size: dict[tuple[int, int], list[KeyImage]] = {}
+    for image in images:
+        by_size.setdefault((int(image.source.Rows), int(image.source.Columns)), []).append(image)
+    results = []
+    for number, group in enumerate(by_size.values(), start=1):
+        gsps = build_presentation_state(
+            GspsRequest(
+                images=tuple(group),
+                template=templates.presentation_state,
+                equipment=equipment,
+                series_uid=series_uid(context.job_key, "GSPS"),
+                sop_instance_uid=study_level_uid(context.job_key, "GSPS", "document" if number == 1 else f"document {number}"),
+                series_number=context.series_number("GSPS"),
+                instance_number=number,
+            )
         )
-    )
-    if gsps is None:
-        return []
-    referenced = tuple(
-        str(item.ReferencedSOPInstanceUID)
-        for series in gsps.ReferencedSeriesSequence
-        for item in series.ReferencedImageSequence
-    )
-    return [EncodedResult(kind="GSPS", dataset=gsps, source_sop_instance_uids=referenced)]
+        if gsps is None:
+            continue
+        referenced = tuple(
+            str(item.ReferencedSOPInstanceUID)
+            for series in gsps.ReferencedSeriesSequence
+            for item in series.ReferencedImageSequence
+        )
+        results.append(EncodedResult(kind="GSPS", dataset=gsps, source_sop_instance_uids=referenced))
+    return results
 
 
 def _encode_sr(

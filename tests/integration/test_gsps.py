@@ -177,6 +177,25 @@ def test_gsps_of_frames_draws_each_frames_regions(tmp_path: Path) -> None:
     assert sorted(int(a.ReferencedImageSequence[0].ReferencedFrameNumber) for a in warned) == [1, 2, 3]
 
 
+def test_a_study_of_two_image_sizes_gets_a_gsps_for_each_size(tmp_path: Path) -> None:
+    # A GSPS presents images of one size only (highdicom refuses others), so a PA and a lateral of
+    # different sizes must not cost the study its results.
+    sources = [read_source(Path(str(get_testdata_file(name)))) for name in ("CT_small.dcm", "MR_small.dcm")]
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex"):
+        setattr(sources[1], keyword, sources[0].get(keyword, ""))  # one study: a 128² and a 64² image
+    analyses = [make_analysis(source, n_regions=1) for source in sources]
+    context = EncodeContext(job_key="two sizes", kinds=frozenset({"GSPS"}))
+    results = encode_study(sources, analyses, make_report(analyses), context)
+    assert [result.kind for result in results] == ["GSPS", "GSPS"]
+    assert [result.source_sop_instance_uids for result in results] == [(str(s.SOPInstanceUID),) for s in sources]
+    assert len({str(result.dataset.SOPInstanceUID) for result in results}) == 2
+    assert [int(result.dataset.InstanceNumber) for result in results] == [1, 2]
+    for number, result in enumerate(results):
+        path = tmp_path / f"gsps{number}.dcm"
+        result.dataset.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == []
+
+
 def test_colour_only_study_gets_no_gsps() -> None:
     source = read_source(shared_file("dicom/other/us_rgb_ge_rle.dcm"))
     analyses = [make_analysis(source, n_regions=1)]

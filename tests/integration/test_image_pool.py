@@ -27,8 +27,8 @@ from tests.support.net import free_port
 from tests.support.paths import shared_file
 from tests.support.peers import store_datasets
 
-#: The result types whose content does not embed the time it was made (the PDF does). Not GSPS: it
-#: cannot yet reference images of different sizes, as this study's are.
+#: The result types whose content does not embed the time it was made (the PDF and the GSPS, with its
+#: Presentation Creation Date and Time, do).
 KINDS = ("SEG", "SR", "SC", "PM", "KO")
 
 
