@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from skimage.feature import hessian_matrix, hessian_matrix_eigvals, hog
+from skimage.feature import hog
 from skimage.transform import resize
 
 from miemss_node.pipeline.base import EnhancedImage, PatchFeatures, PipelineSettings
@@ -186,6 +186,10 @@ def _blob_features(work: np.ndarray, patch: int, grid: tuple[int, int]) -> np.nd
     Large scales run on a block-averaged copy (a Gaussian pyramid in spirit), so each scale costs
     about the same; the Laplacian is the Hessian's trace, so one Hessian per scale gives both.
     """
+    # Here, not at the top: skimage.feature.corner imports scipy.stats (0.4 s), and the chest analysis,
+    # which imports this module for ``to_working``, never needs it.
+    from skimage.feature import hessian_matrix, hessian_matrix_eigvals
+
     rows, cols = grid
     dog = np.zeros(work.shape, dtype=np.float32)
     blob = np.zeros(work.shape, dtype=np.float32)

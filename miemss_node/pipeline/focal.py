@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import hessian_matrix, hessian_matrix_eigvals, peak_local_max
+from skimage.feature import peak_local_max
 
 #: Nodule radii (mm) looked for: about 10 to 30 mm across (smaller ones are lost among vessels seen
 #: end-on at the working resolution).
@@ -188,9 +188,8 @@ class _Shape:
         contrast = (float(np.median(window[inner])) - float(np.median(window[ring]))) / self.scale
         texture = float(np.std(window[ring])) / self.scale
         sigma = radius / np.sqrt(2.0)
-        h_rr, h_rc, h_cc = hessian_matrix(window.astype(np.float64), sigma=sigma, order="rc", use_gaussian_derivatives=False)
         centre = (min(int(r) - r0, window.shape[0] - 1), min(int(c) - c0, window.shape[1] - 1))
-        high, low = hessian_matrix_eigvals([h_rr, h_rc, h_cc])[:, centre[0], centre[1]]
+        high, low = hessian_eigenvalues_at(window.astype(np.float64), sigma, centre)
         isotropy = float(high / low) if low < 0 and high < 0 else 0.0
         edge = float(self.edge_distance[min(int(r), rows - 1), min(int(c), cols - 1)])
         return contrast, sharpness, isotropy, edge, texture
@@ -200,6 +199,22 @@ class _Shape:
         contrast, sharpness = measured[0], measured[1]
         small = radius * self.mm_per_px <= ELECTRODE_MAX_RADIUS_MM
         return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
+
+
+def hessian_eigenvalues_at(image: np.ndarray, sigma: float, point: tuple[int, int]) -> tuple[float, float]:
+    """The Hessian's eigenvalues (larger first) at one pixel of a Gaussian-smoothed image.
+
+    The same finite differences as scikit-image's ``hessian_matrix(..., use_gaussian_derivatives=False)``
+    (a focal model learned on them reads the same values), with SciPy alone: importing
+    ``skimage.feature.corner`` imports ``scipy.stats``, 0.4 s of a cold start.
+    """
+    smoothed = ndimage.gaussian_filter(image, sigma, mode="constant", cval=0.0)
+    d_row, d_col = np.gradient(smoothed)
+    h_rr = float(np.gradient(d_row, axis=0)[point])
+    h_rc = float(np.gradient(d_row, axis=1)[point])
+    h_cc = float(np.gradient(d_col, axis=1)[point])
+    half_gap = float(np.sqrt(h_rc**2 + ((h_rr - h_cc) / 2.0) ** 2))
+    return (h_rr + h_cc) / 2.0 + half_gap, (h_rr + h_cc) / 2.0 - half_gap
 
 
 def _mirrored_response(

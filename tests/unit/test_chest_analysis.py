@@ -25,7 +25,7 @@ from miemss_node.pipeline.chest_reference import (
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
-from miemss_node.pipeline.focal import FEATURE_NAMES
+from miemss_node.pipeline.focal import FEATURE_NAMES, hessian_eigenvalues_at
 from miemss_node.pipeline.focal_model import FocalModel
 from miemss_node.pipeline.objects import COMPACT, LINE, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
@@ -236,3 +236,17 @@ def test_check_config_refuses_a_missing_or_corrupt_chest_reference(
         out = capsys.readouterr()
         assert "[pipeline] chest_reference" in out.out + out.err
         assert "miemss-node reference chest" in out.out + out.err
+
+
+def test_the_round_density_hessian_is_scikit_images_to_the_last_bit() -> None:
+    # The shipped focal model was learned on scikit-image's values; ours must read the same.
+    from skimage.feature import hessian_matrix, hessian_matrix_eigvals
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        window = rng.random((int(rng.integers(9, 50)), int(rng.integers(9, 50))))
+        sigma = float(rng.uniform(1.0, 8.0))
+        point = (int(rng.integers(0, window.shape[0])), int(rng.integers(0, window.shape[1])))
+        elements = hessian_matrix(window, sigma=sigma, order="rc", use_gaussian_derivatives=False)
+        expected = hessian_matrix_eigvals(elements)[:, point[0], point[1]]
+        assert hessian_eigenvalues_at(window, sigma, point) == tuple(float(v) for v in expected)

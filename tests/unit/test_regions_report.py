@@ -19,7 +19,7 @@ from miemss_node.pipeline.base import (
     Region,
     RegionMap,
 )
-from miemss_node.pipeline.regions import MAX_REGIONS, find_regions, heatmap, location_words
+from miemss_node.pipeline.regions import MAX_REGIONS, find_regions, heatmap, location_words, measure_drafts
 from miemss_node.pipeline.report import DISCLAIMER, NO_REGION, build_report, findings_sentences
 
 SETTINGS = PipelineSettings(min_region_area_mm2=25.0)
@@ -240,3 +240,25 @@ def test_report_of_nothing() -> None:
     report = build_report([])
     assert report.text.startswith("No image was analysed.")
     assert report.findings == ()
+
+
+def test_measured_drafts_have_the_centroid_mean_and_peak_of_their_pixels() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((300, 200), dtype=np.int32)
+    labels[20:90, 30:80][rng.random((70, 50)) > 0.4] = 1
+    labels[150:280, 120:190] = 2
+    heat = rng.random(labels.shape).astype(np.float32)
+    drafts = [
+        Region(label=k, area_px=0, area_mm2=None, centroid=(0.0, 0.0), bbox=(0, 0, 1, 1), mean_score=0.0, max_score=0.0, location="")
+        for k in (1, 2, 3)
+    ]
+    measured = measure_drafts(labels, heat, drafts, (0.5, 0.5))
+    assert len(measured.regions) == 2  # draft 3 has no pixel
+    for region in measured.regions:
+        inside = measured.labels == region.label
+        assert region.centroid == pytest.approx(ndimage.center_of_mass(inside))
+        assert region.mean_score == pytest.approx(float(heat[inside].mean()))
+        assert region.max_score == float(heat[inside].max())
+        assert region.area_mm2 == pytest.approx(inside.sum() * 0.25)
