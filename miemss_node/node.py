@@ -102,7 +102,7 @@ class Node:
             )
             self.server = self._start_receiver(store)
             settler = Settler(self.sessions, self.config.study, self.config.worker)
-            self._spawn("settler", settler.run_once, min(1.0, max(self.config.study.settle_seconds / 4, 0.05)))
+            self._spawn("settler", settler.run_once, settler.idle_seconds)
             self._start_senders()
             janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
             self._spawn("retention", janitor.run_once, 600.0)
@@ -224,13 +224,17 @@ class Node:
         """None when the storage disk has at least ``min_free_disk_mb`` free, else what is wrong."""
         return disk_problem(self.config.node.storage_dir, self.config.node.min_free_disk_mb * 2**20)
 
-    def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
+    def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float | Callable[[], float]) -> None:
         thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
-    def _loop(self, name: str, step: Callable[[], int], idle_seconds: float) -> None:
-        """Call ``step`` until stopped, pausing when it found nothing to do or failed."""
+    def _loop(self, name: str, step: Callable[[], int], idle_seconds: float | Callable[[], float]) -> None:
+        """Call ``step`` until stopped, pausing when it found nothing to do or failed.
+
+        ``idle_seconds`` is the pause, or a function that says it (the settler's: until the next
+        study is due); when that function fails, the loop pauses a second.
+        """
         while not self._stop.is_set():
             try:
                 busy = step()
@@ -238,7 +242,7 @@ class Node:
                 logger.exception("%s pass failed; retrying", name, extra={"action": "node.loop_error", "loop": name})
                 busy = 0
             if not busy:
-                self._stop.wait(idle_seconds)
+                self._stop.wait(_pause(idle_seconds))
 
     def request_stop(self) -> None:
         """Ask the node to stop (safe from a signal handler); ``wait()`` then returns."""
@@ -301,3 +305,13 @@ def run_worker_process(config: Config, worker_count: int, parent_pid: int, sibli
             logger.warning("parent process is gone; stopping", extra={"action": "node.orphaned"})
             node.request_stop()
     node.stop()
+
+
+def _pause(idle_seconds: float | Callable[[], float]) -> float:
+    """The pause a loop takes: ``idle_seconds``, or what it says when it is a function (1 s if it fails)."""
+    if not callable(idle_seconds):
+        return idle_seconds
+    try:
+        return idle_seconds()
+    except Exception:  # noqa: BLE001 - e.g. the database is down: the next pass logs it
+        return 1.0

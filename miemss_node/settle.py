@@ -16,6 +16,9 @@ from miemss_node.queue import repository
 
 logger = logging.getLogger(__name__)
 
+#: The shortest pause between idle passes (a study due now is taken by the next pass).
+MIN_PAUSE_SECONDS = 0.01
+
 
 class Settler:
     """Queues jobs for quiet studies and re-queues jobs whose worker lost its lease."""
@@ -24,6 +27,21 @@ class Settler:
         self.sessions = sessions
         self.study = study
         self.worker = worker
+        #: The longest pause between passes: a quarter of the settle time, 50 ms to 1 s.
+        self.poll_seconds = min(1.0, max(study.settle_seconds / 4, 0.05))
+
+    def idle_seconds(self) -> float:
+        """How long to pause after an idle pass: until the next study is due, at most ``poll_seconds``.
+
+        A study is queued when it is due, not up to a poll later: that wait was a quarter of a
+        1-image study's node overhead (``benchmarks/latency.py``).
+        """
+        with self.sessions() as session:
+            earliest = repository.earliest_unsettled_arrival(session)
+        if earliest is None:
+            return self.poll_seconds
+        due_in = (earliest - utcnow()).total_seconds() + self.study.settle_seconds
+        return min(self.poll_seconds, max(MIN_PAUSE_SECONDS, due_in))
 
     def run_once(self) -> int:
         """One pass: reclaim expired leases, then settle due studies; returns the jobs touched."""

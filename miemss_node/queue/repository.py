@@ -222,6 +222,11 @@ def conflict_counts(session: Session, study_instance_uids: list[str]) -> dict[st
     return {uid: int(count) for uid, count in rows}
 
 
+def earliest_unsettled_arrival(session: Session) -> datetime | None:
+    """When the unsettled study that has been quiet longest last received an instance; None if none."""
+    return session.scalar(select(func.min(Study.last_received_at)).where(Study.unsettled.is_(True)))
+
+
 def settle_due_studies(
     session: Session,
     *,

@@ -299,3 +299,19 @@ def test_retention_deletes_only_delivered_studies(sessions: sessionmaker[Session
     with sessions() as session:
         assert [uid for _job, uid in repository.list_jobs(session)] == ["1.2.4"]
     assert Janitor(sessions, tmp_path, retention_days=0).run_once() == 0
+
+
+def test_the_settler_pauses_until_the_next_study_is_due(sessions: sessionmaker[Session]) -> None:
+    from miemss_node.clock import utcnow
+    from miemss_node.config import StudySettings, WorkerSettings
+    from miemss_node.settle import MIN_PAUSE_SECONDS, Settler
+
+    settler = Settler(sessions, StudySettings(settle_seconds=2.0), WorkerSettings())
+    assert settler.poll_seconds == 0.5
+    assert settler.idle_seconds() == 0.5  # nothing received: the usual poll
+    receive(sessions, "1.2.3.1.1", utcnow() - timedelta(seconds=1.8))
+    assert 0.05 < settler.idle_seconds() <= 0.2  # due in 0.2 s: no later than that
+    receive(sessions, "1.2.4.1.1", utcnow() - timedelta(seconds=30), study="1.2.4")
+    assert settler.idle_seconds() == MIN_PAUSE_SECONDS  # overdue: the next pass takes it
+    assert settler.run_once() == 1  # the overdue one; the other is not due yet
+    assert MIN_PAUSE_SECONDS <= settler.idle_seconds() <= 0.2
