@@ -56,7 +56,10 @@ MIDLINE_OPENING = 0.25
 CORE_FRACTIONS = (0.3, 0.45, 0.6, 0.75)
 #: A core grows into connected pixels up to this much brighter than its threshold (same units) ...
 CORE_GROWTH = 0.25
-#: ... at most this fraction of the image's long side away from where it started.
+#: ... but never beyond this fraction of the way to the mediastinum: a hazy lung's core is found near
+#: the level of the chest wall's soft tissue, and growing further leaks into the axilla and the arm ...
+CORE_GROWTH_CEILING = 0.7
+#: ... and at most this fraction of the image's long side away from where it started.
 CORE_REACH = 0.06
 #: A lung core covers at least this fraction of the image ...
 CORE_MIN_AREA = 0.01
@@ -246,7 +249,8 @@ def _lung_core(smooth: np.ndarray, body: np.ndarray, midline: int, side: str, me
         if not candidates:
             continue
         core = labels == max(candidates, key=lambda p: p.area).label
-        grow = (smooth < darkest + min(1.0, fraction + CORE_GROWTH) * (mediastinum - darkest)) & region
+        ceiling = max(fraction, min(CORE_GROWTH_CEILING, fraction + CORE_GROWTH))
+        grow = (smooth < darkest + ceiling * (mediastinum - darkest)) & region
         reach = max(1, round(CORE_REACH * max(rows, cols)))
         # Geodesic growth: into less dark lung (the periphery, the apex) connected to the core, but
         # never further than ``reach`` from it, so a leak into the axilla stays short.

@@ -11,10 +11,10 @@ import pytest
 
 from miemss_node.errors import ModelError
 from miemss_node.evaluate.real import decode_film
-from miemss_node.evaluate.zones import load_zone_file, zone_masks
+from miemss_node.evaluate.zones import classify_region, load_zone_file, zone_masks
 from miemss_node.pipeline.anatomy import ANATOMY_SIDE, find_chest_frame, right_on_image_left
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
-from miemss_node.pipeline.chest import judge_chest, location_words, measure_chest, mm_per_pixel
+from miemss_node.pipeline.chest import judge_chest, location_words, measure_chest, mm_per_pixel, resize_labels
 from miemss_node.pipeline.chest_reference import (
     FLAG_EVIDENCE,
     abnormality,
@@ -85,6 +85,23 @@ def test_both_hemithoraces_of_a_normal_film_lie_in_its_drawn_lungs(normal_pa: tu
         assert hemithorax.sum() > 0.05 * work.size
         assert (hemithorax & masks.lungs).sum() > 0.85 * hemithorax.sum()
     assert (frame.hemithoraces["image-left"] & frame.hemithoraces["image-right"]).sum() == 0
+
+
+def test_a_hazy_lung_core_does_not_leak_into_the_axilla_of_a_rotated_ap_film() -> None:
+    """A normal AP film (ANON in the development set) whose patient-left lung is only found near the
+    chest wall's own level: its core once grew along the axilla, and the hull took in the heart and
+    the soft tissue beside the lung, a zone region outside the thorax."""
+    image, film = _film("20200418154808640220")
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    rows, cols = measured.anatomy.shape
+    masks = zone_masks(film, (rows, cols), mm_per_pixel(image, rows))  # type: ignore[arg-type]
+    right = measured.anatomy.hemithoraces == 2
+    assert (right & ~masks.lungs).sum() < 0.4 * right.sum()  # 0.55 with the leak
+    judged = judge_chest(measured, image, load_chest_reference())
+    labels = resize_labels(judged.region_map.labels, (rows, cols))
+    for region in judged.region_map.regions:
+        assert classify_region(labels == region.label, masks) != "outside", region.location
 
 
 def test_a_lateral_view_or_a_film_without_two_lungs_is_not_a_frontal_chest() -> None:
