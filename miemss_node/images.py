@@ -129,9 +129,9 @@ def ordered_runs(runs: tuple[ModelRun, ...]) -> tuple[ModelRun, ...]:
 #: scikit-learn): a process that analyses imports them before its first job instead.
 ANALYSIS_IMPORTS = ("miemss_node.pipeline.runner", "miemss_node.pipeline.anomaly")
 
-#: What encoding imports on first use: the outline functions of ``skimage.measure`` (a lazily loaded
-#: package: its attributes load their modules, and the polygon module brings scipy.signal).
-ENCODING_IMPORTS = ("miemss_node.encode.study", "skimage.measure:approximate_polygon", "skimage.measure:find_contours")
+#: What encoding imports on first use: the contour function of ``skimage.measure`` (a lazily loaded
+#: package: its attributes load their modules).
+ENCODING_IMPORTS = ("miemss_node.encode.study", "skimage.measure:find_contours")
 
 
 def import_deferred(modules: tuple[str, ...]) -> None:

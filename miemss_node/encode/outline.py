@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from miemss_node.encode.polygon import approximate_polygon
+
 #: Largest distance, in pixels, between the outline and the boundary it simplifies.
 TOLERANCE_PX = 0.75
 
@@ -37,8 +39,7 @@ def region_outline(labels: np.ndarray, label: int) -> np.ndarray:
     ValueError
         When no pixel has the label.
     """
-    # skimage.measure's polygon module imports scipy.signal (about a second): only when outlining.
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     mask = np.asarray(labels) == label
     if not mask.any():

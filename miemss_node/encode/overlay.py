@@ -36,18 +36,22 @@ def heat_colours(heatmap: np.ndarray) -> np.ndarray:
     return colours
 
 
-def grey_to_rgb(pixels: np.ndarray) -> np.ndarray:
-    """Return a display image in [0, 1] as float RGB in [0, 255]."""
-    grey = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0) * 255.0
-    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
-
-
 def outline_pixels(labels: np.ndarray) -> np.ndarray:
     """Region boundaries, about 1 pixel per 512 pixels of the shorter side, at least 1."""
-    boundaries = find_boundaries(labels, mode="inner")
     width = max(1, round(min(labels.shape) / 512))
+    boundaries = np.zeros(labels.shape, dtype=bool)
+    rows, cols = np.nonzero(np.any(labels != 0, axis=1)), np.nonzero(np.any(labels != 0, axis=0))
+    if not rows[0].size:
+        return boundaries
+    # Only around the regions: a film is mostly background, and its boundaries are found the same in
+    # a crop with a margin wider than the dilation.
+    margin = width + 2
+    top, bottom = max(0, int(rows[0][0]) - margin), min(labels.shape[0], int(rows[0][-1]) + margin + 1)
+    left, right = max(0, int(cols[0][0]) - margin), min(labels.shape[1], int(cols[0][-1]) + margin + 1)
+    crop = find_boundaries(labels[top:bottom, left:right], mode="inner")
     if width > 1:
-        boundaries = dilation(boundaries, footprint_rectangle((width, width)))
+        crop = dilation(crop, footprint_rectangle((width, width)))
+    boundaries[top:bottom, left:right] = crop
     return boundaries
 
 
@@ -113,10 +117,16 @@ def render_overlay(
             f"pixels {pixels.shape}, heatmap {heatmap.shape} and labels {labels.shape} must be the "
             "same 2-D shape"
         )
-    base = grey_to_rgb(pixels)
-    alpha = (np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0) * opacity)[..., np.newaxis]
-    blended = base * (1.0 - alpha) + heat_colours(heatmap) * alpha
-    rgb = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    grey = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0) * 255.0
+    rgb = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., np.newaxis], 3, axis=-1)
+    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
+    alpha = heat * np.float32(opacity)
+    # Blended where the heatmap shows; elsewhere (alpha 0) the blend is the grey pixel itself.
+    tinted = alpha > 0
+    if tinted.any():
+        weight = alpha[tinted][:, np.newaxis]
+        blended = grey[tinted][:, np.newaxis] * (1.0 - weight) + heat_colours(heat[tinted]) * weight
+        rgb[tinted] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     rgb[outline_pixels(labels)] = np.array(outline_rgb, dtype=np.uint8)
     if attention is not None:
         if attention.shape != pixels.shape:

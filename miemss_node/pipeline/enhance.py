@@ -23,16 +23,9 @@ from collections.abc import Callable
 import numpy as np
 import pywt
 from scipy import ndimage
-from skimage.restoration import (
-    calibrate_denoiser,
-    denoise_bilateral,
-    denoise_nl_means,
-    denoise_tv_chambolle,
-    denoise_wavelet,
-    estimate_sigma,
-)
 
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage
+from miemss_node.pipeline.wavelet import bayes_shrink, noise_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +49,29 @@ _CALIBRATION_CROP = 384
 _CALIBRATION_SCALES = (0.7, 0.85, 1.0, 1.2, 1.45)
 
 
+# The wavelet methods use :mod:`~miemss_node.pipeline.wavelet`; the others import scikit-image's
+# restoration module where they run, since it imports scipy.stats (0.7 s of a cold start).
+
+
 def _wavelet(pixels: np.ndarray, sigma: float) -> np.ndarray:
-    return denoise_wavelet(pixels, sigma=sigma, wavelet="db1", method="BayesShrink", mode="soft", rescale_sigma=True)
+    return bayes_shrink(pixels, sigma, "db1")
 
 
 def _bilateral(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_bilateral
+
     return denoise_bilateral(pixels, win_size=5, sigma_color=max(3.0 * sigma, 0.01), sigma_spatial=1.5)
 
 
 def _tv(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_tv_chambolle
+
     return denoise_tv_chambolle(pixels, weight=_TV_WEIGHT, max_num_iter=50)
 
 
 def _nlmeans(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
     return denoise_nl_means(pixels, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=5, fast_mode=True)
 
 
@@ -80,10 +83,7 @@ def _vst_wavelet(pixels: np.ndarray, sigma: float, scale: float = 1.0) -> np.nda
     alpha, beta = noise_level_function(pixels, fallback_sigma=sigma)
     stabilised, inverse = _anscombe(pixels, alpha, beta)
     levels = _levels(pixels.shape)
-    denoised = denoise_wavelet(
-        stabilised, sigma=scale, wavelet=_VST_WAVELET, method="BayesShrink", mode="soft", wavelet_levels=levels
-    )
-    return inverse(denoised)
+    return inverse(bayes_shrink(stabilised, scale, _VST_WAVELET, levels))
 
 
 def _jinv_wavelet(pixels: np.ndarray, sigma: float) -> np.ndarray:
@@ -97,6 +97,8 @@ def calibrated_scale(pixels: np.ndarray, sigma: float) -> float:
     The loss of a J-invariant denoiser against the noisy image itself tracks its loss against the
     clean image (Batson and Royer 2019), so no clean data is needed.
     """
+    from skimage.restoration import calibrate_denoiser
+
     rows, cols = pixels.shape
     half = _CALIBRATION_CROP // 2
     crop = pixels[max(0, rows // 2 - half) : rows // 2 + half, max(0, cols // 2 - half) : cols // 2 + half]
@@ -239,9 +241,9 @@ def enhance(image: DecodedImage, method: str = DEFAULT_METHOD) -> EnhancedImage:
 def _noise_sigma(pixels: np.ndarray) -> float:
     """Noise standard deviation estimated from the finest wavelet sub-band (0 when flat)."""
     with warnings.catch_warnings():
-        # estimate_sigma takes the median of the non-zero diagonal coefficients; a piecewise flat
+        # noise_sigma takes the median of the non-zero diagonal coefficients; a piecewise flat
         # frame has none, and numpy warns about the empty slice before returning nan.
         warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
-        sigma = float(estimate_sigma(pixels))
+        sigma = noise_sigma(pixels)
     return sigma if np.isfinite(sigma) else 0.0

@@ -64,7 +64,25 @@ def test_a_worker_imports_before_its_first_job_what_the_pipeline_and_encoders_de
         "from miemss_node.images import ANALYSIS_IMPORTS, ENCODING_IMPORTS, import_deferred;"
         "import_deferred((*ANALYSIS_IMPORTS, *ENCODING_IMPORTS))"
     )
-    assert imported_after(statement, {"sklearn", "scipy.signal"}) == {"sklearn", "scipy.signal"}
+    watched = {"sklearn", "skimage.measure._find_contours"}
+    assert imported_after(statement, watched) == watched
+
+
+def test_enhancing_analysing_and_outlining_a_chest_film_import_neither_scipy_stats_nor_scipy_signal() -> None:
+    # Each costs about 0.5 s of a cold start; scikit-image's restoration and polygon modules import
+    # them for a constant and for a function the node does not call (pipeline/wavelet.py, encode/polygon.py).
+    statement = (
+        "import numpy as np;"
+        "import miemss_node.pipeline.runner, miemss_node.pipeline.chest, miemss_node.encode.study;"
+        "from miemss_node.pipeline.enhance import enhance, METHODS;"
+        "from miemss_node.pipeline.wavelet import bayes_shrink, noise_sigma;"
+        "from miemss_node.encode.outline import region_outline;"
+        "image = np.random.default_rng(0).random((64, 64)).astype(np.float32);"
+        "bayes_shrink(image, noise_sigma(image), 'sym8', 2);"
+        "labels = np.zeros((40, 40), dtype=np.int32); labels[5:30, 8:20] = 1;"
+        "region_outline(labels, 1)"
+    )
+    assert imported_after(statement, {"scipy.stats", "scipy.signal"}) == set()
 
 
 def test_the_chest_analysis_does_not_import_scikit_images_hessian() -> None:
