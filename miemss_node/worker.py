@@ -54,6 +54,7 @@ from miemss_node.review.findings import (
 from miemss_node.review.reviewers import reviewer_named
 from miemss_node.storage import StorageLayout, free_bytes, write_atomically
 from miemss_node.thumbnails import write_thumbnails
+from miemss_node.warmup import warm_up_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +118,11 @@ class Worker:
         self.templates = load_templates()
 
     def warm(self) -> None:
-        """Import what the first job would import on first use, and start the image pool's processes,
-        so that the first job waits for neither."""
+        """Import what the first job would import on first use, encode a made-up film once (first-use
+        costs of the encoders), and start the image pool's processes, so that the first job waits for
+        none of them."""
         import_deferred(ENCODING_IMPORTS if self.pool is not None else (*ANALYSIS_IMPORTS, *ENCODING_IMPORTS))
+        warm_up_encoders(self.result_kinds())
         if self.pool is not None:
             self.pool.warm()
 
