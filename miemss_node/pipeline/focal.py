@@ -36,6 +36,8 @@ ELECTRODE_MAX_RADIUS_MM = 7.0
 ELECTRODE_MIN_CONTRAST = 0.3
 #: The mirrored place is searched this far (mm) around, for the patient's rotation and asymmetry.
 MIRROR_SEARCH_MM = 12.0
+#: The hilum is taken at this fraction of the hemithorax's height from its apex, on its medial edge.
+HILUM_HEIGHT = 0.45
 #: At most this many candidates are returned per frame (the strongest).
 MAX_CANDIDATES = 40
 #: Two candidates are at least this far apart (mm).
@@ -72,6 +74,8 @@ FEATURE_NAMES = (
     "surround_texture",
     "mirror_local",
     "mirror_ratio",
+    "medial_fraction",
+    "hilar_distance",
 )
 
 
@@ -150,6 +154,7 @@ def focal_candidates(
                     *measured,
                     mirror,
                     float(best[r, c]) - mirror,
+                    *place_in_lung(lungs, r, c, midline),
                 ),
             )
         )
@@ -199,6 +204,31 @@ class _Shape:
         contrast, sharpness = measured[0], measured[1]
         small = radius * self.mm_per_px <= ELECTRODE_MAX_RADIUS_MM
         return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
+
+
+def place_in_lung(lungs: np.ndarray, r: int, c: int, midline: float) -> tuple[float, float]:
+    """Where a candidate at (r, c) lies in its hemithorax (``lungs``: both, one each side of ``midline``).
+
+    Returns its distance from the medial edge as a fraction of the hemithorax's width on its row, and its
+    distance from the hilum (the medial edge at :data:`HILUM_HEIGHT` of the hemithorax's height) as a
+    fraction of that height; (0.5, 1.0) on a row without lung. End-on hilar vessels are the commonest
+    round blobs of a normal film, and a focal model learns how much a place near them says.
+    """
+    left = c < midline
+    half = lungs[:, : int(midline)] if left else lungs[:, int(midline) :]
+    offset = 0 if left else int(midline)
+    row_cols = np.flatnonzero(half[r]) + offset
+    rows = np.flatnonzero(half.any(axis=1))
+    if not row_cols.size or not rows.size:
+        return 0.5, 1.0
+    medial, lateral = (row_cols.max(), row_cols.min()) if left else (row_cols.min(), row_cols.max())
+    fraction = float(np.clip(abs(c - medial) / max(abs(lateral - medial), 1), 0.0, 1.0))
+    top, bottom = int(rows[0]), int(rows[-1])
+    hilum_row = top + HILUM_HEIGHT * (bottom - top)
+    hilum_cols = np.flatnonzero(half[int(hilum_row)]) + offset
+    hilum_col = (hilum_cols.max() if left else hilum_cols.min()) if hilum_cols.size else medial
+    distance = float(np.hypot(r - hilum_row, c - hilum_col) / max(bottom - top, 1))
+    return fraction, distance
 
 
 def hessian_eigenvalues_at(image: np.ndarray, sigma: float, point: tuple[int, int]) -> tuple[float, float]:

@@ -217,9 +217,13 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
     )
     from miemss_node.pipeline.focal import FocalCandidate
 
-    with pytest.raises(ModelError, match="reads 16 features"):
+    with pytest.raises(ModelError, match=f"reads {len(FEATURE_NAMES)} features"):
         model.log_odds(FocalCandidate(row=0, col=0, radius_px=1, strength=1, features=(1.0, 2.0)))
     assert FocalModel.from_dict(model.to_dict()) == model
+    # A reference built by a version whose candidates had fewer features (before the place in the lung).
+    older = model.to_dict() | {"feature_names": list(FEATURE_NAMES[:-2])}
+    with pytest.raises(ModelError, match="build it again"):
+        FocalModel.from_dict(older)
 
 
 def test_the_chest_analysis_runs_without_the_shared_data() -> None:
@@ -267,3 +271,19 @@ def test_the_round_density_hessian_is_scikit_images_to_the_last_bit() -> None:
         elements = hessian_matrix(window, sigma=sigma, order="rc", use_gaussian_derivatives=False)
         expected = hessian_matrix_eigvals(elements)[:, point[0], point[1]]
         assert hessian_eigenvalues_at(window, sigma, point) == tuple(float(v) for v in expected)
+
+
+def test_a_candidates_place_in_the_lung_is_measured_from_the_medial_edge_and_the_hilum() -> None:
+    from miemss_node.pipeline.focal import place_in_lung
+
+    lungs = np.zeros((100, 120), dtype=bool)
+    lungs[10:90, 10:50] = True  # image-left hemithorax: medial edge at column 49
+    lungs[10:90, 70:110] = True  # image-right: medial edge at column 70
+    midline = 60.0
+    medial, hilum = place_in_lung(lungs, 46, 48, midline)  # beside the left hilum (row 10 + 0.45 * 79)
+    assert medial < 0.05 and hilum < 0.05
+    lateral, far = place_in_lung(lungs, 15, 12, midline)  # the left apex, laterally
+    assert lateral > 0.9 and far > 0.5
+    right_medial, _ = place_in_lung(lungs, 50, 71, midline)
+    assert right_medial < 0.05
+    assert place_in_lung(lungs, 5, 30, midline) == (0.5, 1.0)  # a row without lung: no place to measure
