@@ -7,6 +7,7 @@ import weakref
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 from skimage.morphology import dilation, footprint_rectangle
 from skimage.segmentation import find_boundaries
 
@@ -55,18 +56,70 @@ def outline_pixels(labels: np.ndarray) -> np.ndarray:
     return boundaries
 
 
-def _draw_text(image: Image.Image, lines: tuple[str, ...], colour: tuple[int, int, int]) -> None:
-    """Burn ``lines`` into the top left corner, sized to the image, outlined in black."""
+#: Display value from which a pixel may be burned-in text or a lead marker (drawn at full white) ...
+ANNOTATION_LEVEL = 0.985
+#: ... when it stands out this much above its surroundings (a white top-hat): bright anatomy does not.
+ANNOTATION_CONTRAST = 0.25
+#: Annotations are looked for on every this-many-th pixel, with a top-hat this many of those wide.
+ANNOTATION_STRIDE = 4
+ANNOTATION_TOPHAT = 9
+#: The text stays in the top left corner while annotations and regions cover at most this fraction of
+#: its box there.
+TEXT_STAYS_BELOW = 0.002
+
+
+def _draw_text(
+    image: Image.Image, lines: tuple[str, ...], colour: tuple[int, int, int], avoid: np.ndarray | None = None
+) -> None:
+    """Burn ``lines`` into a corner, sized to the image, outlined in black.
+
+    The corner is the top left one, unless ``avoid`` (True on the film's own annotations and on the
+    regions) has pixels there and another corner has fewer: a radiologist must still read the film's
+    lead marker and burned-in text, and see every outline.
+    """
     size = max(8, min(image.width, image.height) // 24)
     font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(image)
     margin = max(1, size // 3)
-    y = margin
+    step = int(size * 1.25)
+    width = int(max((draw.textlength(line, font=font) for line in lines), default=0)) + 2 * margin
+    height = step * len(lines) + margin
+    left, top = _text_corner(avoid, width, height, margin)
+    y = top
     for line in lines:
-        draw.text(
-            (margin, y), line, fill=colour, font=font, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0)
-        )
-        y += int(size * 1.25)
+        x = left if left == margin else image.width - margin - int(draw.textlength(line, font=font))
+        draw.text((x, y), line, fill=colour, font=font, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0))
+        y += step
+
+
+def _text_corner(avoid: np.ndarray | None, width: int, height: int, margin: int) -> tuple[int, int]:
+    """(left, top) of the text block: the top left corner, unless ``avoid`` covers more than
+    :data:`TEXT_STAYS_BELOW` of its box there; then the corner whose box ``avoid`` covers least (ties
+    keep the order top left, top right, bottom left, bottom right)."""
+    if avoid is None:
+        return margin, margin
+    rows, cols = avoid.shape
+    width, height = min(width, cols), min(height, rows)
+    corners = {
+        (margin, margin): avoid[:height, :width],
+        (cols - width, margin): avoid[:height, cols - width :],
+        (margin, rows - height): avoid[rows - height :, :width],
+        (cols - width, rows - height): avoid[rows - height :, cols - width :],
+    }
+    covered = {corner: int(box.sum()) for corner, box in corners.items()}
+    if covered[(margin, margin)] <= TEXT_STAYS_BELOW * width * height:
+        return margin, margin  # a speck is not worth moving the text away from where readers expect it
+    return min(covered, key=lambda corner: covered[corner])
+
+
+def film_annotations(pixels: np.ndarray) -> np.ndarray:
+    """The film's own burned-in text and lead markers: full-white strokes on a darker background,
+    found on a subsampled image (a letter or a marker is several pixels wide) and returned full size."""
+    step = ANNOTATION_STRIDE
+    small = np.nan_to_num(np.asarray(pixels, dtype=np.float32)[::step, ::step])
+    tophat = small - ndimage.grey_opening(small, size=(ANNOTATION_TOPHAT, ANNOTATION_TOPHAT))
+    marks = (small >= ANNOTATION_LEVEL) & (tophat >= ANNOTATION_CONTRAST)
+    return np.repeat(np.repeat(marks, step, axis=0), step, axis=1)[: pixels.shape[0], : pixels.shape[1]]
 
 
 def render_overlay(
@@ -135,7 +188,7 @@ def render_overlay(
         rgb[outline_pixels(attended)] = np.array(ATTENTION_RGB, dtype=np.uint8)
         text = (*text, ATTENTION_TEXT)
     image = Image.fromarray(rgb)
-    _draw_text(image, text, text_rgb)
+    _draw_text(image, text, text_rgb, avoid=film_annotations(pixels) | (labels != 0))
     return np.asarray(image, dtype=np.uint8).copy()
 
 
