@@ -5,7 +5,7 @@ N-image CR study made from the WG04 chest CR (1841x1955, pydicom-data) with new 
 and prints the latency, the node's peak memory (main process and worker children), and, as the
 in-process baseline, the time of the pipeline and encoders alone on the same images.
 
-    .venv/bin/python benchmarks/latency.py [--images 4] [--settle 2] [--image-processes N] [--config-extra TOML]
+    .venv/bin/python benchmarks/latency.py [--images 4] [--studies 1] [--settle 2] [--image-processes N] [--config-extra TOML]
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ def in_process_baseline(study: list[Dataset]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
+    parser.add_argument(
+        "--studies", type=int, default=1, help="studies sent one after the other; the later ones show a warm worker"
+    )
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
@@ -88,10 +91,16 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="show the node's INFO log (job, stage and send timings)")
     args = parser.parse_args()
 
-    study = copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images)
-    arrivals: list[float] = []
-    pacs = PacsScp(ae_title="PACS", status_for=lambda _ds: arrivals.append(time.perf_counter()) or 0)
+    studies = [copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images) for _ in range(args.studies)]
+    study = studies[0]
+    arrivals: list[tuple[str, float]] = []
+    pacs = PacsScp(
+        ae_title="PACS",
+        status_for=lambda ds: arrivals.append((str(ds.StudyInstanceUID), time.perf_counter())) or 0,
+    )
     port = free_port()
+    latencies: list[float] = []
+    sent_in: list[float] = []
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / "config.toml"
         config.write_text(
@@ -102,48 +111,61 @@ def main() -> None:
         )
         env = {**os.environ, "MIEMSS_LOG_LEVEL": "INFO" if args.log else "WARNING"}
         node = subprocess.Popen([sys.executable, "-m", "miemss_node", "serve", "--config", str(config)], env=env)
+        peaks: dict[int, float] = {}
+        below_peak = 0.0  # the most the worker processes and their pools held at one moment
+        workers: set[int] = set()
         try:
             wait_for_port(port)
             time.sleep(args.warmup)  # let the worker process import and load its models, as a running node has
-            sent_at = time.perf_counter()
-            statuses = store_datasets(study, port, called_aet="MIEMSS")
-            last_received = time.perf_counter()
-            assert statuses == [0] * len(study), statuses
-            expected = 2 * len(study) + 1  # SEG + SC per image (when regions are found) + one SR
-            deadline = time.monotonic() + 300
-            peaks: dict[int, float] = {}
-            below_peak = 0.0  # the most the worker processes and their pools held at one moment
-            workers: set[int] = set()
-            while time.monotonic() < deadline:
-                workers.update(children(node.pid))
-                below = descendants(node.pid)
-                for pid in [node.pid, *below]:
-                    peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
-                below_peak = max(below_peak, sum(status_mb(pid, "VmRSS") for pid in below))
-                if len(pacs.received) >= expected or (
-                    pacs.received and time.perf_counter() - arrivals[-1] > 5 and any(
-                        str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in pacs.received
-                    )
-                ):
-                    break
-                time.sleep(0.05)
+            for each in studies:
+                uid = str(each[0].StudyInstanceUID)
+                sent_at = time.perf_counter()
+                statuses = store_datasets(each, port, called_aet="MIEMSS")
+                last_received = time.perf_counter()
+                sent_in.append(last_received - sent_at)
+                assert statuses == [0] * len(each), statuses
+                expected = 2 * len(each) + 1  # SEG + SC per image (when regions are found) + one SR
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    workers.update(children(node.pid))
+                    below = descendants(node.pid)
+                    for pid in [node.pid, *below]:
+                        peaks[pid] = max(peaks.get(pid, 0.0), status_mb(pid, "VmHWM"))
+                    below_peak = max(below_peak, sum(status_mb(pid, "VmRSS") for pid in below))
+                    mine = [t for study_uid, t in arrivals if study_uid == uid]
+                    received = [ds for ds in pacs.received if str(ds.StudyInstanceUID) == uid]
+                    if len(mine) >= expected or (
+                        mine and time.perf_counter() - mine[-1] > 5 and any(
+                            str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in received
+                        )
+                    ):
+                        break
+                    time.sleep(0.05)
+                mine = [t for study_uid, t in arrivals if study_uid == uid]
+                if not mine:
+                    raise SystemExit(f"no result arrived for study {len(latencies) + 1}")
+                latencies.append(mine[-1] - last_received - args.settle)
         finally:
             node.send_signal(signal.SIGTERM)
             node.wait(timeout=120)
             pacs.stop()
-    if not arrivals:
-        raise SystemExit("no result arrived")
-    latency = arrivals[-1] - last_received - args.settle
+    latency = latencies[0]
     baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
     worker_peak = max((v for pid, v in peaks.items() if pid in workers), default=0.0)
     pool_peaks = sorted((v for pid, v in peaks.items() if pid != node.pid and pid not in workers), reverse=True)
     processes = len(peaks) - 1
-    print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {last_received - sent_at:.2f} s")
-    print(f"results received: {len(pacs.received)}")
+    print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {sent_in[0]:.2f} s")
+    print(f"results received: {len(pacs.received)} for {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
     print(f"latency (last instance -> last result, minus settle {args.settle:g} s): {latency:.2f} s")
     print(f"baseline (pipeline + encoders in one process, same images): {baseline:.2f} s")
     print(f"ratio latency / baseline: {latency / baseline:.2f}")
+    if len(latencies) > 1:
+        later = latencies[1:]
+        print(
+            f"later studies, one after the other (the worker warm): {', '.join(f'{v:.2f}' for v in later)} s; "
+            f"median {sorted(later)[len(later) // 2]:.2f} s, ratio {sorted(later)[len(later) // 2] / baseline:.2f}"
+        )
     print(
         f"peak memory: receiver process {main_peak:.0f} MB; worker process {worker_peak:.0f} MB; image-pool processes "
         f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {processes} worker and pool processes "
