@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 from miemss_node.errors import MiemssError
 from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, Region, RegionMap, Report
@@ -26,7 +26,6 @@ SIDE = 64
 _STUDY_UID = UID("2.25.1")
 _SERIES_UID = UID("2.25.2")
 _INSTANCE_UID = UID("2.25.3")
-_CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 
 
 def warm_up_encoders(kinds: frozenset[str]) -> frozenset[str]:
@@ -62,9 +61,9 @@ def _made_up_source() -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = _CR_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = _INSTANCE_UID
-    ds.SOPClassUID = _CR_STORAGE
+    ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.SOPInstanceUID = _INSTANCE_UID
     ds.StudyInstanceUID = _STUDY_UID
     ds.SeriesInstanceUID = _SERIES_UID

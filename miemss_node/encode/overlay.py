@@ -41,14 +41,15 @@ def outline_pixels(labels: np.ndarray) -> np.ndarray:
     """Region boundaries, about 1 pixel per 512 pixels of the shorter side, at least 1."""
     width = max(1, round(min(labels.shape) / 512))
     boundaries = np.zeros(labels.shape, dtype=bool)
-    rows, cols = np.nonzero(np.any(labels != 0, axis=1)), np.nonzero(np.any(labels != 0, axis=0))
-    if not rows[0].size:
+    labelled = labels != 0
+    rows, cols = np.flatnonzero(labelled.any(axis=1)), np.flatnonzero(labelled.any(axis=0))
+    if not rows.size:
         return boundaries
     # Only around the regions: a film is mostly background, and its boundaries are found the same in
     # a crop with a margin wider than the dilation.
     margin = width + 2
-    top, bottom = max(0, int(rows[0][0]) - margin), min(labels.shape[0], int(rows[0][-1]) + margin + 1)
-    left, right = max(0, int(cols[0][0]) - margin), min(labels.shape[1], int(cols[0][-1]) + margin + 1)
+    top, bottom = max(0, int(rows[0]) - margin), min(labels.shape[0], int(rows[-1]) + margin + 1)
+    left, right = max(0, int(cols[0]) - margin), min(labels.shape[1], int(cols[-1]) + margin + 1)
     crop = find_boundaries(labels[top:bottom, left:right], mode="inner")
     if width > 1:
         crop = dilation(crop, footprint_rectangle((width, width)))
@@ -74,8 +75,8 @@ def _draw_text(
     """Burn ``lines`` into a corner, sized to the image, outlined in black.
 
     The corner is the top left one, unless ``avoid`` (True on the film's own annotations and on the
-    regions) has pixels there and another corner has fewer: a radiologist must still read the film's
-    lead marker and burned-in text, and see every outline.
+    regions) covers part of it; then the freest corner (:func:`_text_corner`): a radiologist must still
+    read the film's lead marker and burned-in text, and see every outline.
     """
     size = max(8, min(image.width, image.height) // 24)
     font = ImageFont.load_default(size=size)
