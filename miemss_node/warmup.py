@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 from miemss_node.errors import MiemssError
-from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, Region, RegionMap, Report
+from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, Region, Report
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +87,19 @@ def _made_up_source() -> Dataset:
 
 
 def _made_up_analysis(source: Dataset) -> ImageAnalysis:
+    from miemss_node.pipeline.regions import measure_drafts
+
     pixels = np.linspace(0.0, 1.0, SIDE * SIDE, dtype=np.float32).reshape(SIDE, SIDE)
     labels = np.zeros((SIDE, SIDE), dtype=np.int32)
     labels[20:40, 24:44] = 1
-    heatmap = (labels * 0.8).astype(np.float32)
-    region = Region(
+    draft = Region(
         label=1,
-        area_px=int(labels.sum()),
+        area_px=0,
         area_mm2=None,
-        centroid=(29.5, 33.5),
-        bbox=(20, 24, 40, 44),
-        mean_score=0.8,
-        max_score=0.8,
+        centroid=(0.0, 0.0),
+        bbox=(0, 0, 0, 0),
+        mean_score=0.0,
+        max_score=0.0,
         location="image centre",
     )
     decoded = DecodedImage(
@@ -109,7 +110,7 @@ def _made_up_analysis(source: Dataset) -> ImageAnalysis:
         enhanced=EnhancedImage(pixels=pixels, method="none"),
         features=None,
         scores=None,
-        region_map=RegionMap(heatmap=heatmap, labels=labels, regions=(region,)),
+        region_map=measure_drafts(labels, (labels * 0.8).astype(np.float32), [draft], None),
         findings=("A made-up region.",),
         abnormality_score=0.8,
     )

@@ -13,6 +13,7 @@ from skimage.segmentation import find_boundaries
 
 from miemss_node.encode.templates import CaptureTemplate
 from miemss_node.pipeline.base import ImageAnalysis
+from miemss_node.pipeline.objects import SATURATED
 
 #: Colour stops of the heatmap, from a score of 0 (blue) to 1 (red), like a "jet" map.
 _HEAT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
@@ -57,9 +58,8 @@ def outline_pixels(labels: np.ndarray) -> np.ndarray:
     return boundaries
 
 
-#: Display value from which a pixel may be burned-in text or a lead marker (drawn at full white) ...
-ANNOTATION_LEVEL = 0.985
-#: ... when it stands out this much above its surroundings (a white top-hat): bright anatomy does not.
+#: A pixel may be burned-in text or a lead marker (drawn at full white, ``objects.SATURATED``) when it
+#: stands out this much above its surroundings (a white top-hat): bright anatomy does not.
 ANNOTATION_CONTRAST = 0.25
 #: Annotations are looked for on every this-many-th pixel, with a top-hat this many of those wide.
 ANNOTATION_STRIDE = 4
@@ -119,7 +119,7 @@ def film_annotations(pixels: np.ndarray) -> np.ndarray:
     step = ANNOTATION_STRIDE
     small = np.nan_to_num(np.asarray(pixels, dtype=np.float32)[::step, ::step])
     tophat = small - ndimage.grey_opening(small, size=(ANNOTATION_TOPHAT, ANNOTATION_TOPHAT))
-    marks = (small >= ANNOTATION_LEVEL) & (tophat >= ANNOTATION_CONTRAST)
+    marks = (small >= SATURATED) & (tophat >= ANNOTATION_CONTRAST)
     return np.repeat(np.repeat(marks, step, axis=0), step, axis=1)[: pixels.shape[0], : pixels.shape[1]]
 
 
