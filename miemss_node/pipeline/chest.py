@@ -39,7 +39,7 @@ from miemss_node.pipeline.chest_reference import (
 from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
-from miemss_node.pipeline.objects import FoundObjects, find_objects
+from miemss_node.pipeline.objects import FoundObjects, electrode_snap_near, find_objects
 from miemss_node.pipeline.regions import measure_drafts
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, normalised_density, zone_features, zone_masks
 
@@ -152,8 +152,13 @@ def measure_chest(
     density = normalised_density(smooth, anatomy.hemithoraces, anatomy.midline_col or work.shape[1] / 2, usable)
     zones = zone_masks(anatomy.hemithoraces)
     lungs_detail = _resize_mask(anatomy.hemithoraces > 0, detail.shape)
-    midline = (anatomy.midline_col if anatomy.midline_col is not None else work.shape[1] / 2) * detail.shape[1] / work.shape[1]
+    midline = (
+        (anatomy.midline_col if anatomy.midline_col is not None else work.shape[1] / 2)
+        * detail.shape[1]
+        / work.shape[1]
+    )
     candidates = focal_candidates(detail, lungs_detail, objects.mask | ~detail_body, detail_mm, midline_col=midline)
+    candidates = _off_electrodes(candidates, enhanced, mm_per_pixel(image, enhanced.shape[0]), detail.shape)
     return ChestMeasurements(
         anatomy=anatomy,
         zones=zones,
@@ -162,6 +167,27 @@ def measure_chest(
         detail_shape=(int(detail.shape[0]), int(detail.shape[1])),
         detail_mm_per_px=detail_mm,
     )
+
+
+def _off_electrodes(
+    candidates: list[FocalCandidate], enhanced: np.ndarray, source_mm_per_px: float, detail_shape: tuple[int, ...]
+) -> list[FocalCandidate]:
+    """The candidates that are not on an ECG electrode: its disc is a round density as faint as a
+    nodule at the detail resolution, and only its snap's ring, at the source resolution, tells them apart."""
+    row_scale = enhanced.shape[0] / detail_shape[0]
+    col_scale = enhanced.shape[1] / detail_shape[1]
+    kept = [
+        candidate
+        for candidate in candidates
+        if not electrode_snap_near(enhanced, candidate.row * row_scale, candidate.col * col_scale, source_mm_per_px)
+    ]
+    if len(kept) < len(candidates):
+        logger.debug(
+            "%d round densities on electrodes left out",
+            len(candidates) - len(kept),
+            extra={"action": "anatomy.electrodes"},
+        )
+    return kept
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,6 +370,7 @@ def _draft(label: int, part: _Part, anatomy: Anatomy) -> Region:
         zone=part.zones[len(part.zones) // 2],
         kind=part.kind,
     )
+
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
     rows, cols = np.ogrid[: shape[0], : shape[1]]

@@ -8,6 +8,8 @@ Everything here is classical morphology on the display-oriented working image (b
   larger one, compact things up to about a centimetre: electrodes, clips, lead markers;
 * **saturated** pixels (at the very top of the display range) in small components are burned-in text,
   lead markers or metal;
+* an ECG electrode's disc is as faint as a nodule; its snap, a thin bright ring a few mm across, is
+  looked for at the source resolution where a round density was found (:func:`electrode_snap_near`);
 * what is found is classified by shape (long and thin: a line or wire; compact: an electrode, clip or
   marker; large and very bright: a metal device) and dilated by a margin, so that its edges are
   excluded too.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -59,6 +62,23 @@ SATURATED = 0.985
 SATURATED_MAX_FRACTION = 0.01
 #: Margin (mm) added around every object.
 MARGIN_MM = 3.0
+#: An ECG electrode's snap is a thin bright ring (the metal eyelet) of about these radii (mm). Its disc
+#: is as faint as a nodule at the detail resolution; the ring shows only at the source resolution.
+SNAP_RADII_MM = (1.6, 1.9, 2.2, 2.5, 2.8)
+#: Half the width (mm) of the ring looked for, and the gap (mm) between it and the disc inside it and
+#: the annulus outside it (this wide) that it is compared with.
+SNAP_HALF_WIDTH_MM = 0.3
+SNAP_GAP_MM = 0.7
+SNAP_SURROUND_MM = 0.6
+#: Every eighth of the ring is brighter than the inside and the outside by this much (display units,
+#: of a top-hat :data:`SNAP_LINE_MM` wide). On the development films the snaps measure 0.045 to 0.05
+#: and every other round-density candidate at most 0.007: a line crossing the ring lights two
+#: eighths, a vessel loop or noise does not stay bright all the way round.
+SNAP_MIN_CONTRAST = 0.025
+SNAP_LINE_MM = 1.1
+SNAP_SECTORS = 8
+#: The snap's centre is looked for this far (mm) around a round density's centre.
+SNAP_SEARCH_MM = 4.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +141,71 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
     mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))
     logger.debug("objects: %s", kinds, extra={"action": "anatomy.objects"})
     return FoundObjects(mask=mask, kinds=kinds)
+
+
+def electrode_snap_near(image: np.ndarray, row: float, col: float, mm_per_px: float) -> bool:
+    """Whether the thin bright ring of an ECG electrode's snap is centred within :data:`SNAP_SEARCH_MM`
+    of (row, col), where a round density was found (the snap sits in the middle of its disc).
+
+    ``image`` is a display-oriented image at the source resolution (bright = dense) and ``mm_per_px``
+    its pixel size. Each radius of :data:`SNAP_RADII_MM` is a matched filter (the ring's mean minus the
+    brighter of the inside's and the outside's); where it answers most, the ring must be bright all the
+    way round (:data:`SNAP_MIN_CONTRAST` in each of :data:`SNAP_SECTORS` sectors).
+    """
+    border = int(np.ceil((max(SNAP_RADII_MM) + SNAP_GAP_MM + SNAP_SURROUND_MM) / mm_per_px)) + 1
+    reach = int(np.ceil(SNAP_SEARCH_MM / mm_per_px)) + border
+    r0, c0 = max(0, int(row) - reach), max(0, int(col) - reach)
+    window = np.asarray(image[r0 : int(row) + reach + 1, c0 : int(col) + reach + 1], dtype=np.float32)
+    if min(window.shape) <= 2 * border:
+        return False
+    side = max(3, round(SNAP_LINE_MM / mm_per_px) | 1)
+    tophat = window - ndimage.grey_opening(window, size=(side, side))
+    spectrum = np.fft.rfft2(tophat)
+    shape = (int(tophat.shape[0]), int(tophat.shape[1]))
+    for radius_mm in SNAP_RADII_MM:
+        ring, inside, outside = (
+            np.fft.irfft2(spectrum * kernel, s=shape) for kernel in _snap_kernels(shape, radius_mm, mm_per_px)
+        )
+        around = np.maximum(inside, outside)
+        score = (ring - around)[border:-border, border:-border]
+        r, c = np.unravel_index(int(np.argmax(score)), score.shape)
+        centre = (int(r) + border, int(c) + border)
+        if (
+            score[r, c] >= SNAP_MIN_CONTRAST
+            and _weakest_sector(tophat, centre, radius_mm, mm_per_px) - float(around[centre]) >= SNAP_MIN_CONTRAST
+        ):
+            return True
+    return False
+
+
+@lru_cache(maxsize=64)
+def _snap_kernels(shape: tuple[int, int], radius_mm: float, mm_per_px: float) -> tuple[np.ndarray, ...]:
+    """The ring, the disc inside it and the annulus outside it, as the conjugate spectra that turn an
+    image's ``rfft2`` into its mean under each, centred at every pixel (circularly)."""
+    distance = _distance_from_centre(shape, (shape[0] // 2, shape[1] // 2)) * mm_per_px
+    ring = np.abs(distance - radius_mm) <= SNAP_HALF_WIDTH_MM
+    inside = distance <= radius_mm - SNAP_GAP_MM
+    outside = (distance >= radius_mm + SNAP_GAP_MM) & (distance <= radius_mm + SNAP_GAP_MM + SNAP_SURROUND_MM)
+    return tuple(
+        np.conj(np.fft.rfft2(np.fft.ifftshift(kernel.astype(np.float32) / max(int(kernel.sum()), 1))))
+        for kernel in (ring, inside, outside)
+    )
+
+
+def _weakest_sector(image: np.ndarray, centre: tuple[int, int], radius_mm: float, mm_per_px: float) -> float:
+    """The lowest mean of ``image`` over the :data:`SNAP_SECTORS` sectors of a ring around ``centre``."""
+    rows, cols = np.indices(image.shape)
+    ring = np.abs(_distance_from_centre(image.shape, centre) * mm_per_px - radius_mm) <= SNAP_HALF_WIDTH_MM
+    angle = np.arctan2(rows - centre[0], cols - centre[1])
+    sector = (np.floor((angle + np.pi) / (2 * np.pi) * SNAP_SECTORS).astype(int)) % SNAP_SECTORS
+    sums = np.bincount(sector[ring], weights=image[ring], minlength=SNAP_SECTORS)
+    counts = np.bincount(sector[ring], minlength=SNAP_SECTORS)
+    return float(np.min(sums / np.maximum(counts, 1))) if counts.min() > 0 else 0.0
+
+
+def _distance_from_centre(shape: tuple[int, ...], centre: tuple[int, int]) -> np.ndarray:
+    rows, cols = np.indices(shape[:2], dtype=np.float32)
+    return np.hypot(rows - centre[0], cols - centre[1])
 
 
 def _sharp_outlined(image: np.ndarray, inside: np.ndarray, close_px: int) -> np.ndarray:

@@ -14,7 +14,14 @@ from miemss_node.evaluate.real import decode_film
 from miemss_node.evaluate.zones import classify_region, load_zone_file, zone_masks
 from miemss_node.pipeline.anatomy import ANATOMY_SIDE, find_chest_frame, right_on_image_left
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
-from miemss_node.pipeline.chest import judge_chest, location_words, measure_chest, mm_per_pixel, resize_labels
+from miemss_node.pipeline.chest import (
+    ChestMeasurements,
+    judge_chest,
+    location_words,
+    measure_chest,
+    mm_per_pixel,
+    resize_labels,
+)
 from miemss_node.pipeline.chest_reference import (
     FLAG_EVIDENCE,
     abnormality,
@@ -27,7 +34,7 @@ from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FEATURE_NAMES, hessian_eigenvalues_at
 from miemss_node.pipeline.focal_model import FocalModel
-from miemss_node.pipeline.objects import COMPACT, LINE, find_objects
+from miemss_node.pipeline.objects import COMPACT, LINE, electrode_snap_near, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
 
 ZONE_FILE = REPO_ROOT / "benchmarks" / "zones" / "shared_chest_films.json"
@@ -70,6 +77,37 @@ def test_markers_text_and_a_drawn_wire_are_objects(normal_pa: tuple[DecodedImage
     assert COMPACT in found.kinds or LINE in found.kinds
 
 
+def _noisy_field(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices(shape, dtype=np.float32)
+    return (0.45 + 0.1 * rows / shape[0] + 0.02 * np.sin(cols / 9.0) + rng.normal(0, 0.01, shape)).astype(np.float32)
+
+
+def _disc_mask(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    rows, cols = np.indices(shape)
+    return np.hypot(rows - centre[0], cols - centre[1]) <= radius
+
+
+def test_an_electrode_snap_is_told_from_a_nodule_a_calcification_and_a_crossing_wire() -> None:
+    """At 0.16 mm a pixel (a 2500-pixel film): a 5 mm disc with the snap's 2 mm ring is an electrode; a
+    nodule of the same size, one with a dense core, and a disc crossed by two wires are not."""
+    mm = 0.16
+    image = _noisy_field((400, 800))
+    rows, cols = np.indices(image.shape)
+    centres = {"electrode": (100, 100), "nodule": (100, 300), "calcified": (100, 500), "wires": (300, 300)}
+    for centre in centres.values():
+        image += 0.08 * _disc_mask(image.shape, centre, 5 / mm)
+    ring = np.abs(np.hypot(rows - 100, cols - 100) * mm - 2.0) <= 0.2
+    image += 0.1 * ring
+    image += 0.12 * np.exp(-(np.hypot(rows - 100, cols - 300) * mm) ** 2 / 8.0)
+    image += 0.15 * _disc_mask(image.shape, centres["calcified"], 1.5 / mm)
+    image += 0.1 * ((np.abs(cols - 290) <= 1) | (np.abs(cols - 310) <= 1))
+    assert electrode_snap_near(image, 103, 97, mm)  # a round density a few pixels off the snap
+    for kind in ("nodule", "calcified", "wires"):
+        assert not electrode_snap_near(image, *centres[kind], mm), kind
+    assert not electrode_snap_near(image, 100, 100 + 30 / mm, mm)  # 30 mm away
+
+
 # --- anatomy ------------------------------------------------------------------------------------
 
 
@@ -87,13 +125,22 @@ def test_both_hemithoraces_of_a_normal_film_lie_in_its_drawn_lungs(normal_pa: tu
     assert (frame.hemithoraces["image-left"] & frame.hemithoraces["image-right"]).sum() == 0
 
 
-def test_a_hazy_lung_core_does_not_leak_into_the_axilla_of_a_rotated_ap_film() -> None:
-    """A normal AP film (ANON in the development set) whose patient-left lung is only found near the
-    chest wall's own level: its core once grew along the axilla, and the hull took in the heart and
-    the soft tissue beside the lung, a zone region outside the thorax."""
+@pytest.fixture(scope="module")
+def rotated_ap() -> tuple[DecodedImage, object, ChestMeasurements]:
+    """A normal AP film (ANON in the development set), rotated, with two ECG electrodes over its lungs."""
     image, film = _film("20200418154808640220")
     measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
     assert measured is not None
+    return image, film, measured
+
+
+def test_a_hazy_lung_core_does_not_leak_into_the_axilla_of_a_rotated_ap_film(
+    rotated_ap: tuple[DecodedImage, object, ChestMeasurements],
+) -> None:
+    """Its patient-left lung is only found near the chest wall's own level: its core once grew along the
+    axilla, and the hull took in the heart and the soft tissue beside the lung, a zone region outside
+    the thorax."""
+    image, film, measured = rotated_ap
     rows, cols = measured.anatomy.shape
     masks = zone_masks(film, (rows, cols), mm_per_pixel(image, rows))  # type: ignore[arg-type]
     right = measured.anatomy.hemithoraces == 2
@@ -101,7 +148,26 @@ def test_a_hazy_lung_core_does_not_leak_into_the_axilla_of_a_rotated_ap_film() -
     judged = judge_chest(measured, image, load_chest_reference())
     labels = resize_labels(judged.region_map.labels, (rows, cols))
     for region in judged.region_map.regions:
-        assert classify_region(labels == region.label, masks) != "outside", region.location
+        assert classify_region(labels == region.label, masks) not in ("outside", "object"), region.location
+
+
+def test_no_round_density_is_left_on_the_ecg_electrodes_of_a_real_film(
+    rotated_ap: tuple[DecodedImage, object, ChestMeasurements],
+) -> None:
+    """Its electrode over the image-left lung was the film's strongest round density (a region, abnormality
+    0.93); the snaps' rings leave both electrodes without a candidate, and the lungs keep theirs."""
+    _, film, measured = rotated_ap
+    rows, cols = measured.detail_shape
+    electrodes = [z["box"] for z in film.zones if z.get("what") == "electrode"]  # type: ignore[attr-defined]
+    assert len(electrodes) == 2
+    for top, left, bottom, right in electrodes:
+        on_it = [
+            c
+            for c in measured.candidates
+            if top - 1 <= 100 * c.row / rows <= bottom + 1 and left - 1 <= 100 * c.col / cols <= right + 1
+        ]
+        assert not [c for c in on_it if c.radius_px * measured.detail_mm_per_px <= 10.0], (top, left)
+    assert len(measured.candidates) >= 20
 
 
 def test_a_lateral_view_or_a_film_without_two_lungs_is_not_a_frontal_chest() -> None:
