@@ -15,6 +15,7 @@ from miemss_node.clock import utcnow
 from miemss_node.config import DEFAULT_RESULT_TYPES, Config, Destination
 from miemss_node.encode.context import PredecessorDocument, Verification
 from miemss_node.encode.ko import key_image_index
+from miemss_node.encode.overlay import remember_overlay
 from miemss_node.encode.study import EncodeContext, encode_study
 from miemss_node.encode.templates import load_templates
 from miemss_node.encode.uids import series_uid
@@ -247,7 +248,7 @@ class Worker:
         version, which holds only the accepted findings of the version reviewed), and the analysed
         study (for the dashboard's thumbnails, written once the results are on their way).
         """
-        work = self._analyse(instances)
+        work = self._analyse(instances, draw_overlays=bool(self.result_kinds(plan) & {"SC", "PDF"}))
         if not work.analyses:
             reasons = "; ".join(f"{uid}: {reason}" for uid, reason in work.skipped)
             raise NothingToProcess(f"no processable image in study {study_uid} ({reasons})")
@@ -294,8 +295,11 @@ class Worker:
                 extra={"action": "job.thumbnails_failed", "job_id": job.id},
             )
 
-    def _analyse(self, instances: list[tuple[str, str]]) -> StudyWork:
-        """Analyse the study's instances (in the pool when there is one) and read their headers."""
+    def _analyse(self, instances: list[tuple[str, str]], *, draw_overlays: bool = False) -> StudyWork:
+        """Analyse the study's instances (in the pool when there is one) and read their headers.
+
+        ``draw_overlays``: the results include an SC or a PDF, whose overlays the pool's processes
+        draw too, side by side, instead of this process one after the other."""
         layout = StorageLayout(self.config.node.storage_dir)
         files = [(uid, layout.resolve(path)) for uid, path in instances]
         max_frames = self.config.worker.max_frames or None
@@ -305,7 +309,11 @@ class Worker:
                 analyse_stored_image(uid, path, self.config.pipeline, self.models, max_frames) for uid, path in files
             ]
         else:
-            outcomes = self.pool.analyse(files, max_frames)
+            capture = self.templates.capture
+            outcomes = self.pool.analyse(files, max_frames, capture if draw_overlays else None)
+            for outcome in outcomes:
+                for analysis, overlay in zip(outcome.analyses, outcome.overlays, strict=False):
+                    remember_overlay(analysis, capture, overlay)
         work = StudyWork()
         for outcome, (sop_uid, path) in zip(outcomes, files, strict=True):
             if outcome.skipped is not None:

@@ -205,19 +205,19 @@ def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) 
     The burned-in text is the template's lines and the image's abnormality score. The array is
     read-only: it is drawn once per analysis and template and shared while the analysis lives.
     """
-    key = (
-        id(analysis),
-        template.heatmap_opacity,
-        template.outline_rgb,
-        template.text_rgb,
-        template.burned_in_text,
-        template.abnormality_score_format,
-    )
+    key = _overlay_key(analysis, template)
     with _DRAWN_LOCK:
         drawn = _DRAWN.get(key)
     if drawn is not None and drawn[0]() is analysis:
         return drawn[1]
-    rgb = _draw_analysis_overlay(analysis, template)
+    return remember_overlay(analysis, template, _draw_analysis_overlay(analysis, template))
+
+
+def remember_overlay(analysis: ImageAnalysis, template: CaptureTemplate, rgb: np.ndarray) -> np.ndarray:
+    """Keep ``rgb``, drawn by :func:`render_analysis_overlay` for ``analysis`` in another process (an
+    image pool's), as its overlay here, so that the SC, the PDF and the thumbnails do not draw it again.
+    Returns the kept, read-only array."""
+    key = _overlay_key(analysis, template)
     rgb.setflags(write=False)
 
     def forget(_: object) -> None:
@@ -227,6 +227,18 @@ def render_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) 
     with _DRAWN_LOCK:
         _DRAWN[key] = (weakref.ref(analysis, forget), rgb)
     return rgb
+
+
+def _overlay_key(analysis: ImageAnalysis, template: CaptureTemplate) -> tuple[object, ...]:
+    """What an overlay depends on: the analysis (while it lives) and how the template draws."""
+    return (
+        id(analysis),
+        template.heatmap_opacity,
+        template.outline_rgb,
+        template.text_rgb,
+        template.burned_in_text,
+        template.abnormality_score_format,
+    )
 
 
 def _draw_analysis_overlay(analysis: ImageAnalysis, template: CaptureTemplate) -> np.ndarray:

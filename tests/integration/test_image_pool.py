@@ -11,12 +11,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from miemss_node.config import Config, Destination
+from miemss_node.encode.overlay import remember_overlay, render_analysis_overlay
+from miemss_node.encode.templates import load_templates
 from miemss_node.images import ImagePool, ImagePoolBroken, ordered_runs
 from miemss_node.node import Node
 from miemss_node.pipeline.base import ModelRun
@@ -158,3 +161,24 @@ def test_a_pool_process_that_dies_fails_the_attempt_and_the_next_call_gets_a_new
     finally:
         pool.close()
     assert multiprocessing.active_children() == []
+
+
+def test_the_pools_processes_draw_each_images_overlay_and_the_job_keeps_it(
+    config_factory: Callable[..., Config],
+) -> None:
+    """The overlay a pool process draws is the one the job's process would draw, and once kept the SC,
+    the PDF and the thumbnails take it instead of drawing it again."""
+    film = Path(str(get_testdata_file("CT_small.dcm")))
+    capture = load_templates().capture
+    pool = ImagePool(config_factory(), 2)
+    try:
+        plain = pool.analyse([(str(dcmread(film).SOPInstanceUID), film)], None)[0]
+        drawn = pool.analyse([(str(dcmread(film).SOPInstanceUID), film)], None, capture)[0]
+    finally:
+        pool.close()
+    assert plain.overlays == ()
+    assert len(drawn.analyses) == len(drawn.overlays) == 1
+    analysis, overlay = drawn.analyses[0], drawn.overlays[0]
+    assert np.array_equal(overlay, render_analysis_overlay(analysis, capture))
+    kept = remember_overlay(analysis, capture, overlay)
+    assert render_analysis_overlay(analysis, capture) is kept
