@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from io import BytesIO
 
@@ -70,6 +71,9 @@ PERMANENT_JOB_ERRORS: tuple[type[BaseException], ...] = (EncodeError, TemplateEr
 
 #: Verifying Organization of a reviewed SR when neither the reviewer nor ``[results]`` names one.
 UNKNOWN_ORGANIZATION = "Organization not configured"
+
+#: Threads that write a job's result files, each waiting on its own fsyncs.
+RESULT_WRITERS = 4
 
 #: Job errors that wait, without using up attempts, until the resource is back.
 WAITING_JOB_ERRORS: tuple[type[BaseException], ...] = (OutOfSpaceError,)
@@ -279,7 +283,11 @@ class Worker:
         encoded = encode_study(work.sources, work.analyses, report, context)
         timings.append(("encode", time.perf_counter() - encoding))
         self._check_free_space()
-        results = [self._write_result(job, study_uid, item.kind, item.dataset) for item in encoded]
+        # Side by side: each result is fsynced twice (the file, then its folder), and fsync lets go of
+        # the GIL; a 4-image study's 9 results took 0.3 s one after the other.
+        with ThreadPoolExecutor(max_workers=RESULT_WRITERS, thread_name_prefix="result-writer") as writers:
+            written = writers.map(lambda item: self._write_result(job, study_uid, item.kind, item.dataset), encoded)
+            results = list(written)
         return results, findings, work
 
     def _write_thumbnails(self, job: Job, study_uid: str, work: StudyWork) -> None:
