@@ -280,12 +280,14 @@ def _zone_parts(measured: ChestMeasurements, evidence: dict[ZoneKey, ZoneEvidenc
 def _focal_parts(
     measured: ChestMeasurements, focal: tuple[float, ...], covered: np.ndarray, flag: float, limit: int
 ) -> list[_Part]:
-    """A disc per flagged round density outside the flagged zones (at most ``limit``)."""
+    """A disc per flagged round density outside the flagged zones: at most ``limit``, the most evident
+    first (the candidates come strongest first, and the focal model may rank them otherwise)."""
     anatomy = measured.anatomy
     scale = (anatomy.shape[0] / measured.detail_shape[0], anatomy.shape[1] / measured.detail_shape[1])
     midline = anatomy.midline_col if anatomy.midline_col is not None else anatomy.shape[1] / 2
     parts: list[_Part] = []
-    for candidate, candidate_evidence in zip(measured.candidates, focal, strict=True):
+    by_evidence = sorted(zip(measured.candidates, focal, strict=True), key=lambda pair: -pair[1])
+    for candidate, candidate_evidence in by_evidence:
         if candidate_evidence < flag or len(parts) >= limit:
             continue
         centre = (candidate.row * scale[0], candidate.col * scale[1])

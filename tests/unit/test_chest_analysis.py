@@ -305,6 +305,35 @@ def test_the_chest_analysis_runs_without_the_shared_data() -> None:
     assert (analysis.anatomy.hemithoraces == 1).any() and (analysis.anatomy.hemithoraces == 2).any()
 
 
+def test_the_focal_regions_are_the_most_evident_round_densities_not_the_strongest() -> None:
+    """Candidates come strongest first (the LoG); the focal model ranks them otherwise, and when more are
+    flagged than ``max_focal_regions`` the most evident become the regions (WG04 chest CR)."""
+    from miemss_node.pipeline.chest_reference import focal_evidence
+    from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
+    from tests.support.paths import wg04_chest_cr
+
+    (image,) = decode_dataset(read_dicom_file(wg04_chest_cr()))
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    reference = load_chest_reference()
+    evidence = [focal_evidence(candidate, reference) for candidate in measured.candidates]
+    most_evident = sorted(range(len(evidence)), key=lambda i: -evidence[i])[:2]
+    assert sorted(most_evident) != [0, 1], "this film's two strongest candidates are also its most evident"
+    # No zone region (threshold 0.99), every candidate flagged (focal threshold 0.01), two regions.
+    judged = judge_chest(measured, image, reference, threshold=0.99, focal_threshold=0.01, max_focal_regions=2)
+    focal = [region for region in judged.region_map.regions if region.kind == "focal"]
+    assert len(focal) == 2
+    rows, cols = image.pixels.shape[:2]
+    detail_rows, detail_cols = measured.detail_shape
+    for region in focal:
+        nearest = min(
+            range(len(measured.candidates)),
+            key=lambda i: (measured.candidates[i].row * rows / detail_rows - region.centroid[0]) ** 2
+            + (measured.candidates[i].col * cols / detail_cols - region.centroid[1]) ** 2,
+        )
+        assert nearest in most_evident, (nearest, most_evident)
+
+
 def test_check_config_refuses_a_missing_or_corrupt_chest_reference(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
