@@ -99,7 +99,7 @@ def test_an_electrode_snap_is_told_from_a_nodule_a_calcification_and_a_crossing_
         image += 0.08 * _disc_mask(image.shape, centre, 5 / mm)
     ring = np.abs(np.hypot(rows - 100, cols - 100) * mm - 2.0) <= 0.2
     image += 0.1 * ring
-    image += 0.12 * np.exp(-(np.hypot(rows - 100, cols - 300) * mm) ** 2 / 8.0)
+    image += 0.12 * np.exp(-((np.hypot(rows - 100, cols - 300) * mm) ** 2) / 8.0)
     image += 0.15 * _disc_mask(image.shape, centres["calcified"], 1.5 / mm)
     image += 0.1 * ((np.abs(cols - 290) <= 1) | (np.abs(cols - 310) <= 1))
     assert electrode_snap_near(image, 103, 97, mm)  # a round density a few pixels off the snap
@@ -305,6 +305,45 @@ def test_the_chest_analysis_runs_without_the_shared_data() -> None:
     assert (analysis.anatomy.hemithoraces == 1).any() and (analysis.anatomy.hemithoraces == 2).any()
 
 
+def test_an_electrode_pasted_on_the_wg04_film_leaves_no_round_density_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydicom-data's WG04 chest CR (no shared data needed), with an electrode pasted over the image-left
+    lung: an 11 mm disc and its snap's 4 mm ring. The disc alone is a round-density candidate; the ring
+    takes it out."""
+    from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
+    from tests.support.paths import wg04_chest_cr
+
+    (image,) = decode_dataset(read_dicom_file(wg04_chest_cr()))
+    clean = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert clean is not None
+    lung_rows, lung_cols = np.nonzero(clean.anatomy.hemithoraces == 1)
+    rows, cols = image.pixels.shape[:2]
+    centre = (
+        int(np.median(lung_rows) * rows / clean.anatomy.shape[0]),
+        int(np.median(lung_cols) * cols / clean.anatomy.shape[1]),
+    )
+    mm = mm_per_pixel(image, rows)
+    distance = np.hypot(*(np.indices((rows, cols)) - np.array(centre)[:, None, None])) * mm
+    span = float(np.ptp(image.pixels))
+    electrode = span * (0.08 * (distance <= 5.5) + 0.12 * (np.abs(distance - 2.0) <= 0.25))
+    pasted = replace(image, pixels=(image.pixels + electrode).astype(image.pixels.dtype))
+
+    def candidates_on_it() -> int:
+        measured = measure_chest(pasted, enhance(pasted, "vst_wavelet").pixels)
+        assert measured is not None
+        detail_rows, detail_cols = measured.detail_shape
+        return sum(
+            np.hypot(c.row * rows / detail_rows - centre[0], c.col * cols / detail_cols - centre[1]) * mm < 8.0
+            for c in measured.candidates
+        )
+
+    from miemss_node.pipeline import chest
+
+    with monkeypatch.context() as without_snap_test:
+        without_snap_test.setattr(chest, "_off_electrodes", lambda candidates, *_: candidates)
+        assert candidates_on_it() >= 1  # the disc is a round density ...
+    assert candidates_on_it() == 0  # ... whose snap takes it out
+
+
 def test_the_focal_regions_are_the_most_evident_round_densities_not_the_strongest() -> None:
     """Candidates come strongest first (the LoG); the focal model ranks them otherwise, and when more are
     flagged than ``max_focal_regions`` the most evident become the regions (WG04 chest CR)."""
@@ -328,8 +367,10 @@ def test_the_focal_regions_are_the_most_evident_round_densities_not_the_stronges
     for region in focal:
         nearest = min(
             range(len(measured.candidates)),
-            key=lambda i: (measured.candidates[i].row * rows / detail_rows - region.centroid[0]) ** 2
-            + (measured.candidates[i].col * cols / detail_cols - region.centroid[1]) ** 2,
+            key=lambda i: (
+                (measured.candidates[i].row * rows / detail_rows - region.centroid[0]) ** 2
+                + (measured.candidates[i].col * cols / detail_cols - region.centroid[1]) ** 2
+            ),
         )
         assert nearest in most_evident, (nearest, most_evident)
 
