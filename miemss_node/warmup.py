@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 from miemss_node.errors import MiemssError
-from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, Region, Report
+from miemss_node.pipeline.base import DecodedImage, EnhancedImage, ImageAnalysis, Report
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +87,12 @@ def _made_up_source() -> Dataset:
 
 
 def _made_up_analysis(source: Dataset) -> ImageAnalysis:
-    from miemss_node.pipeline.regions import measure_drafts
+    from miemss_node.pipeline.regions import draft_region, measure_drafts
 
     pixels = np.linspace(0.0, 1.0, SIDE * SIDE, dtype=np.float32).reshape(SIDE, SIDE)
     labels = np.zeros((SIDE, SIDE), dtype=np.int32)
     labels[20:40, 24:44] = 1
-    draft = Region(
-        label=1,
-        area_px=0,
-        area_mm2=None,
-        centroid=(0.0, 0.0),
-        bbox=(0, 0, 0, 0),
-        mean_score=0.0,
-        max_score=0.0,
-        location="image centre",
-    )
+    draft = draft_region(1, "image centre")
     decoded = DecodedImage(
         pixels=pixels, pixel_spacing_mm=None, sop_instance_uid=str(source.SOPInstanceUID), modality="CR"
     )

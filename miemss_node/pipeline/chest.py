@@ -40,7 +40,7 @@ from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FocalCandidate, focal_candidates
 from miemss_node.pipeline.objects import FoundObjects, electrode_snap_near, find_objects
-from miemss_node.pipeline.regions import measure_drafts
+from miemss_node.pipeline.regions import draft_region, measure_drafts
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, normalised_density, zone_features, zone_masks
 
 if TYPE_CHECKING:
@@ -359,18 +359,8 @@ def _zone_at(zones: dict[ZoneKey, np.ndarray], side: str, row: float) -> str:
 def _draft(label: int, part: _Part, anatomy: Anatomy) -> Region:
     """A region's words and kind, before :func:`~miemss_node.pipeline.regions.measure_drafts` measures it."""
     words, patient_side = location_words(part.side, part.zones, anatomy.patient_right_on_image_left)
-    return Region(
-        label=label,
-        area_px=0,
-        area_mm2=None,
-        centroid=(0.0, 0.0),
-        bbox=(0, 0, 0, 0),
-        mean_score=0.0,
-        max_score=0.0,
-        location=words,
-        side=patient_side,
-        zone=part.zones[len(part.zones) // 2],
-        kind=part.kind,
+    return draft_region(
+        label, words, side=patient_side, zone=part.zones[len(part.zones) // 2], kind=part.kind
     )
 
 

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from miemss_node.pipeline.base import Anatomy, DecodedImage, ModelRun, PathologyProbability, Region, RegionMap
 from miemss_node.pipeline.chest import location_words, resize_labels
-from miemss_node.pipeline.regions import measure_drafts
+from miemss_node.pipeline.regions import draft_region, measure_drafts
 from miemss_node.pipeline.zones import SIDES, ZONE_NAMES, ZoneKey, zone_masks
 
 logger = logging.getLogger(__name__)
@@ -89,15 +89,9 @@ def add_pathology_regions(
         covered = _zones_of(mask, zones, side)
         words, patient_side = location_words(side, covered, anatomy.patient_right_on_image_left)
         regions.append(
-            Region(
-                label=len(regions) + 1,
-                area_px=0,
-                area_mm2=None,
-                centroid=(0.0, 0.0),
-                bbox=(0, 0, 0, 0),
-                mean_score=0.0,
-                max_score=0.0,
-                location=words,
+            draft_region(
+                len(regions) + 1,
+                words,
                 side=patient_side,
                 zone=covered[len(covered) // 2],
                 kind="pathology",

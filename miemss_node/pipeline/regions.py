@@ -206,6 +206,33 @@ def _measure(
 
 
 
+def draft_region(
+    label: int,
+    location: str,
+    *,
+    side: str | None = None,
+    zone: str | None = None,
+    kind: str = "patch",
+    pathology: str | None = None,
+) -> Region:
+    """A region before :func:`measure_drafts` measures it: its words, side, zone and kind set, its
+    area, centroid, box and scores zero until then."""
+    return Region(
+        label=label,
+        area_px=0,
+        area_mm2=None,
+        centroid=(0.0, 0.0),
+        bbox=(0, 0, 0, 0),
+        mean_score=0.0,
+        max_score=0.0,
+        location=location,
+        side=side,
+        zone=zone,
+        kind=kind,
+        pathology=pathology,
+    )
+
+
 def measure_drafts(
     labels: np.ndarray, heat: np.ndarray, drafts: Sequence[Region], spacing: tuple[float, float] | None
 ) -> RegionMap:
