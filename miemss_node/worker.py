@@ -252,7 +252,8 @@ class Worker:
         version, which holds only the accepted findings of the version reviewed), and the analysed
         study (for the dashboard's thumbnails, written once the results are on their way).
         """
-        work = self._analyse(instances, draw_overlays=bool(self.result_kinds(plan) & {"SC", "PDF"}))
+        kinds = self.result_kinds(plan)
+        work = self._analyse(instances, draw_overlays=bool(kinds & {"SC", "PDF"}))
         if not work.analyses:
             reasons = "; ".join(f"{uid}: {reason}" for uid, reason in work.skipped)
             raise NothingToProcess(f"no processable image in study {study_uid} ({reasons})")
@@ -272,7 +273,7 @@ class Worker:
             series_numbers=self.config.results.series_number_map(),
             version=job.version,
             predecessor=predecessor,
-            kinds=self.result_kinds(plan),
+            kinds=kinds,
             institution_name=self.config.results.institution_name or None,
             # The report's models: these and the reference model that scored the patches, if any.
             models=report.models,
