@@ -194,9 +194,11 @@ def _snap_kernels(shape: tuple[int, int], radius_mm: float, mm_per_px: float) ->
 
 def _weakest_sector(image: np.ndarray, centre: tuple[int, int], radius_mm: float, mm_per_px: float) -> float:
     """The lowest mean of ``image`` over the :data:`SNAP_SECTORS` sectors of a ring around ``centre``."""
-    rows, cols = np.indices(image.shape)
-    ring = np.abs(_distance_from_centre(image.shape, centre) * mm_per_px - radius_mm) <= SNAP_HALF_WIDTH_MM
-    angle = np.arctan2(rows - centre[0], cols - centre[1])
+    rows, cols = np.indices(image.shape, dtype=np.float32)
+    rows -= centre[0]
+    cols -= centre[1]
+    ring = np.abs(np.hypot(rows, cols) * mm_per_px - radius_mm) <= SNAP_HALF_WIDTH_MM
+    angle = np.arctan2(rows, cols)
     sector = (np.floor((angle + np.pi) / (2 * np.pi) * SNAP_SECTORS).astype(int)) % SNAP_SECTORS
     sums = np.bincount(sector[ring], weights=image[ring], minlength=SNAP_SECTORS)
     counts = np.bincount(sector[ring], minlength=SNAP_SECTORS)
