@@ -39,7 +39,7 @@ import numpy as np
 from miemss_node.errors import ModelError
 from miemss_node.pipeline.base import Anatomy, DecodedImage, ModelRun, PipelineSettings
 from miemss_node.pipeline.focal import FocalCandidate
-from miemss_node.pipeline.focal_model import FocalModel, fit_focal_model, training_copies
+from miemss_node.pipeline.focal_model import TRAINING_NODULES, FocalModel, fit_focal_model, training_copies
 from miemss_node.pipeline.zones import PERCENTILES, SIDES, ZONE_NAMES, ZONES, ZoneKey, feature_names
 
 if TYPE_CHECKING:
@@ -171,16 +171,20 @@ def zone_evidence(features: dict[str, float], reference: ChestReference) -> dict
 def focal_evidence(candidate: FocalCandidate, reference: ChestReference) -> float:
     """Evidence of a round-density candidate, :data:`FLAG_EVIDENCE` at the reference's threshold.
 
-    With a focal model, its log-odds above the model's threshold (one unit of log-odds per unit of
-    evidence); without, the larger of the candidate's strengths over the reference's thresholds.
+    Its strength: the larger of its strengths over the reference's thresholds. With a focal model, its
+    log-odds above the model's threshold (one unit of log-odds per unit of evidence), unless its strength
+    alone is flagged: a blob stronger than any of the normal films' is flagged whatever its shape says
+    (the model, learned on faint inserted nodules, reads shape and place, not how dense a mass is).
     """
-    if reference.focal_model is not None:
-        model = reference.focal_model
-        return FLAG_EVIDENCE + SCORE_SLOPE * (model.log_odds(candidate) - model.threshold)
-    return FLAG_EVIDENCE * max(
+    strength = FLAG_EVIDENCE * max(
         candidate.strength / max(reference.focal_threshold, 1e-6),
         candidate.global_strength / max(reference.focal_global_threshold, 1e-6),
     )
+    if reference.focal_model is None:
+        return strength
+    model = reference.focal_model
+    learned = FLAG_EVIDENCE + SCORE_SLOPE * (model.log_odds(candidate) - model.threshold)
+    return max(learned, strength) if strength >= FLAG_EVIDENCE else learned
 
 
 def fit_chest_reference(
@@ -281,11 +285,11 @@ def fit_from_films(
     strengths: list[list[tuple[float, float]]] = []
     films: list[dict[str, str]] = []
     clean: list[list[FocalCandidate]] = []
-    labelled: list[tuple[FocalCandidate, bool]] = []
+    labelled: list[tuple[FocalCandidate, int]] = []
     methods: set[str] = set()
     for role, source in (("normal", images), ("focal", focal_images)):
         for file_name, image in source:
-            measured, enhanced = _measured(image, settings, anatomy_model)
+            measured, enhanced = measure_for_reference(image, settings, anatomy_model)
             if measured is None:
                 logger.warning("%s is not a frontal chest film: left out", file_name, extra={"action": "reference.skipped"})
                 continue
@@ -294,7 +298,7 @@ def fit_from_films(
                 strengths.append([(c.strength, c.global_strength) for c in measured.candidates])
                 methods.add(measured.anatomy.method)
             clean.append(list(measured.candidates))
-            labelled += _inserted_candidates(image, enhanced, measured, seed + len(films), anatomy_model)
+            labelled += inserted_candidates(image, enhanced, measured, seed + len(films), anatomy_model)
             films.append({"file": file_name, "used_for": role, **(provenance or {}).get(file_name, {})})
     # A film the anatomy model found no lungs on was measured classically: the record says both.
     anatomy = " + ".join(sorted(methods)) or "classical"
@@ -304,9 +308,11 @@ def fit_from_films(
     return replace(reference, focal_model=model, films=tuple(films))
 
 
-def _measured(
-    image: DecodedImage, settings: PipelineSettings, anatomy_model: AnatomySegmenter | None
+def measure_for_reference(
+    image: DecodedImage, settings: PipelineSettings, anatomy_model: AnatomySegmenter | None = None
 ) -> tuple[ChestMeasurements | None, np.ndarray]:
+    """A film measured as the node measures it (None when it is not a frontal chest film), and its
+    enhanced pixels."""
     from miemss_node.pipeline.chest import measure_chest
     from miemss_node.pipeline.enhance import enhance
     from miemss_node.pipeline.modality import settings_for_image
@@ -316,14 +322,15 @@ def _measured(
     return measure_chest(image, enhanced, anatomy_model), enhanced
 
 
-def _inserted_candidates(
+def inserted_candidates(
     image: DecodedImage,
     enhanced: np.ndarray,
     measured: ChestMeasurements,
     seed: int,
-    anatomy_model: AnatomySegmenter | None,
-) -> list[tuple[FocalCandidate, bool]]:
-    """The candidates of copies of a film with nodules inserted in its lungs, each with its label."""
+    anatomy_model: AnatomySegmenter | None = None,
+) -> list[tuple[FocalCandidate, int]]:
+    """The candidates of copies of a film with nodules inserted in its lungs, each with the nodule it lies
+    on: 0 for none, else a number unique among the film's copies."""
     from scipy import ndimage
 
     from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, measure_chest
@@ -335,7 +342,7 @@ def _inserted_candidates(
     placement = ndimage.binary_erosion(hemithoraces, iterations=2)[np.ix_(row_index, col_index)]
     spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(rows, cols)
     out = []
-    for pixels, labels in training_copies(enhanced, placement, spacing, seed):
+    for copy, (pixels, labels) in enumerate(training_copies(enhanced, placement, spacing, seed)):
         again = measure_chest(image, pixels, anatomy_model)
         if again is None:
             continue
@@ -343,7 +350,8 @@ def _inserted_candidates(
         for candidate in again.candidates:
             r = min(int(candidate.row * scale[0]), rows - 1)
             c = min(int(candidate.col * scale[1]), cols - 1)
-            out.append((candidate, bool(labels[r, c])))
+            label = int(labels[r, c])
+            out.append((candidate, copy * (TRAINING_NODULES + 1) + label if label else 0))
     return out
 
 

@@ -20,9 +20,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-#: Nodule radii (mm) looked for: about 10 to 30 mm across (smaller ones are lost among vessels seen
-#: end-on at the working resolution).
-RADII_MM = (5.0, 7.0, 10.0, 14.0)
+from miemss_node.pipeline.convergence import GradientConvergence
+
+#: Nodule and mass radii (mm) looked for: about 10 to 40 mm across (smaller ones are lost among vessels
+#: seen end-on at the working resolution).
+RADII_MM = (5.0, 7.0, 10.0, 14.0, 20.0)
 #: The local spread is measured over a window this many sigmas wide.
 LOCAL_WINDOW_SIGMAS = 6.0
 #: Candidates are at least this far (mm) inside the lungs' edges.
@@ -57,12 +59,14 @@ class FocalCandidate:
     #: The response over the lungs' typical spread: a blob that is strong for this film (a large or
     #: dense nodule raises its own local spread, so ``strength`` alone understates it).
     global_strength: float = 0.0
-    #: What a learned focal model reads (:data:`FEATURE_NAMES`, in order).
+    #: Its measurements (:data:`FEATURE_NAMES`, in order); a focal model reads some of them.
     features: tuple[float, ...] = ()
 
 
-#: The measurements of a candidate that a focal model (``chest_reference.FocalModel``) reads: its
-#: locally and globally normalised response at each radius of :data:`RADII_MM`, then its shape.
+#: The measurements of a candidate, from which a focal model (``chest_reference.FocalModel``) reads
+#: those it was built on: its locally and globally normalised response at each radius of
+#: :data:`RADII_MM`, its shape, its place, and how its gradients converge
+#: (:mod:`~miemss_node.pipeline.convergence`).
 FEATURE_NAMES = (
     *(f"local_{r:g}mm" for r in RADII_MM),
     *(f"global_{r:g}mm" for r in RADII_MM),
@@ -76,6 +80,7 @@ FEATURE_NAMES = (
     "mirror_ratio",
     "medial_fraction",
     "hilar_distance",
+    "convergence",
 )
 
 
@@ -131,6 +136,7 @@ def focal_candidates(
         exclude_border=False,
     )
     shape = _Shape(image, lungs, excluded, mm_per_px)
+    convergence = GradientConvergence(image, mm_per_px)
     midline = image.shape[1] / 2.0 if midline_col is None else midline_col
     candidates = []
     for r, c in peaks:
@@ -155,6 +161,7 @@ def focal_candidates(
                     mirror,
                     float(best[r, c]) - mirror,
                     *place_in_lung(lungs, r, c, midline),
+                    convergence.at(float(r), float(c)),
                 ),
             )
         )

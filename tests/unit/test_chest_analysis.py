@@ -26,6 +26,7 @@ from miemss_node.pipeline.chest_reference import (
     FLAG_EVIDENCE,
     abnormality,
     evidence_at,
+    focal_evidence,
     load_chest_reference,
     save_chest_reference,
 )
@@ -33,7 +34,7 @@ from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FEATURE_NAMES, hessian_eigenvalues_at
-from miemss_node.pipeline.focal_model import FocalModel
+from miemss_node.pipeline.focal_model import MODEL_FEATURES, FocalModel
 from miemss_node.pipeline.objects import COMPACT, LINE, electrode_snap_near, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
 
@@ -272,10 +273,10 @@ def test_evidence_and_abnormality_are_inverse() -> None:
 
 def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
     model = FocalModel(
-        feature_names=FEATURE_NAMES,
-        mean=(0.0,) * len(FEATURE_NAMES),
-        scale=(1.0,) * len(FEATURE_NAMES),
-        coef=(1.0,) * len(FEATURE_NAMES),
+        feature_names=MODEL_FEATURES,
+        mean=(0.0,) * len(MODEL_FEATURES),
+        scale=(1.0,) * len(MODEL_FEATURES),
+        coef=(1.0,) * len(MODEL_FEATURES),
         intercept=0.0,
         threshold=0.0,
         positives=1,
@@ -283,13 +284,58 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
     )
     from miemss_node.pipeline.focal import FocalCandidate
 
-    with pytest.raises(ModelError, match=f"reads {len(FEATURE_NAMES)} features"):
+    with pytest.raises(ModelError, match=f"this version makes {len(FEATURE_NAMES)}"):
         model.log_odds(FocalCandidate(row=0, col=0, radius_px=1, strength=1, features=(1.0, 2.0)))
     assert FocalModel.from_dict(model.to_dict()) == model
-    # A reference built by a version whose candidates had fewer features (before the place in the lung).
-    older = model.to_dict() | {"feature_names": list(FEATURE_NAMES[:-2])}
+    # A reference built by a version whose model read every measurement (before convergence).
+    older = model.to_dict() | {"feature_names": list(FEATURE_NAMES[:-1]), "coef": [1.0] * (len(FEATURE_NAMES) - 1)}
     with pytest.raises(ModelError, match="build it again"):
         FocalModel.from_dict(older)
+
+
+def test_the_focal_model_reads_its_measurements_by_name() -> None:
+    """Only the named measurements move the log-odds; the others may be anything."""
+    model = FocalModel(
+        feature_names=MODEL_FEATURES,
+        mean=(0.0,) * len(MODEL_FEATURES),
+        scale=(1.0,) * len(MODEL_FEATURES),
+        coef=(2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1),
+        intercept=0.5,
+        threshold=0.0,
+        positives=1,
+        negatives=1,
+    )
+    from miemss_node.pipeline.focal import FocalCandidate
+
+    def candidate(convergence: float, others: float) -> FocalCandidate:
+        features = [others] * len(FEATURE_NAMES)
+        features[FEATURE_NAMES.index(MODEL_FEATURES[0])] = convergence
+        return FocalCandidate(row=0, col=0, radius_px=1, strength=1, features=tuple(features))
+
+    assert model.log_odds(candidate(0.9, 0.0)) == pytest.approx(2.3)
+    assert model.log_odds(candidate(0.9, 50.0)) == pytest.approx(2.3)
+
+
+def test_a_blob_stronger_than_the_normal_films_is_flagged_whatever_the_model_says() -> None:
+    from miemss_node.pipeline.focal import FocalCandidate
+
+    doubtful = FocalModel(
+        feature_names=MODEL_FEATURES,
+        mean=(0.0,) * len(MODEL_FEATURES),
+        scale=(1.0,) * len(MODEL_FEATURES),
+        coef=(0.0,) * len(MODEL_FEATURES),
+        intercept=-3.0,
+        threshold=0.0,
+        positives=1,
+        negatives=1,
+    )
+    reference = replace(load_chest_reference(), focal_model=doubtful, focal_threshold=4.0, focal_global_threshold=7.0)
+    features = (0.0,) * len(FEATURE_NAMES)
+    strong = FocalCandidate(row=0, col=0, radius_px=5, strength=6.0, global_strength=1.0, features=features)
+    usual = FocalCandidate(row=0, col=0, radius_px=5, strength=3.0, global_strength=6.0, features=features)
+    assert focal_evidence(strong, reference) == pytest.approx(FLAG_EVIDENCE * 6.0 / 4.0)
+    # Below the normal films' strongest blob the model alone decides: log-odds 3 under its threshold.
+    assert focal_evidence(usual, reference) == pytest.approx(FLAG_EVIDENCE - 3.0)
 
 
 def test_the_chest_analysis_runs_without_the_shared_data() -> None:
@@ -347,7 +393,6 @@ def test_an_electrode_pasted_on_the_wg04_film_leaves_no_round_density_there(monk
 def test_the_focal_regions_are_the_most_evident_round_densities_not_the_strongest() -> None:
     """Candidates come strongest first (the LoG); the focal model ranks them otherwise, and when more are
     flagged than ``max_focal_regions`` the most evident become the regions (WG04 chest CR)."""
-    from miemss_node.pipeline.chest_reference import focal_evidence
     from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
     from tests.support.paths import wg04_chest_cr
 
