@@ -242,7 +242,7 @@ def hessian_eigenvalues_at(image: np.ndarray, sigma: float, point: tuple[int, in
     """The Hessian's eigenvalues (larger first) at one pixel of a Gaussian-smoothed image.
 
     The same finite differences as scikit-image's ``hessian_matrix(..., use_gaussian_derivatives=False)``
-    (a focal model learned on them reads the same values), with SciPy alone: importing
+    (a model learned on them reads the same values), with SciPy alone: importing
     ``skimage.feature.corner`` imports ``scipy.stats``, 0.4 s of a cold start.
     """
     smoothed = ndimage.gaussian_filter(image, sigma, mode="constant", cval=0.0)

@@ -441,7 +441,8 @@ def test_check_config_refuses_a_missing_or_corrupt_chest_reference(
 
 
 def test_the_round_density_hessian_is_scikit_images_to_the_last_bit() -> None:
-    # The shipped focal model was learned on scikit-image's values; ours must read the same.
+    # Isotropy was learned on scikit-image's values (benchmarks/focal_features.py still compares models that
+    # read it); ours must be the same.
     from skimage.feature import hessian_matrix, hessian_matrix_eigvals
 
     rng = np.random.default_rng(0)
