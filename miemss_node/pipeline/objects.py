@@ -12,7 +12,8 @@ Everything here is classical morphology on the display-oriented working image (b
   looked for at the source resolution where a round density was found (:func:`electrode_snap_near`);
 * what is found is classified by shape (long and thin: a line or wire; compact: an electrode, clip or
   marker; large and very bright: a metal device) and dilated by a margin, so that its edges are
-  excluded too.
+  excluded too. What lies along the frame's edge (the film's or the collimator's) is masked the same
+  way but not reported: the SR must not say that a film without devices has a wire.
 
 Contrasts are measured in units of the film's own range inside the body (2nd to 98th percentile), so
 the same thresholds hold for a dark CR and a bright portable film. They were chosen on the development
@@ -62,6 +63,9 @@ SATURATED = 0.985
 SATURATED_MAX_FRACTION = 0.01
 #: Margin (mm) added around every object.
 MARGIN_MM = 3.0
+#: An object lying wholly within this distance (mm) of one edge of the frame is the film's or the
+#: collimator's edge: it is masked like any object, but not reported as a device, line or text.
+FRAME_EDGE_MM = 8.0
 #: An ECG electrode's snap is a thin bright ring (the metal eyelet) of about these radii (mm). Its disc
 #: is as faint as a nodule at the detail resolution; the ring shows only at the source resolution.
 SNAP_RADII_MM = (1.6, 1.9, 2.2, 2.5, 2.8)
@@ -126,17 +130,18 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
     mask = np.zeros(image.shape, dtype=bool)
     area_px = mm_per_px * mm_per_px
 
+    edge = radius(FRAME_EDGE_MM)
     thin = label(tophat(THIN_RADIUS_MM) > THIN_CONTRAST, connectivity=2)
-    _add(mask, kinds, LINE, thin, [p.label for p in regionprops(thin) if _is_line(p, mm_per_px)])
+    _add(mask, kinds, LINE, thin, [(p.label, p.bbox) for p in regionprops(thin) if _is_line(p, mm_per_px)], edge)
     compact = label(tophat(COMPACT_RADIUS_MM) > COMPACT_CONTRAST)
-    small = [p.label for p in regionprops(compact) if 4 <= p.area and p.area * area_px <= COMPACT_MAX_AREA_MM2]
-    _add(mask, kinds, COMPACT, compact, small)
+    small = [(p.label, p.bbox) for p in regionprops(compact) if 4 <= p.area and p.area * area_px <= COMPACT_MAX_AREA_MM2]
+    _add(mask, kinds, COMPACT, compact, small, edge)
     metal = label(_sharp_outlined(image, inside, radius(2.0)))
-    devices = [p.label for p in regionprops(metal) if METAL_AREA_MM2[0] <= p.area * area_px <= METAL_AREA_MM2[1]]
-    _add(mask, kinds, METAL, metal, devices)
+    devices = [(p.label, p.bbox) for p in regionprops(metal) if METAL_AREA_MM2[0] <= p.area * area_px <= METAL_AREA_MM2[1]]
+    _add(mask, kinds, METAL, metal, devices, edge)
     saturated = label(image >= SATURATED)
-    text = [p.label for p in regionprops(saturated) if p.area <= SATURATED_MAX_FRACTION * image.size]
-    _add(mask, kinds, TEXT, saturated, text)
+    text = [(p.label, p.bbox) for p in regionprops(saturated) if p.area <= SATURATED_MAX_FRACTION * image.size]
+    _add(mask, kinds, TEXT, saturated, text, edge)
 
     mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))
     logger.debug("objects: %s", kinds, extra={"action": "anatomy.objects"})
@@ -225,11 +230,24 @@ def _is_line(region: object, mm_per_px: float) -> bool:
     return major * mm_per_px >= LINE_MIN_LENGTH_MM and major >= LINE_MIN_ELONGATION * width
 
 
-def _add(mask: np.ndarray, kinds: dict[str, int], kind: str, labels: np.ndarray, keep: list[int]) -> None:
-    """Add the components ``keep`` of a label image to ``mask`` and count them under ``kind``."""
+def _add(
+    mask: np.ndarray,
+    kinds: dict[str, int],
+    kind: str,
+    labels: np.ndarray,
+    keep: list[tuple[int, tuple[int, ...]]],
+    edge: int,
+) -> None:
+    """Add the components ``keep`` (label, bounding box) of a label image to ``mask``; count under ``kind``
+    those that do not lie along the frame's edge (within ``edge`` pixels of one side)."""
     if not keep:
         return
     lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
-    lookup[keep] = True
+    lookup[[number for number, _ in keep]] = True
     mask |= lookup[labels]
-    kinds[kind] = kinds.get(kind, 0) + len(keep)
+    rows, cols = labels.shape
+    counted = [
+        box for _, box in keep if not (box[2] <= edge or box[0] >= rows - edge or box[3] <= edge or box[1] >= cols - edge)
+    ]
+    if counted:
+        kinds[kind] = kinds.get(kind, 0) + len(counted)

@@ -78,6 +78,21 @@ def test_markers_text_and_a_drawn_wire_are_objects(normal_pa: tuple[DecodedImage
     assert COMPACT in found.kinds or LINE in found.kinds
 
 
+def test_the_frame_edge_is_masked_but_not_reported_as_a_device() -> None:
+    """A bright strip along the top of the frame (a film's or a collimator's edge, as on the WG04 chest
+    film) and a line along its right edge are left out, not called a marker or a wire; the same strip
+    inside the film is."""
+    mm = 0.8
+    image = _noisy_field((500, 500))
+    image[1:5, 40:70] += 0.6  # along the top edge
+    image[100:300, 496:499] += 0.6  # along the right edge
+    found = find_objects(image, np.ones(image.shape, dtype=bool), mm)
+    assert found.mask[2, 55] and found.mask[200, 497]
+    assert found.kinds == {}
+    image[250:254, 240:270] += 0.6  # the same strip in the middle of the film
+    assert COMPACT in find_objects(image, np.ones(image.shape, dtype=bool), mm).kinds
+
+
 def _noisy_field(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows, cols = np.indices(shape, dtype=np.float32)
