@@ -21,15 +21,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The sets compared, by name; the first is the baseline.
-FEATURE_SETS = {
-    "every measurement but convergence (the model until 2026-12-02)": "all-but-convergence",
-    "every measurement": "all",
-    "convergence alone": "convergence",
-    "the shipped model's (convergence, place, contrast)": "shipped",
-}
-
-
 def main() -> None:
     """Print, per set of measurements, the share of nodules found in the films left out."""
     from miemss_node.config import load_config
@@ -48,11 +39,14 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "config.toml")
     args = parser.parse_args()
     settings = load_config(args.config).pipeline
+    # The sets compared; the first is the baseline, the last the shipped model's.
     sets = {
-        "all-but-convergence": tuple(name for name in FEATURE_NAMES if name != "convergence"),
-        "all": FEATURE_NAMES,
-        "convergence": ("convergence",),
-        "shipped": MODEL_FEATURES,
+        "every measurement but convergence (the model until 2026-12-02)": tuple(
+            name for name in FEATURE_NAMES if name != "convergence"
+        ),
+        "every measurement": FEATURE_NAMES,
+        "convergence alone": ("convergence",),
+        "the shipped model's (convergence, place, contrast)": MODEL_FEATURES,
     }
     films: list[tuple[str, list[FocalCandidate], list[tuple[FocalCandidate, int]]]] = []
     for seed, film in enumerate(load_chest_reference().films):
@@ -66,15 +60,14 @@ def main() -> None:
         films.append((film["file"], list(measured.candidates), inserted_candidates(image, enhanced, measured, seed)))
         print(f"  {film['file']}: {len(measured.candidates)} candidates, {len(films[-1][2])} on its copies")
     print("share of inserted nodules found at 1 FP per copy of the film left out:")
-    results = {}
-    for title, key in FEATURE_SETS.items():
-        per_film = [_left_out(films, index, sets[key], FOCAL_FLAGS_PER_NORMAL_FILM) for index in range(len(films))]
+    shares = []
+    for title, features in sets.items():
+        per_film = [_left_out(films, index, features, FOCAL_FLAGS_PER_NORMAL_FILM) for index in range(len(films))]
         found, total = sum(f for f, _ in per_film), sum(t for _, t in per_film)
-        results[key] = found / max(total, 1)
-        shares = ", ".join(f"{f / max(t, 1):.2f}" for f, t in per_film)
-        print(f"  {title}: {results[key]:.3f} ({found} of {total}; per film {shares})")
-    baseline = results["all-but-convergence"]
-    print(f"shipped / baseline: {results['shipped'] / max(baseline, 1e-9):.2f}")
+        shares.append(found / max(total, 1))
+        each = ", ".join(f"{f / max(t, 1):.2f}" for f, t in per_film)
+        print(f"  {title}: {shares[-1]:.3f} ({found} of {total}; per film {each})")
+    print(f"shipped / baseline: {shares[-1] / max(shares[0], 1e-9):.2f}")
 
 
 def _left_out(films: Sequence[tuple], index: int, features: Sequence[str], flags_per_film: float) -> tuple[int, int]:

@@ -8,9 +8,9 @@ point, the cosine between the gradient and the direction back to the point, aver
 :data:`BAND_MM` that slides between :data:`MIN_RADIUS_MM` and :data:`MAX_RADIUS_MM` to where it is
 highest; the mean over the rays is in [-1, 1], 1 for a perfectly round bright blob.
 
-Learned from lesion insertion into the reference's films (leave one film out), it ranks inserted
-nodules above normal structures better than the blob detector's own strengths do (README, "Round
-densities").
+Measured by lesion insertion into the reference's films, one film left out at a time, it ranks
+inserted nodules above normal structures better than the blob detector's own strengths do
+(``benchmarks/focal_features.py``; README, "Round densities").
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from scipy import ndimage
 
 #: Rays cast from the point.
 DIRECTIONS = 16
-#: The band slides between these distances (mm) from the point: nodules 8 to 32 mm across.
+#: The band slides between these distances (mm) from the point: nodules and masses 8 to 44 mm across.
 MIN_RADIUS_MM = 4.0
 MAX_RADIUS_MM = 22.0
 #: Width of the band (mm).

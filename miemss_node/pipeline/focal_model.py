@@ -5,9 +5,9 @@ ranks nodules poorly. A focal model is a logistic regression over a few of each 
 (:data:`MODEL_FEATURES`: how its gradients converge on it, where it lies in the lung, and its contrast),
 trained by **lesion insertion** into films without nodules: nodules and masses of known place (the
 projection of a sphere, 10 to 40 mm, faint to dense, blurred like a real edge) are added to each film
-again and again; the
-candidates that land on them are the positives, every other candidate the negatives. No film needs a
-label beyond "no nodule", so a hospital retrains it on its own films with ``miemss-node reference chest``.
+again and again; the candidates that land on them are the positives, every other candidate the
+negatives. No film needs a label beyond "no nodule", so a hospital retrains it on its own films with
+``miemss-node reference chest``.
 
 Why so few measurements: with every one of
 :data:`~miemss_node.pipeline.focal.FEATURE_NAMES` (the blob's strength at each scale, its rim and

@@ -286,17 +286,22 @@ def test_evidence_and_abnormality_are_inverse() -> None:
         assert abnormality(evidence_at(score)) == pytest.approx(score)
 
 
-def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
-    model = FocalModel(
+def _focal_model(coef: tuple[float, ...], intercept: float = 0.0) -> FocalModel:
+    """A focal model of the shipped measurements, standardised to themselves."""
+    return FocalModel(
         feature_names=MODEL_FEATURES,
         mean=(0.0,) * len(MODEL_FEATURES),
         scale=(1.0,) * len(MODEL_FEATURES),
-        coef=(1.0,) * len(MODEL_FEATURES),
-        intercept=0.0,
+        coef=coef,
+        intercept=intercept,
         threshold=0.0,
         positives=1,
         negatives=1,
     )
+
+
+def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
+    model = _focal_model((1.0,) * len(MODEL_FEATURES))
     from miemss_node.pipeline.focal import FocalCandidate
 
     with pytest.raises(ModelError, match=f"this version makes {len(FEATURE_NAMES)}"):
@@ -310,16 +315,7 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
 
 def test_the_focal_model_reads_its_measurements_by_name() -> None:
     """Only the named measurements move the log-odds; the others may be anything."""
-    model = FocalModel(
-        feature_names=MODEL_FEATURES,
-        mean=(0.0,) * len(MODEL_FEATURES),
-        scale=(1.0,) * len(MODEL_FEATURES),
-        coef=(2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1),
-        intercept=0.5,
-        threshold=0.0,
-        positives=1,
-        negatives=1,
-    )
+    model = _focal_model((2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1), intercept=0.5)
     from miemss_node.pipeline.focal import FocalCandidate
 
     def candidate(convergence: float, others: float) -> FocalCandidate:
@@ -334,16 +330,7 @@ def test_the_focal_model_reads_its_measurements_by_name() -> None:
 def test_a_blob_stronger_than_the_normal_films_is_flagged_whatever_the_model_says() -> None:
     from miemss_node.pipeline.focal import FocalCandidate
 
-    doubtful = FocalModel(
-        feature_names=MODEL_FEATURES,
-        mean=(0.0,) * len(MODEL_FEATURES),
-        scale=(1.0,) * len(MODEL_FEATURES),
-        coef=(0.0,) * len(MODEL_FEATURES),
-        intercept=-3.0,
-        threshold=0.0,
-        positives=1,
-        negatives=1,
-    )
+    doubtful = _focal_model((0.0,) * len(MODEL_FEATURES), intercept=-3.0)
     reference = replace(load_chest_reference(), focal_model=doubtful, focal_threshold=4.0, focal_global_threshold=7.0)
     features = (0.0,) * len(FEATURE_NAMES)
     strong = FocalCandidate(row=0, col=0, radius_px=5, strength=6.0, global_strength=1.0, features=features)
