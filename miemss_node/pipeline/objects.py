@@ -13,7 +13,8 @@ Everything here is classical morphology on the display-oriented working image (b
 * what is found is classified by shape (long and thin: a line or wire; compact: an electrode, clip or
   marker; large and very bright: a metal device) and dilated by a margin, so that its edges are
   excluded too. What lies along the frame's edge (the film's or the collimator's) is masked the same
-  way but not reported: the SR must not say that a film without devices has a wire.
+  way but not reported: the SR must not say that a film without devices has a wire. Each object is
+  reported once: one found over a burned-in annotation is text (:func:`_reported_kinds`).
 
 Contrasts are measured in units of the film's own range inside the body (2nd to 98th percentile), so
 the same thresholds hold for a dark CR and a bright portable film. They were chosen on the development
@@ -66,6 +67,12 @@ MARGIN_MM = 3.0
 #: An object lying wholly within this distance (mm) of one edge of the frame is the film's or the
 #: collimator's edge: it is masked like any object, but not reported as a device, line or text.
 FRAME_EDGE_MM = 8.0
+#: A saturated component up to this area (mm², of its bounding box) is a burned-in annotation ...
+ANNOTATION_MAX_AREA_MM2 = 600.0
+#: ... and so is a row of at least this many compact glyphs of one height; an object found over one,
+#: within this margin (mm), is the annotation found again, not a device.
+TEXT_MIN_GLYPHS = 3
+TEXT_MARGIN_MM = 4.0
 #: An ECG electrode's snap is a thin bright ring (the metal eyelet) of about these radii (mm). Its disc
 #: is as faint as a nodule at the detail resolution; the ring shows only at the source resolution.
 SNAP_RADII_MM = (1.6, 1.9, 2.2, 2.5, 2.8)
@@ -126,22 +133,25 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
         side = 2 * radius(mm) + 1
         return (image - ndimage.grey_opening(image, size=(side, side))) / scale
 
-    kinds: dict[str, int] = {}
     mask = np.zeros(image.shape, dtype=bool)
     area_px = mm_per_px * mm_per_px
-
-    edge = radius(FRAME_EDGE_MM)
     thin = label(tophat(THIN_RADIUS_MM) > THIN_CONTRAST, connectivity=2)
-    _add(mask, kinds, LINE, thin, [(p.label, p.bbox) for p in regionprops(thin) if _is_line(p, mm_per_px)], edge)
     compact = label(tophat(COMPACT_RADIUS_MM) > COMPACT_CONTRAST)
-    small = [(p.label, p.bbox) for p in regionprops(compact) if 4 <= p.area and p.area * area_px <= COMPACT_MAX_AREA_MM2]
-    _add(mask, kinds, COMPACT, compact, small, edge)
     metal = label(_sharp_outlined(image, inside, radius(2.0)))
-    devices = [(p.label, p.bbox) for p in regionprops(metal) if METAL_AREA_MM2[0] <= p.area * area_px <= METAL_AREA_MM2[1]]
-    _add(mask, kinds, METAL, metal, devices, edge)
     saturated = label(image >= SATURATED)
-    text = [(p.label, p.bbox) for p in regionprops(saturated) if p.area <= SATURATED_MAX_FRACTION * image.size]
-    _add(mask, kinds, TEXT, saturated, text, edge)
+    found: list[tuple[str, tuple[int, ...]]] = []
+    for kind, labels, keep in (
+        (LINE, thin, [p for p in regionprops(thin) if _is_line(p, mm_per_px)]),
+        (COMPACT, compact, [p for p in regionprops(compact) if 4 <= p.area and p.area * area_px <= COMPACT_MAX_AREA_MM2]),
+        (METAL, metal, [p for p in regionprops(metal) if METAL_AREA_MM2[0] <= p.area * area_px <= METAL_AREA_MM2[1]]),
+        (TEXT, saturated, [p for p in regionprops(saturated) if p.area <= SATURATED_MAX_FRACTION * image.size]),
+    ):
+        if keep:
+            lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
+            lookup[[p.label for p in keep]] = True
+            mask |= lookup[labels]
+        found += [(kind, tuple(p.bbox)) for p in keep if not _along_frame_edge(p.bbox, image.shape, radius(FRAME_EDGE_MM))]
+    kinds = _reported_kinds(found, mm_per_px)
 
     mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))
     logger.debug("objects: %s", kinds, extra={"action": "anatomy.objects"})
@@ -230,24 +240,66 @@ def _is_line(region: object, mm_per_px: float) -> bool:
     return major * mm_per_px >= LINE_MIN_LENGTH_MM and major >= LINE_MIN_ELONGATION * width
 
 
-def _add(
-    mask: np.ndarray,
-    kinds: dict[str, int],
-    kind: str,
-    labels: np.ndarray,
-    keep: list[tuple[int, tuple[int, ...]]],
-    edge: int,
-) -> None:
-    """Add the components ``keep`` (label, bounding box) of a label image to ``mask``; count under ``kind``
-    those that do not lie along the frame's edge (within ``edge`` pixels of one side)."""
-    if not keep:
-        return
-    lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
-    lookup[[number for number, _ in keep]] = True
-    mask |= lookup[labels]
-    rows, cols = labels.shape
-    counted = [
-        box for _, box in keep if not (box[2] <= edge or box[0] >= rows - edge or box[3] <= edge or box[1] >= cols - edge)
+def _along_frame_edge(box: tuple[int, ...], shape: tuple[int, ...], edge: int) -> bool:
+    """Whether a bounding box lies within ``edge`` pixels of one side of the frame."""
+    return box[2] <= edge or box[0] >= shape[0] - edge or box[3] <= edge or box[1] >= shape[1] - edge
+
+
+def _reported_kinds(found: list[tuple[str, tuple[int, ...]]], mm_per_px: float) -> dict[str, int]:
+    """How many objects of each kind to report, each found object (kind, bounding box) counted once.
+
+    Burned-in annotations are found by more than one test: a circled lead marker is saturated text, a
+    compact blob, a closed "line" and a crisp "metal" outline at once, and a word's letters together have
+    a metal's sharp outline. An object over an annotation (a small saturated component, or a row of at
+    least :data:`TEXT_MIN_GLYPHS` compact glyphs of one height) is counted as text, not as a device.
+    """
+    margin = max(1, round(TEXT_MARGIN_MM / mm_per_px))
+    annotations = [
+        box
+        for kind, box in found
+        if kind == TEXT and (box[2] - box[0]) * (box[3] - box[1]) * mm_per_px**2 <= ANNOTATION_MAX_AREA_MM2
     ]
-    if counted:
-        kinds[kind] = kinds.get(kind, 0) + len(counted)
+    annotations += _glyph_rows([box for kind, box in found if kind == COMPACT])
+    kinds: dict[str, int] = {}
+    for kind, box in found:
+        if kind != TEXT and any(_mostly_inside(box, _grown(other, margin)) for other in annotations):
+            kind = TEXT
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def _glyph_rows(boxes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Bounding boxes of rows of at least :data:`TEXT_MIN_GLYPHS` boxes of about one height, side by side
+    (each overlapping the next one's rows, at most two heights apart)."""
+    rows: list[list[tuple[int, ...]]] = []
+    for box in sorted(boxes, key=lambda b: b[1]):
+        height = box[2] - box[0]
+        for row in rows:
+            last = row[-1]
+            last_height = last[2] - last[0]
+            overlap = min(box[2], last[2]) - max(box[0], last[0])
+            if (
+                overlap >= 0.5 * min(height, last_height)
+                and max(height, last_height) <= 2 * min(height, last_height)
+                and box[1] - last[3] <= 2 * max(height, last_height)
+            ):
+                row.append(box)
+                break
+        else:
+            rows.append([box])
+    return [
+        (min(b[0] for b in row), min(b[1] for b in row), max(b[2] for b in row), max(b[3] for b in row))
+        for row in rows
+        if len(row) >= TEXT_MIN_GLYPHS
+    ]
+
+
+def _grown(box: tuple[int, ...], margin: int) -> tuple[int, ...]:
+    return (box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
+
+
+def _mostly_inside(box: tuple[int, ...], outer: tuple[int, ...]) -> bool:
+    """Whether at least half of ``box``'s area lies inside ``outer``."""
+    rows = max(0, min(box[2], outer[2]) - max(box[0], outer[0]))
+    cols = max(0, min(box[3], outer[3]) - max(box[1], outer[1]))
+    return 2 * rows * cols >= (box[2] - box[0]) * (box[3] - box[1])

@@ -35,7 +35,7 @@ from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FEATURE_NAMES, hessian_eigenvalues_at
 from miemss_node.pipeline.focal_model import MODEL_FEATURES, FocalModel
-from miemss_node.pipeline.objects import COMPACT, LINE, electrode_snap_near, find_objects
+from miemss_node.pipeline.objects import COMPACT, LINE, TEXT, electrode_snap_near, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
 
 ZONE_FILE = REPO_ROOT / "benchmarks" / "zones" / "shared_chest_films.json"
@@ -89,8 +89,27 @@ def test_the_frame_edge_is_masked_but_not_reported_as_a_device() -> None:
     found = find_objects(image, np.ones(image.shape, dtype=bool), mm)
     assert found.mask[2, 55] and found.mask[200, 497]
     assert found.kinds == {}
-    image[250:254, 240:270] += 0.6  # the same strip in the middle of the film
-    assert COMPACT in find_objects(image, np.ones(image.shape, dtype=bool), mm).kinds
+    image[250:254, 240:270] += 0.6  # the same strip in the middle of the film: saturated, so text
+    assert TEXT in find_objects(image, np.ones(image.shape, dtype=bool), mm).kinds
+
+
+def test_a_circled_marker_and_a_word_are_reported_as_text_not_as_devices() -> None:
+    """A circled letter marker is saturated, compact and a closed ring all at once, and a word is a row of
+    compact letters: both are text. A wire beside them stays a wire."""
+    mm = 0.8
+    image = _noisy_field((500, 500))
+    rows, cols = np.indices(image.shape)
+    ring = np.abs(np.hypot(rows - 100, cols - 100) - 12) <= 1.5
+    image[ring] = 1.0  # the circle of a lead marker, drawn at full white
+    image[94:107, 97:103] = 1.0  # and its letter
+    for left in range(200, 330, 13):  # a burned-in word: ten letters in a row
+        image[60:72, left : left + 9] += 0.6
+        image[63:69, left + 3 : left + 6] -= 0.6
+    image[300:303, 100:400] += 0.35  # a wire
+    kinds = find_objects(image, np.ones(image.shape, dtype=bool), mm).kinds
+    assert kinds[TEXT] >= 12  # the marker's parts and the ten letters
+    assert kinds[LINE] == 1, kinds  # the wire, not the marker's ring
+    assert kinds.get(COMPACT, 0) <= 1, kinds  # at most the wire again, as before; no letter
 
 
 def _noisy_field(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
