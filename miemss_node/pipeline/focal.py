@@ -63,7 +63,7 @@ class FocalCandidate:
     features: tuple[float, ...] = ()
 
 
-#: The measurements of a candidate, from which a focal model (``chest_reference.FocalModel``) reads
+#: The measurements of a candidate, from which a focal model (``focal_model.FocalModel``) reads
 #: those it was built on: its locally and globally normalised response at each radius of
 #: :data:`RADII_MM`, its shape, its place, and how its gradients converge
 #: (:mod:`~miemss_node.pipeline.convergence`).

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -173,7 +174,13 @@ def fit_focal_model(
 
 def _columns(features: Sequence[float], names: Sequence[str]) -> np.ndarray:
     """The named measurements of a candidate's :data:`~miemss_node.pipeline.focal.FEATURE_NAMES` values."""
-    return np.array([features[FEATURE_NAMES.index(name)] for name in names], dtype=np.float64)
+    return np.asarray(features, dtype=np.float64)[list(_indices(tuple(names)))]
+
+
+@lru_cache(maxsize=16)
+def _indices(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where each named measurement sits in :data:`~miemss_node.pipeline.focal.FEATURE_NAMES`."""
+    return tuple(FEATURE_NAMES.index(name) for name in names)
 
 
 def training_copies(pixels: np.ndarray, placement: np.ndarray, spacing_mm: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

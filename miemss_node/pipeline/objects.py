@@ -139,6 +139,7 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
     compact = label(tophat(COMPACT_RADIUS_MM) > COMPACT_CONTRAST)
     metal = label(_sharp_outlined(image, inside, radius(2.0)))
     saturated = label(image >= SATURATED)
+    edge = radius(FRAME_EDGE_MM)
     found: list[tuple[str, tuple[int, ...]]] = []
     for kind, labels, keep in (
         (LINE, thin, [p for p in regionprops(thin) if _is_line(p, mm_per_px)]),
@@ -150,7 +151,7 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
             lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
             lookup[[p.label for p in keep]] = True
             mask |= lookup[labels]
-        found += [(kind, tuple(p.bbox)) for p in keep if not _along_frame_edge(p.bbox, image.shape, radius(FRAME_EDGE_MM))]
+        found += [(kind, tuple(p.bbox)) for p in keep if not _along_frame_edge(p.bbox, image.shape, edge)]
     kinds = _reported_kinds(found, mm_per_px)
 
     mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))

@@ -33,7 +33,7 @@ from miemss_node.pipeline.chest_reference import (
 from miemss_node.pipeline.enhance import enhance
 from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
-from miemss_node.pipeline.focal import FEATURE_NAMES, hessian_eigenvalues_at
+from miemss_node.pipeline.focal import FEATURE_NAMES, FocalCandidate, hessian_eigenvalues_at
 from miemss_node.pipeline.focal_model import MODEL_FEATURES, FocalModel
 from miemss_node.pipeline.objects import COMPACT, LINE, TEXT, electrode_snap_near, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
@@ -321,8 +321,6 @@ def _focal_model(coef: tuple[float, ...], intercept: float = 0.0) -> FocalModel:
 
 def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
     model = _focal_model((1.0,) * len(MODEL_FEATURES))
-    from miemss_node.pipeline.focal import FocalCandidate
-
     with pytest.raises(ModelError, match=f"this version makes {len(FEATURE_NAMES)}"):
         model.log_odds(FocalCandidate(row=0, col=0, radius_px=1, strength=1, features=(1.0, 2.0)))
     assert FocalModel.from_dict(model.to_dict()) == model
@@ -335,8 +333,6 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
 def test_the_focal_model_reads_its_measurements_by_name() -> None:
     """Only the named measurements move the log-odds; the others may be anything."""
     model = _focal_model((2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1), intercept=0.5)
-    from miemss_node.pipeline.focal import FocalCandidate
-
     def candidate(convergence: float, others: float) -> FocalCandidate:
         features = [others] * len(FEATURE_NAMES)
         features[FEATURE_NAMES.index(MODEL_FEATURES[0])] = convergence
@@ -347,8 +343,6 @@ def test_the_focal_model_reads_its_measurements_by_name() -> None:
 
 
 def test_a_blob_stronger_than_the_normal_films_is_flagged_whatever_the_model_says() -> None:
-    from miemss_node.pipeline.focal import FocalCandidate
-
     doubtful = _focal_model((0.0,) * len(MODEL_FEATURES), intercept=-3.0)
     reference = replace(load_chest_reference(), focal_model=doubtful, focal_threshold=4.0, focal_global_threshold=7.0)
     features = (0.0,) * len(FEATURE_NAMES)
