@@ -148,7 +148,7 @@ def plot_png(path: Path, result: SyntheticResult) -> None:
 
 def real_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Per split: regions on objects/outside, abnormal films with a region on the disease, regions per
-    normal film, and the AUC (with its bootstrap 95 % interval) overall and per view."""
+    normal film, the statements about lines and devices, and the AUC (with its bootstrap 95 % interval) overall and per view."""
     lines = []
     for split, summary in summaries.items():
         lines.append(f"  [{split}] {summary['films']} film(s); regions by class: {summary['regions_by_class']}")
@@ -163,6 +163,12 @@ def real_table(summaries: dict[str, dict[str, Any]]) -> str:
                 f"    regions per normal film: {summary['regions_per_normal_film']}"
                 f" ({summary['normal_films_with_more_than_one_region']} with more than one)"
             )
+        for statement, counts in summary.get("device_statements", {}).items():
+            if any(counts.values()):
+                lines.append(
+                    f"    said {statement!r}: on {counts['said_and_drawn']} film(s) where drawn, "
+                    f"{counts['said_not_drawn']} where not; not said on {counts['drawn_not_said']} where drawn"
+                )
         for key in sorted(k for k in summary if k.startswith("auc")):
             auc = summary[key]
             if auc["auc"] is None:

@@ -7,6 +7,8 @@ drawn zones. The summary counts, per split (development, held-out):
 * regions on objects or outside the thorax (they should be none);
 * abnormal films with a region on the drawn disease;
 * regions per normal film;
+* the statements "line, tube or wire" and "metal device" against the drawn objects
+  (:mod:`~miemss_node.evaluate.devices`);
 * the image-level AUC of the abnormality score (normal against abnormal), with a bootstrap 95 %
   interval, over all films and within each view (AP films and PA films apart: a portable AP film looks
   denser than a PA one, so view alone separates much of a set where most abnormal films are AP).
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from miemss_node.errors import DecodeError
+from miemss_node.evaluate.devices import device_statements
 from miemss_node.evaluate.zones import CLASSES, ZonedFilm, classify_region, zone_masks
 from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import mm_per_pixel
@@ -55,6 +58,10 @@ class FilmResult:
     regions: tuple[dict[str, Any], ...]
     #: The chest classifier's probability per pathology ({} without a classifier).
     pathologies: dict[str, float] = field(default_factory=dict)
+    #: What the analysis said it saw and left out (``anatomy.devices``).
+    devices: tuple[str, ...] = ()
+    #: The ``what`` of each object drawn on it; None for a film without drawn zones.
+    drawn_objects: tuple[str, ...] | None = None
 
     def count(self, region_class: str) -> int:
         """How many of its regions are of ``region_class``."""
@@ -128,6 +135,7 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         }
         for region in analysis.region_map.regions
     )
+    drawn = tuple(str(zone.get("what", "")) for zone in film.zones if zone.get("kind") == "object")
     return FilmResult(
         file=film.file,
         status=film.status,
@@ -137,6 +145,8 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         abnormality_score=float(analysis.abnormality_score),
         regions=regions,
         pathologies={p.label: round(p.probability, 4) for p in analysis.pathologies},
+        devices=analysis.anatomy.devices if analysis.anatomy is not None else (),
+        drawn_objects=drawn if film.zones else None,
     )
 
 
@@ -154,6 +164,7 @@ def summarise_films(results: Sequence[FilmResult], *, seed: int = 0) -> dict[str
         "regions_per_normal_film": [len(r.regions) for r in normal],
         "normal_films_with_more_than_one_region": sum(1 for r in normal if len(r.regions) > 1),
         "auc": auc_with_interval([r.abnormality_score for r in abnormal], [r.abnormality_score for r in normal], seed),
+        "device_statements": device_statements(results),
     }
     for view in sorted({r.view for r in results if r.view}):
         in_view = [r for r in results if r.view == view]

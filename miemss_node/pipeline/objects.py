@@ -58,6 +58,14 @@ LINE_MIN_ELONGATION = 5.0
 COMPACT_MAX_AREA_MM2 = 900.0
 #: A metal device covers between these areas (mm²).
 METAL_AREA_MM2 = (300.0, 6000.0)
+#: What is reported, not only masked: a line, tube or wire at least this long (mm; a lead marker's
+#: circle or a word is 20 to 35 mm across), and a metal device only with a device's body: this large
+#: (mm², a disc 36 mm across: above a lead marker), this solid (area over its convex hull's) and this thick (mm, its
+#: minor axis: above a line of burned-in text).
+REPORTED_LINE_MIN_MM = 40.0
+REPORTED_METAL_MIN_AREA_MM2 = 1000.0
+REPORTED_METAL_MIN_SOLIDITY = 0.85
+REPORTED_METAL_MIN_WIDTH_MM = 10.0
 #: Display value above which a pixel is saturated (burned-in annotations are drawn at full white).
 SATURATED = 0.985
 #: Saturated components larger than this fraction of the image are anatomy or background, not text.
@@ -151,7 +159,11 @@ def find_objects(work: np.ndarray, body: np.ndarray, mm_per_px: float) -> FoundO
             lookup = np.zeros(int(labels.max()) + 1, dtype=bool)
             lookup[[p.label for p in keep]] = True
             mask |= lookup[labels]
-        found += [(kind, tuple(p.bbox)) for p in keep if not _along_frame_edge(p.bbox, image.shape, edge)]
+        found += [
+            (kind, tuple(p.bbox))
+            for p in keep
+            if not _along_frame_edge(p.bbox, image.shape, edge) and _reportable(kind, p, mm_per_px)
+        ]
     kinds = _reported_kinds(found, mm_per_px)
 
     mask = ndimage.binary_dilation(mask, structure=disk(radius(MARGIN_MM)))
@@ -239,6 +251,20 @@ def _is_line(region: object, mm_per_px: float) -> bool:
     major = float(region.axis_major_length)  # type: ignore[attr-defined]
     width = max(float(region.area) / max(major, 1.0), 1.0)  # type: ignore[attr-defined]
     return major * mm_per_px >= LINE_MIN_LENGTH_MM and major >= LINE_MIN_ELONGATION * width
+
+
+def _reportable(kind: str, region: object, mm_per_px: float) -> bool:
+    """Whether an object found is said to be there: a short "line" is a marker's circle or letters, and a
+    sharp outline without a device's large, solid, thick body is a marker or text (all are masked)."""
+    if kind == LINE:
+        return float(region.axis_major_length) * mm_per_px >= REPORTED_LINE_MIN_MM  # type: ignore[attr-defined]
+    if kind == METAL:
+        return (
+            float(region.area) * mm_per_px**2 >= REPORTED_METAL_MIN_AREA_MM2  # type: ignore[attr-defined]
+            and float(region.solidity) >= REPORTED_METAL_MIN_SOLIDITY  # type: ignore[attr-defined]
+            and float(region.axis_minor_length) * mm_per_px >= REPORTED_METAL_MIN_WIDTH_MM  # type: ignore[attr-defined]
+        )
+    return True
 
 
 def _along_frame_edge(box: tuple[int, ...], shape: tuple[int, ...], edge: int) -> bool:

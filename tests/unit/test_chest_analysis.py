@@ -35,7 +35,7 @@ from miemss_node.pipeline.features import to_working
 from miemss_node.pipeline.field_of_view import field_mask
 from miemss_node.pipeline.focal import FEATURE_NAMES, FocalCandidate, hessian_eigenvalues_at
 from miemss_node.pipeline.focal_model import MODEL_FEATURES, FocalModel
-from miemss_node.pipeline.objects import COMPACT, LINE, TEXT, electrode_snap_near, find_objects
+from miemss_node.pipeline.objects import COMPACT, LINE, METAL, TEXT, electrode_snap_near, find_objects
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
 
 ZONE_FILE = REPO_ROOT / "benchmarks" / "zones" / "shared_chest_films.json"
@@ -110,6 +110,24 @@ def test_a_circled_marker_and_a_word_are_reported_as_text_not_as_devices() -> No
     assert kinds[TEXT] >= 12  # the marker's parts and the ten letters
     assert kinds[LINE] == 1, kinds  # the wire, not the marker's ring
     assert kinds.get(COMPACT, 0) <= 1, kinds  # at most the wire again, as before; no letter
+
+
+def test_a_marker_sized_ring_or_disc_is_masked_but_not_said_to_be_a_line_or_a_device() -> None:
+    """A circled marker's ring (24 mm across) is long and thin enough to be a line, and a bright disc of a
+    marker's size has a metal's crisp outline: both are masked, neither is reported as a line, tube or
+    wire or as a metal device. A generator-sized body (40 x 50 mm) with the same outline is a device."""
+    mm = 0.8
+    image = _noisy_field((500, 500))
+    rows, cols = np.indices(image.shape)
+    ring = np.abs(np.hypot(rows - 100, cols - 100) - 15) <= 1.5
+    image[ring] += 0.35  # not saturated: not found as text
+    image[_disc_mask(image.shape, (100, 300), 12)] += 0.3  # a disc marker, 19 mm across
+    found = find_objects(image, np.ones(image.shape, dtype=bool), mm)
+    assert found.mask[100, 85] and found.mask[100, 300]
+    assert LINE not in found.kinds and METAL not in found.kinds, found.kinds
+    generator = _noisy_field((500, 500))
+    generator[250:312, 150:200] += 0.3  # a pacemaker's generator: 50 x 40 mm
+    assert find_objects(generator, np.ones(image.shape, dtype=bool), mm).kinds.get(METAL) == 1
 
 
 def _noisy_field(shape: tuple[int, int], seed: int = 0) -> np.ndarray:

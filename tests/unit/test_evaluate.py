@@ -11,10 +11,12 @@ import pytest
 from PIL import Image
 
 from miemss_node.cli import main
+from miemss_node.evaluate.devices import device_statements
 from miemss_node.evaluate.lesions import insert_lesions, lesion_profile
 from miemss_node.evaluate.metrics import dice_iou, match, psnr_ssim
 from miemss_node.evaluate.output import enhancement_table, plot_png, synthetic_table, write_json
 from miemss_node.evaluate.pairs import MaskError, evaluate_pairs, load_pair
+from miemss_node.evaluate.real import FilmResult, summarise_films
 from miemss_node.evaluate.synthetic import (
     DETECTORS,
     EvaluationImage,
@@ -25,6 +27,7 @@ from miemss_node.evaluate.synthetic import (
 )
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
 from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
+from miemss_node.pipeline.objects import COMPACT, LINE, METAL
 from miemss_node.pipeline.reference import load_reference_model
 from tests.support.paths import shared_file, wg04_chest_cr
 
@@ -89,6 +92,29 @@ def test_dice_iou_and_lesion_matching() -> None:
     assert detection.hit_by_label == {1: True, 2: False}
     assert detection.dice == pytest.approx(2 * 8 / (20 + 25))
     assert dice_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == (None, None)
+
+
+def test_statements_about_lines_and_devices_are_judged_against_the_drawn_objects() -> None:
+    """A line said where a wire is drawn is right, one said where only a marker is drawn is wrong, a
+    drawn device not said is missed; a film with jewellery or without zones is not judged."""
+
+    def film(devices: tuple[str, ...], drawn: tuple[str, ...] | None) -> FilmResult:
+        return FilmResult(
+            file="f.png", status="normal", split="development", view="PA", method="chest", abnormality_score=0.1,
+            regions=(), devices=devices, drawn_objects=drawn,
+        )  # fmt: skip
+
+    results = [
+        film((LINE, COMPACT), ("wire", "marker")),
+        film((LINE, METAL), ("marker",)),
+        film((COMPACT,), ("device", "tube")),
+        film((LINE, METAL), ("jewellery",)),
+        film((LINE, METAL), None),
+    ]
+    counts = device_statements(results)
+    assert counts[LINE] == {"said_and_drawn": 1, "said_not_drawn": 1, "drawn_not_said": 1}
+    assert counts[METAL] == {"said_and_drawn": 0, "said_not_drawn": 1, "drawn_not_said": 1}
+    assert summarise_films(results)["device_statements"] == counts
 
 
 def test_psnr_and_ssim_of_an_identical_image() -> None:
