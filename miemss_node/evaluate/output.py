@@ -156,7 +156,8 @@ def real_table(summaries: dict[str, dict[str, Any]]) -> str:
         if summary["abnormal_films"]:
             lines.append(
                 f"    abnormal films with a region on the disease: {summary['abnormal_with_region_on_disease']}"
-                f" of {summary['abnormal_films']}"
+                f" of {summary['abnormal_films']}; drawn disease zones with a region: "
+                f"{summary['disease_zones_with_a_region']} of {summary['disease_zones']}"
             )
         if summary["normal_films"]:
             lines.append(

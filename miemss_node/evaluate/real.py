@@ -5,7 +5,8 @@ runs it (:func:`~miemss_node.pipeline.runner.analyse_image`); each region is cla
 drawn zones. The summary counts, per split (development, held-out):
 
 * regions on objects or outside the thorax (they should be none);
-* abnormal films with a region on the drawn disease;
+* abnormal films with a region on the drawn disease, and drawn disease zones with a region on them (a
+  film with disease in both lungs has a zone drawn on each);
 * regions per normal film;
 * the statements "line, tube or wire" and "metal device" against the drawn objects
   (:mod:`~miemss_node.evaluate.devices`);
@@ -27,7 +28,7 @@ import numpy as np
 
 from miemss_node.errors import DecodeError
 from miemss_node.evaluate.devices import device_statements
-from miemss_node.evaluate.zones import CLASSES, ZonedFilm, classify_region, zone_masks
+from miemss_node.evaluate.zones import CLASSES, ZonedFilm, classify_region, disease_zones_found, zone_masks
 from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSettings
 from miemss_node.pipeline.chest import mm_per_pixel
 
@@ -62,6 +63,8 @@ class FilmResult:
     devices: tuple[str, ...] = ()
     #: The ``what`` of each object drawn on it; None for a film without drawn zones.
     drawn_objects: tuple[str, ...] | None = None
+    #: Per drawn disease zone, whether a region lies on it.
+    disease_zones_found: tuple[bool, ...] = ()
 
     def count(self, region_class: str) -> int:
         """How many of its regions are of ``region_class``."""
@@ -125,15 +128,16 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
     shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
     masks = zone_masks(film, shape, mm_per_pixel(image, shape[0]))
     labels = analysis.region_map.labels
+    region_masks = [labels == region.label for region in analysis.region_map.regions]
     regions = tuple(
         {
             "label": region.label,
-            "class": classify_region(labels == region.label, masks),
+            "class": classify_region(mask, masks),
             "kind": region.kind,
             "location": region.location,
             "max_score": round(region.max_score, 4),
         }
-        for region in analysis.region_map.regions
+        for region, mask in zip(analysis.region_map.regions, region_masks, strict=True)
     )
     drawn = tuple(str(zone.get("what", "")) for zone in film.zones if zone.get("kind") == "object")
     return FilmResult(
@@ -147,6 +151,7 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         pathologies={p.label: round(p.probability, 4) for p in analysis.pathologies},
         devices=analysis.anatomy.devices if analysis.anatomy is not None else (),
         drawn_objects=drawn if film.zones else None,
+        disease_zones_found=disease_zones_found(region_masks, masks),
     )
 
 
@@ -160,6 +165,8 @@ def summarise_films(results: Sequence[FilmResult], *, seed: int = 0) -> dict[str
         "regions_on_objects_or_outside": sum(r.count("object") + r.count("outside") for r in results),
         "abnormal_films": len(abnormal),
         "abnormal_with_region_on_disease": sum(1 for r in abnormal if r.count("disease") > 0),
+        "disease_zones": sum(len(r.disease_zones_found) for r in results),
+        "disease_zones_with_a_region": sum(sum(r.disease_zones_found) for r in results),
         "normal_films": len(normal),
         "regions_per_normal_film": [len(r.regions) for r in normal],
         "normal_films_with_more_than_one_region": sum(1 for r in normal if len(r.regions) > 1),

@@ -155,11 +155,22 @@ def classify_region(region: np.ndarray, masks: ZoneMasks) -> str:
         thorax |= disease
     if (region & thorax).sum() < MAJORITY * area:
         return "outside"
-    for disease in masks.disease:
-        overlap = int((region & disease).sum())
-        if overlap and (overlap >= DISEASE_OVERLAP * area or overlap >= DISEASE_OVERLAP * int(disease.sum())):
-            return "disease"
+    if any(_on_disease(region, area, disease) for disease in masks.disease):
+        return "disease"
     return "lung"
+
+
+def disease_zones_found(regions: list[np.ndarray], masks: ZoneMasks) -> tuple[bool, ...]:
+    """Per drawn disease zone, whether a region lies on it (as :func:`classify_region` judges "disease",
+    objects and what lies outside aside)."""
+    on = [region for region in regions if classify_region(region, masks) == "disease"]
+    return tuple(any(_on_disease(region, int(region.sum()), disease) for region in on) for disease in masks.disease)
+
+
+def _on_disease(region: np.ndarray, area: int, disease: np.ndarray) -> bool:
+    """Whether a region overlaps a disease zone by :data:`DISEASE_OVERLAP` of its own area or of the zone's."""
+    overlap = int((region & disease).sum())
+    return bool(overlap) and (overlap >= DISEASE_OVERLAP * area or overlap >= DISEASE_OVERLAP * int(disease.sum()))
 
 
 def _inner_ellipse(box: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from miemss_node.evaluate.synthetic import (
     leave_one_out_references,
     summarise,
 )
+from miemss_node.evaluate.zones import ZoneMasks, disease_zones_found
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
 from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
 from miemss_node.pipeline.objects import COMPACT, LINE, METAL
@@ -115,6 +116,25 @@ def test_statements_about_lines_and_devices_are_judged_against_the_drawn_objects
     assert counts[LINE] == {"said_and_drawn": 1, "said_not_drawn": 1, "drawn_not_said": 1}
     assert counts[METAL] == {"said_and_drawn": 0, "said_not_drawn": 1, "drawn_not_said": 1}
     assert summarise_films(results)["device_statements"] == counts
+
+
+def test_each_drawn_disease_zone_is_found_or_not() -> None:
+    """Disease drawn in both lungs and a region on one of them: one zone of two found. A region that is
+    mostly on an object does not find the disease under it."""
+    shape = (100, 100)
+    lungs = np.zeros(shape, dtype=bool)
+    lungs[20:80, 10:45] = lungs[20:80, 55:90] = True
+    left, right = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    left[50:75, 12:40] = True
+    right[50:75, 60:88] = True
+    objects = np.zeros(shape, dtype=bool)
+    objects[55:70, 62:80] = True
+    masks = ZoneMasks(lungs=lungs, lung_interiors=lungs, disease=[left, right], objects=objects)
+    on_left, on_object = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    on_left[45:70, 15:40] = True
+    on_object[58:68, 65:78] = True
+    assert disease_zones_found([on_left, on_object], masks) == (True, False)
+    assert disease_zones_found([], masks) == (False, False)
 
 
 def test_psnr_and_ssim_of_an_identical_image() -> None:
