@@ -290,8 +290,9 @@ def _focal_parts(
     for candidate, candidate_evidence in by_evidence:
         if candidate_evidence < flag or len(parts) >= limit:
             continue
-        centre = (candidate.row * scale[0], candidate.col * scale[1])
-        disc = _disc(anatomy.shape, centre, max(1.5, candidate.radius_px * scale[0]))
+        row, col, radius = candidate.outline or (candidate.row, candidate.col, candidate.radius_px)
+        centre = (row * scale[0], col * scale[1])
+        disc = _disc(anatomy.shape, centre, max(1.5, radius * scale[0]))
         if (disc & covered).sum() > 0.5 * disc.sum():
             continue  # already inside a flagged zone's region
         disc &= ~anatomy.not_anatomy & ~covered

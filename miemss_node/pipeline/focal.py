@@ -44,6 +44,8 @@ HILUM_HEIGHT = 0.45
 MAX_CANDIDATES = 40
 #: Two candidates are at least this far apart (mm).
 MIN_SEPARATION_MM = 4.0
+#: At most this many moves towards a blob's middle (:func:`blob_extent`).
+EXTENT_STEPS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,10 @@ class FocalCandidate:
     global_strength: float = 0.0
     #: Its measurements (:data:`FEATURE_NAMES`, in order); a focal model reads some of them.
     features: tuple[float, ...] = ()
+    #: Where its outline is drawn, in working pixels: the blob's middle (row, column) and radius, found
+    #: by :func:`blob_extent` (the candidate's own place and scale stand out locally, which on a large
+    #: faint mass is often a smaller blob of texture near its edge). None: its place and radius.
+    outline: tuple[float, float, float] | None = None
 
 
 #: The measurements of a candidate, from which a focal model (``focal_model.FocalModel``) reads
@@ -117,9 +123,9 @@ def focal_candidates(
     best_global = np.full(image.shape, -np.inf, dtype=np.float32)
     radius = np.zeros(image.shape, dtype=np.float32)
     local_maps, global_maps = [], []
-    for radius_mm in RADII_MM:
+    responses = scale_responses(image, mm_per_px)
+    for radius_mm, response in zip(RADII_MM, responses, strict=True):
         sigma = radius_mm / np.sqrt(2.0) / mm_per_px
-        response = -ndimage.gaussian_laplace(image, sigma) * np.float32(sigma * sigma)
         normalised, globally = _normalised(response, allowed, sigma)
         local_maps.append(normalised)
         global_maps.append(globally)
@@ -163,6 +169,7 @@ def focal_candidates(
                     *place_in_lung(lungs, r, c, midline),
                     convergence.at(float(r), float(c)),
                 ),
+                outline=blob_extent(responses, allowed, int(r), int(c), mm_per_px),
             )
         )
     return sorted(candidates, key=lambda candidate: -candidate.strength)
@@ -211,6 +218,37 @@ class _Shape:
         contrast, sharpness = measured[0], measured[1]
         small = radius * self.mm_per_px <= ELECTRODE_MAX_RADIUS_MM
         return sharpness <= METAL_RIM_SHARPNESS and not (small and contrast >= ELECTRODE_MIN_CONTRAST)
+
+
+def scale_responses(image: np.ndarray, mm_per_px: float) -> list[np.ndarray]:
+    """The scale-normalised Laplacian-of-Gaussian response (bright blobs positive) at each radius of
+    :data:`RADII_MM`."""
+    responses = []
+    for radius_mm in RADII_MM:
+        sigma = radius_mm / np.sqrt(2.0) / mm_per_px
+        responses.append(-ndimage.gaussian_laplace(image, sigma) * np.float32(sigma * sigma))
+    return responses
+
+
+def blob_extent(
+    responses: list[np.ndarray], allowed: np.ndarray, r: int, c: int, mm_per_px: float
+) -> tuple[float, float, float]:
+    """The middle and radius (working pixels) of the blob at (r, c): the scale whose scale-normalised
+    response is strongest there (Lindeberg's scale selection, one scale per :data:`RADII_MM`), then the
+    strongest place of that scale within half its radius, inside ``allowed``, until neither changes."""
+    rows, cols = allowed.shape
+    for _ in range(EXTENT_STEPS):
+        k = int(np.argmax([float(response[r, c]) for response in responses]))
+        reach = max(1, round(RADII_MM[k] / mm_per_px / 2))
+        r0, c0 = max(0, r - reach), max(0, c - reach)
+        window = np.where(
+            allowed[r0 : r + reach + 1, c0 : c + reach + 1], responses[k][r0 : r + reach + 1, c0 : c + reach + 1], -np.inf
+        )
+        dr, dc = np.unravel_index(int(np.argmax(window)), window.shape)
+        if (r0 + int(dr), c0 + int(dc)) == (r, c):
+            break
+        r, c = min(r0 + int(dr), rows - 1), min(c0 + int(dc), cols - 1)
+    return float(r), float(c), RADII_MM[k] / mm_per_px
 
 
 def place_in_lung(lungs: np.ndarray, r: int, c: int, midline: float) -> tuple[float, float]:
