@@ -82,6 +82,16 @@ def model_parameters(models: tuple[ModelRun, ...]) -> dict[str, str]:
     return {model.role: f"{model.name}@{model.revision}" for model in models}
 
 
+def _labels_present(labels: np.ndarray) -> set[int]:
+    """The labels other than 0 in a label image (counted with bincount: np.unique sorts every pixel)."""
+    flat = np.asarray(labels).ravel()
+    if flat.size == 0:
+        return set()
+    if np.issubdtype(flat.dtype, np.integer) and 0 <= int(flat.min()) and int(flat.max()) <= 65535:
+        return {int(value) for value in np.flatnonzero(np.bincount(flat)) if value != 0}
+    return {int(value) for value in np.unique(flat) if value != 0}
+
+
 def check_region_labels(analysis: ImageAnalysis, shape: tuple[int, int]) -> None:
     """Check that the label image matches the regions and the source's size.
 
@@ -102,7 +112,7 @@ def check_region_labels(analysis: ImageAnalysis, shape: tuple[int, int]) -> None
         raise EncodeError(
             f"regions of {analysis.decoded.sop_instance_uid} must be labelled 1..{len(expected)}"
         )
-    present = {int(value) for value in np.unique(region_map.labels) if value != 0}
+    present = _labels_present(region_map.labels)
     if present != set(expected):
         raise EncodeError(
             f"label image of {analysis.decoded.sop_instance_uid} holds labels {sorted(present)}, "
