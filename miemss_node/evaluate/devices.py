@@ -15,9 +15,12 @@ markers, text and electrodes are on nearly every film and are not judged. Films 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from miemss_node.pipeline.objects import LINE, METAL
+
+if TYPE_CHECKING:
+    from miemss_node.evaluate.real import FilmResult
 
 #: Per statement, the drawn objects that make it right.
 DRAWN_FOR = {LINE: ("wire", "tube"), METAL: ("device",)}
@@ -25,12 +28,9 @@ DRAWN_FOR = {LINE: ("wire", "tube"), METAL: ("device",)}
 AMBIGUOUS = ("jewellery",)
 
 
-def device_statements(results: Sequence[Any]) -> dict[str, dict[str, int]]:
-    """Per statement: films where it was said and drawn, said but not drawn, drawn but not said.
-
-    ``results`` are :class:`~miemss_node.evaluate.real.FilmResult`; those whose ``drawn_objects`` is
-    None (no zones) are left out.
-    """
+def device_statements(results: Sequence[FilmResult]) -> dict[str, dict[str, int]]:
+    """Per statement: films where it was said and drawn, said but not drawn, drawn but not said. Films
+    whose ``drawn_objects`` is None (no zones) are left out."""
     counts = {statement: {"said_and_drawn": 0, "said_not_drawn": 0, "drawn_not_said": 0} for statement in DRAWN_FOR}
     for result in results:
         if result.drawn_objects is None:

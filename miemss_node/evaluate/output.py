@@ -147,8 +147,9 @@ def plot_png(path: Path, result: SyntheticResult) -> None:
 
 
 def real_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """Per split: regions on objects/outside, abnormal films with a region on the disease, regions per
-    normal film, the statements about lines and devices, and the AUC (with its bootstrap 95 % interval) overall and per view."""
+    """Per split: regions on objects/outside, abnormal films (and disease zones) with a region on the
+    disease, regions per normal film, the statements about lines and devices, and the AUC (with its
+    bootstrap 95 % interval) overall and per view."""
     lines = []
     for split, summary in summaries.items():
         lines.append(f"  [{split}] {summary['films']} film(s); regions by class: {summary['regions_by_class']}")

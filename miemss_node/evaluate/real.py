@@ -129,15 +129,16 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
     masks = zone_masks(film, shape, mm_per_pixel(image, shape[0]))
     labels = analysis.region_map.labels
     region_masks = [labels == region.label for region in analysis.region_map.regions]
+    classes = [classify_region(mask, masks) for mask in region_masks]
     regions = tuple(
         {
             "label": region.label,
-            "class": classify_region(mask, masks),
+            "class": name,
             "kind": region.kind,
             "location": region.location,
             "max_score": round(region.max_score, 4),
         }
-        for region, mask in zip(analysis.region_map.regions, region_masks, strict=True)
+        for region, name in zip(analysis.region_map.regions, classes, strict=True)
     )
     drawn = tuple(str(zone.get("what", "")) for zone in film.zones if zone.get("kind") == "object")
     return FilmResult(
@@ -151,7 +152,7 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         pathologies={p.label: round(p.probability, 4) for p in analysis.pathologies},
         devices=analysis.anatomy.devices if analysis.anatomy is not None else (),
         drawn_objects=drawn if film.zones else None,
-        disease_zones_found=disease_zones_found(region_masks, masks),
+        disease_zones_found=disease_zones_found(region_masks, classes, masks),
     )
 
 

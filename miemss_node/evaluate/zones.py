@@ -160,10 +160,10 @@ def classify_region(region: np.ndarray, masks: ZoneMasks) -> str:
     return "lung"
 
 
-def disease_zones_found(regions: list[np.ndarray], masks: ZoneMasks) -> tuple[bool, ...]:
-    """Per drawn disease zone, whether a region lies on it (as :func:`classify_region` judges "disease",
-    objects and what lies outside aside)."""
-    on = [region for region in regions if classify_region(region, masks) == "disease"]
+def disease_zones_found(regions: list[np.ndarray], classes: list[str], masks: ZoneMasks) -> tuple[bool, ...]:
+    """Per drawn disease zone, whether a region of class "disease" (``classes``: each region's
+    :func:`classify_region`) lies on it."""
+    on = [region for region, name in zip(regions, classes, strict=True) if name == "disease"]
     return tuple(any(_on_disease(region, int(region.sum()), disease) for region in on) for disease in masks.disease)
 
 

@@ -60,8 +60,8 @@ COMPACT_MAX_AREA_MM2 = 900.0
 METAL_AREA_MM2 = (300.0, 6000.0)
 #: What is reported, not only masked: a line, tube or wire at least this long (mm; a lead marker's
 #: circle or a word is 20 to 35 mm across), and a metal device only with a device's body: this large
-#: (mm², a disc 36 mm across: above a lead marker), this solid (area over its convex hull's) and this thick (mm, its
-#: minor axis: above a line of burned-in text).
+#: (mm², a disc 36 mm across: above a lead marker), this solid (area over its convex hull's) and this
+#: thick (mm, its minor axis: above a line of burned-in text).
 REPORTED_LINE_MIN_MM = 40.0
 REPORTED_METAL_MIN_AREA_MM2 = 1000.0
 REPORTED_METAL_MIN_SOLIDITY = 0.85

@@ -25,7 +25,7 @@ from miemss_node.evaluate.synthetic import (
     leave_one_out_references,
     summarise,
 )
-from miemss_node.evaluate.zones import ZoneMasks, disease_zones_found
+from miemss_node.evaluate.zones import ZoneMasks, classify_region, disease_zones_found
 from miemss_node.pipeline.base import DecodedImage, PipelineSettings
 from miemss_node.pipeline.decode import decode_dataset, read_dicom_file
 from miemss_node.pipeline.objects import COMPACT, LINE, METAL
@@ -133,8 +133,10 @@ def test_each_drawn_disease_zone_is_found_or_not() -> None:
     on_left, on_object = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
     on_left[45:70, 15:40] = True
     on_object[58:68, 65:78] = True
-    assert disease_zones_found([on_left, on_object], masks) == (True, False)
-    assert disease_zones_found([], masks) == (False, False)
+    regions = [on_left, on_object]
+    classes = [classify_region(region, masks) for region in regions]
+    assert disease_zones_found(regions, classes, masks) == (True, False)
+    assert disease_zones_found([], [], masks) == (False, False)
 
 
 def test_psnr_and_ssim_of_an_identical_image() -> None:
