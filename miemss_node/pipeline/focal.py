@@ -236,7 +236,6 @@ def blob_extent(
     """The middle and radius (working pixels) of the blob at (r, c): the scale whose scale-normalised
     response is strongest there (Lindeberg's scale selection, one scale per :data:`RADII_MM`), then the
     strongest place of that scale within half its radius, inside ``allowed``, until neither changes."""
-    rows, cols = allowed.shape
     for _ in range(EXTENT_STEPS):
         k = int(np.argmax([float(response[r, c]) for response in responses]))
         reach = max(1, round(RADII_MM[k] / mm_per_px / 2))
@@ -247,7 +246,7 @@ def blob_extent(
         dr, dc = np.unravel_index(int(np.argmax(window)), window.shape)
         if (r0 + int(dr), c0 + int(dc)) == (r, c):
             break
-        r, c = min(r0 + int(dr), rows - 1), min(c0 + int(dc), cols - 1)
+        r, c = r0 + int(dr), c0 + int(dc)
     return float(r), float(c), RADII_MM[k] / mm_per_px
 
 

@@ -133,7 +133,7 @@ def test_a_marker_sized_ring_or_disc_is_masked_but_not_said_to_be_a_line_or_a_de
     assert LINE not in found.kinds and METAL not in found.kinds, found.kinds
     generator = _noisy_field((500, 500))
     generator[250:312, 150:200] += 0.3  # a pacemaker's generator: 50 x 40 mm
-    assert find_objects(generator, np.ones(image.shape, dtype=bool), mm).kinds.get(METAL) == 1
+    assert find_objects(generator, np.ones(generator.shape, dtype=bool), mm).kinds.get(METAL) == 1
 
 
 def _noisy_field(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
