@@ -1,0 +1,313 @@
+"""How far can faint nodules be ranked with today's candidates? Three challengers to the shipped focal model.
+
+Nodules (10-30 mm, contrast 0.06 and 0.12, two per copy) are inserted into the drawn lungs of the zone
+file's normal films, as ``evaluate --insert-nodules`` inserts them, and each copy is measured as the node
+measures it. A candidate **hits** a nodule when its place or its outline's middle lies on the nodule.
+Per split, the candidates of the clean film and of its copies are pooled and the sensitivity at 0.5, 1
+and 2 false candidates per film run is given (each run keeps its 8 best candidates, as the evaluation
+keeps 8 round densities) for:
+
+* **shipped**: the reference's focal evidence (the baseline, run in the same process);
+* **film-centred**: the focal model's log-odds minus the median of its film's candidates (does a film
+  with much blobby texture, which gives most false positives, hide the nodules of the others?);
+* **ceiling**: a logistic regression over *every* measurement (``focal.FEATURE_NAMES``) trained on the
+  copies of the other development normal films of this very set, one film left out at a time: what
+  the measurements could give with in-site training (not shippable: these films are research-only);
+* **Hotelling**: a different measurement altogether, the channelized Hotelling observer of
+  signal-detection research (Laguerre-Gauss channels per nodule radius, the background's channel
+  covariance from the reference's normal films, the template that whitens it), its statistic
+  normalised by its local spread as the blob detector's is, peaks as candidates, ranked by it alone.
+  Its share is compared with the blob detector's strength alone.
+
+Run ``python benchmarks/focal_ceiling.py --data-root ../shared/data`` (about 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRASTS = (0.06, 0.12)
+FP_RATES = (0.5, 1.0, 2.0)
+#: Candidates kept per film run (``evaluate.froc.CANDIDATE_FOCAL_REGIONS``).
+KEPT = 8
+#: Hotelling: nodule radii (mm), channels per radius, channel width per radius.
+HOTELLING_RADII_MM = (5.0, 7.0, 10.0, 14.0)
+HOTELLING_CHANNELS = 6
+HOTELLING_WIDTH = 1.6
+
+
+@dataclass
+class Run:
+    """One film run: its nodules and, per candidate, the nodule it hits (0: none) and its measures."""
+
+    film: str
+    split: str
+    contrast: float
+    nodules: int
+    hits: list[int]
+    values: dict[str, np.ndarray]
+
+
+def main() -> None:
+    """Print sensitivity at 0.5, 1 and 2 false candidates per film run, per split, contrast and ranking."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--zones", type=Path, default=REPO / "benchmarks" / "zones" / "shared_chest_films.json")
+    parser.add_argument("--config", type=Path, default=REPO / "config.toml")
+    parser.add_argument("--trials", type=int, default=6, help="copies per film and contrast")
+    args = parser.parse_args()
+    from miemss_node.config import load_config
+
+    settings = load_config(args.config).pipeline
+    hotelling = _HotellingObserver(settings, args.data_root)
+    runs, hotelling_runs = _measure(args, settings, hotelling)
+    _ceiling(runs)
+    for split in ("development", "held-out"):
+        print(f"[{split}] sensitivity at {'/'.join(f'{r:g}' for r in FP_RATES)} false candidates per film run")
+        rankings: dict[str, tuple[list[Run], str]] = {
+            "shipped focal evidence (baseline)": (runs, "evidence"),
+            "film-centred log-odds": (runs, "centred"),
+            "ceiling: every measurement, in-site, film left out": (runs, "ceiling"),
+            "blob detector's strength alone": (runs, "strength"),
+            "Hotelling statistic alone": (hotelling_runs, "hotelling"),
+        }
+        baseline: dict[float, float] = {}
+        for title, (group, key) in rankings.items():
+            if key == "ceiling" and split != "development":
+                continue
+            cells = []
+            for contrast in CONTRASTS:
+                shares = _sensitivities([r for r in group if r.split == split and r.contrast in (0.0, contrast)], key)
+                baseline.setdefault(contrast, shares[1])
+                ratio = shares[1] / baseline[contrast] if baseline[contrast] else float("nan")
+                cells.append(f"{contrast:g}: {'/'.join(f'{s:.2f}' for s in shares)} (x{ratio:.2f} at 1)")
+            print(f"  {title:52s} " + "   ".join(cells))
+
+
+def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingObserver) -> tuple[list[Run], list[Run]]:
+    from miemss_node.evaluate.lesions import insert_lesions
+    from miemss_node.evaluate.real import decode_film
+    from miemss_node.evaluate.zones import load_zone_file, zone_masks
+    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, mm_per_pixel
+    from miemss_node.pipeline.chest_reference import focal_evidence, load_chest_reference, measure_for_reference
+
+    reference = load_chest_reference(settings.chest_reference)  # type: ignore[attr-defined]
+    model = reference.focal_model
+    if model is None:
+        raise SystemExit("the chest reference has no focal model")
+    runs, hotelling_runs = [], []
+    for index, film in enumerate(f for f in load_zone_file(args.zones) if f.status == "normal"):
+        image = decode_film(args.data_root / film.file, view=film.view)
+        shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+        lungs = zone_masks(film, shape, mm_per_pixel(image, shape[0])).lungs
+        spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(shape)
+        rng = np.random.default_rng([7, index])
+        copies = [(0.0, image.pixels, np.zeros(shape, dtype=np.uint16))]
+        for contrast in CONTRASTS:
+            for _ in range(args.trials):
+                pixels, labels, _ = insert_lesions(
+                    image.pixels,
+                    lungs,
+                    spacing,
+                    kind="nodule",
+                    contrast=contrast,
+                    count=2,
+                    diameter_range_mm=(10.0, 30.0),
+                    rng=rng,
+                )
+                copies.append((contrast, pixels, labels))
+        for contrast, pixels, labels in copies:
+            nodules = len(np.unique(labels)) - 1
+            copy = replace(image, pixels=pixels)
+            measured, enhanced = measure_for_reference(copy, settings)  # type: ignore[arg-type]
+            if measured is None:
+                continue
+            scale = (shape[0] / measured.detail_shape[0], shape[1] / measured.detail_shape[1])
+            hits = []
+            for c in measured.candidates:
+                row, col, _ = c.outline or (c.row, c.col, c.radius_px)
+                hits.append(_label_at(labels, scale, (c.row, c.col)) or _label_at(labels, scale, (row, col)))
+            log_odds = np.array([model.log_odds(c) for c in measured.candidates])
+            values = {
+                "evidence": np.array([focal_evidence(c, reference) for c in measured.candidates]),
+                "log_odds": log_odds,
+                "centred": log_odds - (np.median(log_odds) if log_odds.size else 0.0),
+                "strength": np.array([c.strength for c in measured.candidates]),
+                "features": np.array([c.features for c in measured.candidates]),
+            }
+            runs.append(Run(film.file, film.split, contrast, nodules, hits, values))
+            peaks = hotelling.peaks(image, enhanced, measured)
+            hotelling_runs.append(
+                Run(
+                    film.file,
+                    film.split,
+                    contrast,
+                    nodules,
+                    [_label_at(labels, scale, (r, c)) for r, c, _ in peaks],
+                    {"hotelling": np.array([v for _, _, v in peaks])},
+                )
+            )
+        print(f"  {film.file}: {len(copies)} runs", flush=True)
+    return runs, hotelling_runs
+
+
+def _label_at(labels: np.ndarray, scale: tuple[float, float], point: tuple[float, float]) -> int:
+    rows, cols = labels.shape
+    return int(labels[min(int(point[0] * scale[0]), rows - 1), min(int(point[1] * scale[1]), cols - 1)])
+
+
+def _ceiling(runs: list[Run]) -> None:
+    """Add "ceiling" values to the development runs: a model fitted on the other development films."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    development = [r for r in runs if r.split == "development" and len(r.hits)]
+    for film in sorted({r.film for r in development}):
+        training = [r for r in development if r.film != film]
+        x = np.concatenate([r.values["features"] for r in training])
+        y = np.concatenate([np.array(r.hits) > 0 for r in training])
+        scaler = StandardScaler().fit(x)
+        model = LogisticRegression(C=0.3, max_iter=2000).fit(scaler.transform(x), y)
+        for run in development:
+            if run.film == film:
+                run.values["ceiling"] = model.decision_function(scaler.transform(run.values["features"]))
+
+
+def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
+    """Share of the nodules hit above the threshold allowing each of :data:`FP_RATES` per run."""
+    scored, false = [], []
+    for run in group:
+        values = run.values.get(key, np.zeros(0))
+        best = dict.fromkeys(range(1, run.nodules + 1), -np.inf)
+        for i in np.argsort(-values)[:KEPT]:
+            if run.hits[i]:
+                best[run.hits[i]] = max(best[run.hits[i]], float(values[i]))
+            else:
+                false.append(float(values[i]))
+        scored += list(best.values())
+    ordered, found = np.sort(false)[::-1], np.array(scored)
+    shares = []
+    for rate in FP_RATES:
+        allowed = int(np.floor(rate * len(group)))
+        cut = ordered[allowed] if allowed < ordered.size else -np.inf
+        shares.append(float((found > cut).mean()) if found.size else 0.0)
+    return shares
+
+
+class _HotellingObserver:
+    """A channelized Hotelling observer per nodule radius, its background from the reference's films."""
+
+    def __init__(self, settings: object, data_root: Path) -> None:
+        from miemss_node.evaluate.real import decode_film
+        from miemss_node.pipeline.chest_reference import load_chest_reference, measure_for_reference
+
+        self.settings = settings
+        samples: list[list[np.ndarray]] = [[] for _ in HOTELLING_RADII_MM]
+        for film in load_chest_reference(settings.chest_reference).films:  # type: ignore[attr-defined]
+            path = next(data_root.rglob(film["file"]), None)
+            if path is None:
+                raise SystemExit(f"{film['file']} (a reference film) is not under {data_root}")
+            image = decode_film(path, view="PA")
+            measured, enhanced = measure_for_reference(image, settings)  # type: ignore[arg-type]
+            if measured is None:
+                continue
+            detail, mm, allowed = self._prepared(image, enhanced, measured)
+            for index, channels in enumerate(self._channels(detail, mm)):
+                vectors = channels.reshape(-1, HOTELLING_CHANNELS)[np.flatnonzero(allowed.ravel())[::3]]
+                samples[index].append(vectors - vectors.mean(axis=0))
+        self.covariances = [np.cov(np.concatenate(s).T) + 1e-6 * np.eye(HOTELLING_CHANNELS) for s in samples]
+
+    def peaks(self, image: object, enhanced: np.ndarray, measured: object) -> list[tuple[int, int, float]]:
+        """The 40 strongest peaks of the locally normalised statistic in the lungs: (row, col, value)."""
+        from skimage.feature import peak_local_max
+
+        from miemss_node.pipeline.focal import _normalised
+
+        detail, mm, allowed = self._prepared(image, enhanced, measured)
+        best = np.full(detail.shape, -np.inf, dtype=np.float32)
+        for radius_mm, covariance, channels in zip(
+            HOTELLING_RADII_MM, self.covariances, self._channels(detail, mm), strict=True
+        ):
+            template = np.linalg.solve(covariance, self._signal(radius_mm, mm))
+            vectors = channels.reshape(-1, HOTELLING_CHANNELS)
+            vectors = vectors - vectors[allowed.ravel()].mean(axis=0)
+            statistic = (vectors @ template).reshape(detail.shape).astype(np.float32)
+            local, _ = _normalised(statistic, allowed, radius_mm / np.sqrt(2.0) / mm)
+            best = np.maximum(best, local)
+        if not allowed.any():
+            return []
+        floor = float(best[allowed].min()) - 1.0
+        found = peak_local_max(np.where(allowed, best, floor), min_distance=max(1, round(4 / mm)), num_peaks=40)
+        return [(int(r), int(c), float(best[r, c])) for r, c in found if allowed[r, c]]
+
+    @staticmethod
+    def _prepared(image: object, enhanced: np.ndarray, measured: object) -> tuple[np.ndarray, float, np.ndarray]:
+        from scipy import ndimage
+
+        from miemss_node.pipeline.chest import DETAIL_SIDE, _resize_mask, mm_per_pixel
+        from miemss_node.pipeline.features import to_working
+        from miemss_node.pipeline.field_of_view import field_mask
+        from miemss_node.pipeline.objects import find_objects
+
+        detail = np.asarray(to_working(enhanced, DETAIL_SIDE), dtype=np.float32)
+        mm = mm_per_pixel(image, detail.shape[0])  # type: ignore[arg-type]
+        body = field_mask(detail)
+        objects = find_objects(detail, body, mm)
+        lungs = _resize_mask(measured.anatomy.hemithoraces > 0, detail.shape)  # type: ignore[attr-defined]
+        allowed = ndimage.binary_erosion(lungs, iterations=max(1, round(4.0 / mm))) & ~objects.mask & body
+        return detail, mm, allowed
+
+    @staticmethod
+    def _kernels(radius_px: float) -> list[np.ndarray]:
+        from scipy.special import eval_laguerre
+
+        width = HOTELLING_WIDTH * radius_px
+        half = int(np.ceil(2.5 * width))
+        rows, cols = np.mgrid[-half : half + 1, -half : half + 1]
+        r2 = (rows * rows + cols * cols).astype(np.float64)
+        gauss = np.exp(-np.pi * r2 / width**2)
+        return [gauss * eval_laguerre(j, 2 * np.pi * r2 / width**2) for j in range(HOTELLING_CHANNELS)]
+
+    def _channels(self, detail: np.ndarray, mm: float) -> list[np.ndarray]:
+        from scipy.signal import fftconvolve
+
+        out = []
+        for radius_mm in HOTELLING_RADII_MM:
+            kernels = self._kernels(radius_mm / mm)
+            pad = kernels[0].shape[0] // 2
+            padded = np.pad(detail, pad, mode="reflect")
+            out.append(np.stack([fftconvolve(padded, k, mode="valid") for k in kernels], axis=-1).astype(np.float32))
+        return out
+
+    def _signal(self, radius_mm: float, mm: float) -> np.ndarray:
+        """The channels' response to an inserted nodule of unit contrast at its middle."""
+        from scipy import ndimage
+
+        from miemss_node.evaluate.lesions import SYSTEM_BLUR_MM, lesion_profile
+
+        radius_px = radius_mm / mm
+        profile, _ = lesion_profile("nodule", radius_px, np.random.default_rng(0))
+        profile = ndimage.gaussian_filter(profile, SYSTEM_BLUR_MM / mm)
+        response = []
+        for kernel in self._kernels(radius_px):
+            hk, hp = kernel.shape[0] // 2, profile.shape[0] // 2
+            h = min(hk, hp)
+            response.append(
+                float(
+                    (
+                        kernel[hk - h : hk + h + 1, hk - h : hk + h + 1]
+                        * profile[hp - h : hp + h + 1, hp - h : hp + h + 1]
+                    ).sum()
+                )
+            )
+        return np.array(response)
+
+
+if __name__ == "__main__":
+    main()
