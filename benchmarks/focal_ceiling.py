@@ -74,12 +74,14 @@ def main() -> None:
             "shipped focal evidence (baseline)": (runs, "evidence"),
             "film-centred log-odds": (runs, "centred"),
             "ceiling: every measurement, in-site, film left out": (runs, "ceiling"),
+            "the shipped five measurements, in-site, film left out": (runs, "five"),
+            "the same five + Hotelling statistic, in-site": (runs, "five_hotelling"),
             "blob detector's strength alone": (runs, "strength"),
             "Hotelling statistic alone": (hotelling_runs, "hotelling"),
         }
         baseline: dict[float, float] = {}
         for title, (group, key) in rankings.items():
-            if key == "ceiling" and split != "development":
+            if key in ("ceiling", "five", "five_hotelling") and split != "development":
                 continue
             cells = []
             for contrast in CONTRASTS:
@@ -96,6 +98,8 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
     from miemss_node.evaluate.zones import load_zone_file, zone_masks
     from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, mm_per_pixel
     from miemss_node.pipeline.chest_reference import focal_evidence, load_chest_reference, measure_for_reference
+    from miemss_node.pipeline.focal import FEATURE_NAMES
+    from miemss_node.pipeline.focal_model import MODEL_FEATURES
 
     reference = load_chest_reference(settings.chest_reference)  # type: ignore[attr-defined]
     model = reference.focal_model
@@ -140,9 +144,15 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
                 "centred": log_odds - (np.median(log_odds) if log_odds.size else 0.0),
                 "strength": np.array([c.strength for c in measured.candidates]),
                 "features": np.array([c.features for c in measured.candidates]),
+                "shipped_features": np.array(
+                    [[c.features[FEATURE_NAMES.index(n)] for n in MODEL_FEATURES] for c in measured.candidates]
+                ),
             }
             runs.append(Run(film.file, film.split, contrast, nodules, hits, values))
-            peaks = hotelling.peaks(image, enhanced, measured)
+            best, allowed, mm = hotelling.statistic(copy, enhanced, measured)
+            peaks = hotelling.peaks(best, allowed, mm)
+            at_candidates = [float(best[int(c.row), int(c.col)]) for c in measured.candidates]
+            values["with_hotelling"] = np.column_stack([values["shipped_features"], at_candidates])
             hotelling_runs.append(
                 Run(
                     film.file,
@@ -163,20 +173,27 @@ def _label_at(labels: np.ndarray, scale: tuple[float, float], point: tuple[float
 
 
 def _ceiling(runs: list[Run]) -> None:
-    """Add "ceiling" values to the development runs: a model fitted on the other development films."""
+    """Add in-site values to the development runs: models fitted on the other development films, over
+    every measurement ("ceiling"), the shipped model's five ("in-site five") and those five with the
+    Hotelling statistic at the candidate ("in-site five + Hotelling")."""
+    for source, key in (("features", "ceiling"), ("shipped_features", "five"), ("with_hotelling", "five_hotelling")):
+        _in_site(runs, source, key)
+
+
+def _in_site(runs: list[Run], source: str, key: str) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     development = [r for r in runs if r.split == "development" and len(r.hits)]
     for film in sorted({r.film for r in development}):
         training = [r for r in development if r.film != film]
-        x = np.concatenate([r.values["features"] for r in training])
+        x = np.concatenate([r.values[source] for r in training])
         y = np.concatenate([np.array(r.hits) > 0 for r in training])
         scaler = StandardScaler().fit(x)
         model = LogisticRegression(C=0.3, max_iter=2000).fit(scaler.transform(x), y)
         for run in development:
             if run.film == film:
-                run.values["ceiling"] = model.decision_function(scaler.transform(run.values["features"]))
+                run.values[key] = model.decision_function(scaler.transform(run.values[source]))
 
 
 def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
@@ -223,10 +240,9 @@ class _HotellingObserver:
                 samples[index].append(vectors - vectors.mean(axis=0))
         self.covariances = [np.cov(np.concatenate(s).T) + 1e-6 * np.eye(HOTELLING_CHANNELS) for s in samples]
 
-    def peaks(self, image: object, enhanced: np.ndarray, measured: object) -> list[tuple[int, int, float]]:
-        """The 40 strongest peaks of the locally normalised statistic in the lungs: (row, col, value)."""
-        from skimage.feature import peak_local_max
-
+    def statistic(self, image: object, enhanced: np.ndarray, measured: object) -> tuple[np.ndarray, np.ndarray, float]:
+        """The locally normalised statistic at every detail pixel (the best radius), where it is allowed,
+        and the detail image's mm per pixel."""
         from miemss_node.pipeline.focal import _normalised
 
         detail, mm, allowed = self._prepared(image, enhanced, measured)
@@ -240,6 +256,13 @@ class _HotellingObserver:
             statistic = (vectors @ template).reshape(detail.shape).astype(np.float32)
             local, _ = _normalised(statistic, allowed, radius_mm / np.sqrt(2.0) / mm)
             best = np.maximum(best, local)
+        return best, allowed, mm
+
+    @staticmethod
+    def peaks(best: np.ndarray, allowed: np.ndarray, mm: float) -> list[tuple[int, int, float]]:
+        """The 40 strongest peaks of a statistic in the lungs: (row, col, value)."""
+        from skimage.feature import peak_local_max
+
         if not allowed.any():
             return []
         floor = float(best[allowed].min()) - 1.0
