@@ -13,6 +13,8 @@ keeps 8 round densities) for:
 * **ceiling**: a logistic regression over *every* measurement (``focal.FEATURE_NAMES``) trained on the
   copies of the other development normal films of this very set, one film left out at a time: what
   the measurements could give with in-site training (not shippable: these films are research-only);
+  the same for the shipped model's five measurements, and for those five with the Hotelling statistic
+  (below) at each candidate: does that measurement add what the five lack?
 * **Hotelling**: a different measurement altogether, the channelized Hotelling observer of
   signal-detection research (Laguerre-Gauss channels per nodule radius, the background's channel
   covariance from the reference's normal films, the template that whitens it), its statistic
