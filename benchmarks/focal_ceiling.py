@@ -1,4 +1,4 @@
-"""How far can faint nodules be ranked with today's candidates? Three challengers to the shipped focal model.
+"""How far can faint nodules be ranked with today's candidates? Challengers to the shipped focal model.
 
 Nodules (10-30 mm, contrast 0.06 and 0.12, two per copy) are inserted into the drawn lungs of the zone
 file's normal films, as ``evaluate --insert-nodules`` inserts them, and each copy is measured as the node
@@ -142,7 +142,6 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
             log_odds = np.array([model.log_odds(c) for c in measured.candidates])
             values = {
                 "evidence": np.array([focal_evidence(c, reference) for c in measured.candidates]),
-                "log_odds": log_odds,
                 "centred": log_odds - (np.median(log_odds) if log_odds.size else 0.0),
                 "strength": np.array([c.strength for c in measured.candidates]),
                 "features": np.array([c.features for c in measured.candidates]),
@@ -199,7 +198,9 @@ def _in_site(runs: list[Run], source: str, key: str) -> None:
 
 
 def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
-    """Share of the nodules hit above the threshold allowing each of :data:`FP_RATES` per run."""
+    """Share of the nodules hit above the threshold allowing each of :data:`FP_RATES` per run: the threshold
+    rule of ``evaluate.froc.froc_summary``, which cannot be called here since it takes -1 for "no hit" and
+    these scores (log-odds) may be negative."""
     scored, false = [], []
     for run in group:
         values = run.values.get(key, np.zeros(0))
@@ -226,7 +227,6 @@ class _HotellingObserver:
         from miemss_node.evaluate.real import decode_film
         from miemss_node.pipeline.chest_reference import load_chest_reference, measure_for_reference
 
-        self.settings = settings
         samples: list[list[np.ndarray]] = [[] for _ in HOTELLING_RADII_MM]
         for film in load_chest_reference(settings.chest_reference).films:  # type: ignore[attr-defined]
             path = next(data_root.rglob(film["file"]), None)
@@ -262,13 +262,18 @@ class _HotellingObserver:
 
     @staticmethod
     def peaks(best: np.ndarray, allowed: np.ndarray, mm: float) -> list[tuple[int, int, float]]:
-        """The 40 strongest peaks of a statistic in the lungs: (row, col, value)."""
+        """The strongest peaks of a statistic in the lungs, as many and as far apart as the blob detector's
+        candidates: (row, col, value)."""
         from skimage.feature import peak_local_max
+
+        from miemss_node.pipeline.focal import MAX_CANDIDATES, MIN_SEPARATION_MM
 
         if not allowed.any():
             return []
         floor = float(best[allowed].min()) - 1.0
-        found = peak_local_max(np.where(allowed, best, floor), min_distance=max(1, round(4 / mm)), num_peaks=40)
+        found = peak_local_max(
+            np.where(allowed, best, floor), min_distance=max(1, round(MIN_SEPARATION_MM / mm)), num_peaks=MAX_CANDIDATES
+        )
         return [(int(r), int(c), float(best[r, c])) for r, c in found if allowed[r, c]]
 
     @staticmethod
@@ -278,6 +283,7 @@ class _HotellingObserver:
         from miemss_node.pipeline.chest import DETAIL_SIDE, _resize_mask, mm_per_pixel
         from miemss_node.pipeline.features import to_working
         from miemss_node.pipeline.field_of_view import field_mask
+        from miemss_node.pipeline.focal import EDGE_MARGIN_MM
         from miemss_node.pipeline.objects import find_objects
 
         detail = np.asarray(to_working(enhanced, DETAIL_SIDE), dtype=np.float32)
@@ -285,7 +291,8 @@ class _HotellingObserver:
         body = field_mask(detail)
         objects = find_objects(detail, body, mm)
         lungs = _resize_mask(measured.anatomy.hemithoraces > 0, detail.shape)  # type: ignore[attr-defined]
-        allowed = ndimage.binary_erosion(lungs, iterations=max(1, round(4.0 / mm))) & ~objects.mask & body
+        # Where the blob detector looks (``focal.focal_candidates``): inside the lungs, off their edges and objects.
+        allowed = ndimage.binary_erosion(lungs, iterations=max(1, round(EDGE_MARGIN_MM / mm))) & ~objects.mask & body
         return detail, mm, allowed
 
     @staticmethod
