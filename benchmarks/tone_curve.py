@@ -4,8 +4,9 @@ A hospital's films reach the node after its modality's processing: the same anat
 curve. The chest analysis measures lung density linearly between the film's darkest lung and its
 mediastinum, so a curve that bends the mid-tones moves every zone. Here each film of the zone file is
 passed through ``v -> lo + (hi - lo) * ((v - lo) / (hi - lo)) ** gamma`` (its own range, order kept)
-before the pipeline, and ``evaluate``'s figures are printed per split for each gamma; gamma 1 (the film
-as stored) is the baseline, run in the same process.
+before the pipeline, and ``evaluate``'s figures are printed per split for each gamma, with how much the
+hemithoraces found overlap those found at the first gamma; gamma 1 (the film as stored) is the baseline,
+run in the same process.
 
 Run ``python benchmarks/tone_curve.py --data-root ../shared/data`` (about 2 minutes).
 """
@@ -37,14 +38,22 @@ def main() -> None:
     settings = load_config(args.config).pipeline
     films = load_zone_file(args.zones)
     baseline: dict[str, float] = {}
+    outlines: dict[str, np.ndarray] = {}
     for gamma in args.gammas:
         results: list[FilmResult] = []
+        overlaps: dict[str, list[float]] = {"development": [], "held-out": []}
         for film in films:
             image = decode_film(args.data_root / film.file, view=film.view)
             curved = replace(image, pixels=_tone_curve(image.pixels, gamma))
-            results.append(_film_result(film, curved, analyse_image(curved, settings)))
+            analysis = analyse_image(curved, settings)
+            results.append(_film_result(film, curved, analysis))
+            if analysis.anatomy is not None:
+                lungs = analysis.anatomy.hemithoraces > 0
+                first = outlines.setdefault(film.file, lungs)
+                overlaps.setdefault(film.split, []).append(_overlap(first, lungs))
         for split in ("development", "held-out"):
             s = summarise_films([r for r in results if r.split == split])
+            iou = np.asarray(overlaps.get(split) or [np.nan])
             baseline.setdefault(split, s["auc"]["auc"])
             print(
                 f"gamma {gamma:g} [{split}] regions on objects or outside: {s['regions_on_objects_or_outside']}; "
@@ -52,9 +61,18 @@ def main() -> None:
                 f"{s['abnormal_films']}; disease zones: {s['disease_zones_with_a_region']} of {s['disease_zones']}; "
                 f"regions per normal film: {s['regions_per_normal_film']}; AUC {s['auc']['auc']:.2f} "
                 f"(AP {s.get('auc_AP', {}).get('auc', float('nan')):.2f}; x{s['auc']['auc'] / baseline[split]:.2f} "
-                "of gamma 1)",
+                f"of gamma {args.gammas[0]:g}); hemithoraces' overlap (IoU) with gamma {args.gammas[0]:g}'s: "
+                f"median {np.median(iou):.2f}, lowest {np.min(iou):.2f}",
                 flush=True,
             )
+
+
+def _overlap(first: np.ndarray, second: np.ndarray) -> float:
+    """Intersection over union of two masks of one shape (1 when both are empty; 0 when shapes differ)."""
+    if first.shape != second.shape:
+        return 0.0
+    union = int((first | second).sum())
+    return float((first & second).sum()) / union if union else 1.0
 
 
 def _tone_curve(pixels: np.ndarray, gamma: float) -> np.ndarray:
