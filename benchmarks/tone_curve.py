@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     """Print, per gamma and split, the figures ``evaluate`` reports on real films."""
     from miemss_node.config import load_config
+    from miemss_node.evaluate.metrics import dice_iou
     from miemss_node.evaluate.real import FilmResult, _film_result, decode_film, summarise_films
     from miemss_node.evaluate.zones import load_zone_file
     from miemss_node.pipeline.runner import analyse_image
@@ -37,20 +38,22 @@ def main() -> None:
     args = parser.parse_args()
     settings = load_config(args.config).pipeline
     films = load_zone_file(args.zones)
+    # Decoded once: each gamma curves the same stored pixels.
+    images = {film.file: decode_film(args.data_root / film.file, view=film.view) for film in films}
     baseline: dict[str, float] = {}
     outlines: dict[str, np.ndarray] = {}
     for gamma in args.gammas:
         results: list[FilmResult] = []
         overlaps: dict[str, list[float]] = {"development": [], "held-out": []}
         for film in films:
-            image = decode_film(args.data_root / film.file, view=film.view)
+            image = images[film.file]
             curved = replace(image, pixels=_tone_curve(image.pixels, gamma))
             analysis = analyse_image(curved, settings)
             results.append(_film_result(film, curved, analysis))
             if analysis.anatomy is not None:
                 lungs = analysis.anatomy.hemithoraces > 0
                 first = outlines.setdefault(film.file, lungs)
-                overlaps.setdefault(film.split, []).append(_overlap(first, lungs))
+                overlaps.setdefault(film.split, []).append(dice_iou(first, lungs)[1] or 0.0)
         for split in ("development", "held-out"):
             s = summarise_films([r for r in results if r.split == split])
             iou = np.asarray(overlaps.get(split) or [np.nan])
@@ -65,14 +68,6 @@ def main() -> None:
                 f"median {np.median(iou):.2f}, lowest {np.min(iou):.2f}",
                 flush=True,
             )
-
-
-def _overlap(first: np.ndarray, second: np.ndarray) -> float:
-    """Intersection over union of two masks of one shape (1 when both are empty; 0 when shapes differ)."""
-    if first.shape != second.shape:
-        return 0.0
-    union = int((first | second).sum())
-    return float((first & second).sum()) / union if union else 1.0
 
 
 def _tone_curve(pixels: np.ndarray, gamma: float) -> np.ndarray:
