@@ -98,6 +98,11 @@ def main() -> None:
                 ratio = shares[1] / baseline[contrast] if baseline[contrast] else float("nan")
                 cells.append(f"{contrast:g}: {'/'.join(f'{s:.2f}' for s in shares)} (x{ratio:.2f} at 1)")
             print(f"  {title:52s} " + "   ".join(cells))
+        coverage = [_with_a_candidate([r for r in runs if r.split == split and r.contrast == c]) for c in CONTRASTS]
+        print(
+            "  nodules with a blob candidate on them at all: "
+            + ", ".join(f"{c:g}: {found} of {total}" for c, (found, total) in zip(CONTRASTS, coverage, strict=True))
+        )
 
 
 def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingObserver) -> tuple[list[Run], list[Run]]:
@@ -218,6 +223,11 @@ def _shipped_regime(runs: list[Run], hotelling: _HotellingObserver) -> None:
         )
         for run in runs:
             run.values[key] = model.decision_function((run.values[source] - mean) / scale)
+
+
+def _with_a_candidate(group: Sequence[Run]) -> tuple[int, int]:
+    """(nodules some candidate lies on, nodules inserted) over a group of film runs."""
+    return sum(len({hit for hit in run.hits if hit}) for run in group), sum(run.nodules for run in group)
 
 
 def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
