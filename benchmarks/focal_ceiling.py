@@ -111,8 +111,6 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
     from miemss_node.evaluate.zones import load_zone_file, zone_masks
     from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, mm_per_pixel
     from miemss_node.pipeline.chest_reference import focal_evidence, load_chest_reference, measure_for_reference
-    from miemss_node.pipeline.focal import FEATURE_NAMES
-    from miemss_node.pipeline.focal_model import MODEL_FEATURES
 
     reference = load_chest_reference(settings.chest_reference)  # type: ignore[attr-defined]
     model = reference.focal_model
@@ -156,9 +154,7 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
                 "centred": log_odds - (np.median(log_odds) if log_odds.size else 0.0),
                 "strength": np.array([c.strength for c in measured.candidates]),
                 "features": np.array([c.features for c in measured.candidates]),
-                "shipped_features": np.array(
-                    [[c.features[FEATURE_NAMES.index(n)] for n in MODEL_FEATURES] for c in measured.candidates]
-                ),
+                "shipped_features": _shipped_measurements(measured.candidates),
             }
             runs.append(Run(film.file, film.split, contrast, nodules, hits, values))
             best, allowed, mm = hotelling.statistic(copy, enhanced, measured)
@@ -177,6 +173,13 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
             )
         print(f"  {film.file}: {len(copies)} runs", flush=True)
     return runs, hotelling_runs
+
+
+def _shipped_measurements(candidates: Sequence[object]) -> np.ndarray:
+    """The five measurements the shipped focal model reads, one row per candidate."""
+    from miemss_node.pipeline.focal_model import MODEL_FEATURES, _columns
+
+    return np.array([_columns(c.features, MODEL_FEATURES) for c in candidates])  # type: ignore[attr-defined]
 
 
 def _label_at(labels: np.ndarray, scale: tuple[float, float], point: tuple[float, float]) -> int:
@@ -283,17 +286,12 @@ class _HotellingObserver:
 
     def _training_copies(self, image: object, measured: object, enhanced: np.ndarray, seed: int) -> None:
         """Measure the film and its copies with nodules, as ``chest_reference.inserted_candidates`` does."""
-        from scipy import ndimage
-
         from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, measure_chest
-        from miemss_node.pipeline.focal import FEATURE_NAMES
-        from miemss_node.pipeline.focal_model import MODEL_FEATURES, training_copies
+        from miemss_node.pipeline.chest_reference import insertion_placement
+        from miemss_node.pipeline.focal_model import training_copies
 
         rows, cols = enhanced.shape
-        hemithoraces = measured.anatomy.hemithoraces > 0  # type: ignore[attr-defined]
-        row_index = np.minimum((np.arange(rows) * hemithoraces.shape[0]) // rows, hemithoraces.shape[0] - 1)
-        col_index = np.minimum((np.arange(cols) * hemithoraces.shape[1]) // cols, hemithoraces.shape[1] - 1)
-        placement = ndimage.binary_erosion(hemithoraces, iterations=2)[np.ix_(row_index, col_index)]
+        placement = insertion_placement(measured, (rows, cols))  # type: ignore[arg-type]
         spacing = image.pixel_spacing_mm  # type: ignore[attr-defined]
         spacing = min(spacing) if spacing else ASSUMED_FIELD_MM / max(rows, cols)
         copies = [(enhanced, np.zeros(enhanced.shape, dtype=np.uint16))]
@@ -303,7 +301,7 @@ class _HotellingObserver:
                 continue
             best, _, _ = self.statistic(image, pixels, again)
             scale = (rows / again.detail_shape[0], cols / again.detail_shape[1])
-            five = np.array([[c.features[FEATURE_NAMES.index(n)] for n in MODEL_FEATURES] for c in again.candidates])
+            five = _shipped_measurements(again.candidates)
             at = [float(best[int(c.row), int(c.col)]) for c in again.candidates]
             self.training.append(
                 {

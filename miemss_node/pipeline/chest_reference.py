@@ -322,6 +322,18 @@ def measure_for_reference(
     return measure_chest(image, enhanced, anatomy_model), enhanced
 
 
+def insertion_placement(measured: ChestMeasurements, shape: tuple[int, int]) -> np.ndarray:
+    """Where training nodules may lie on a film of ``shape`` (source pixels): its hemithoraces, eroded
+    by two working pixels so that a nodule stays off their edges."""
+    from scipy import ndimage
+
+    rows, cols = shape
+    hemithoraces = measured.anatomy.hemithoraces > 0
+    row_index = np.minimum((np.arange(rows) * hemithoraces.shape[0]) // rows, hemithoraces.shape[0] - 1)
+    col_index = np.minimum((np.arange(cols) * hemithoraces.shape[1]) // cols, hemithoraces.shape[1] - 1)
+    return ndimage.binary_erosion(hemithoraces, iterations=2)[np.ix_(row_index, col_index)]
+
+
 def inserted_candidates(
     image: DecodedImage,
     enhanced: np.ndarray,
@@ -331,15 +343,10 @@ def inserted_candidates(
 ) -> list[tuple[FocalCandidate, int]]:
     """The candidates of copies of a film with nodules inserted in its lungs, each with the nodule it lies
     on: 0 for none, else a number unique among the film's copies."""
-    from scipy import ndimage
-
     from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, measure_chest
 
     rows, cols = enhanced.shape
-    hemithoraces = measured.anatomy.hemithoraces > 0
-    row_index = np.minimum((np.arange(rows) * hemithoraces.shape[0]) // rows, hemithoraces.shape[0] - 1)
-    col_index = np.minimum((np.arange(cols) * hemithoraces.shape[1]) // cols, hemithoraces.shape[1] - 1)
-    placement = ndimage.binary_erosion(hemithoraces, iterations=2)[np.ix_(row_index, col_index)]
+    placement = insertion_placement(measured, (rows, cols))
     spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(rows, cols)
     out = []
     for copy, (pixels, labels) in enumerate(training_copies(enhanced, placement, spacing, seed)):
