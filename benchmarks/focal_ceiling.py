@@ -1,11 +1,11 @@
 """How far can faint nodules be ranked with today's candidates? Challengers to the shipped focal model.
 
-Nodules (10-30 mm, contrast 0.06 and 0.12, two per copy) are inserted into the drawn lungs of the zone
-file's normal films, as ``evaluate --insert-nodules`` inserts them, and each copy is measured as the node
-measures it. A candidate **hits** a nodule when its place or its outline's middle lies on the nodule.
-Per split, the candidates of the clean film and of its copies are pooled and the sensitivity at 0.5, 1
-and 2 false candidates per film run is given (each run keeps its 8 best candidates, as the evaluation
-keeps 8 round densities) for:
+Nodules (10-30 mm, contrast 0.06 and 0.12, two per copy) are inserted into the drawn lungs' interiors
+(``ZoneMasks.lung_interiors``) of the zone file's normal films, as ``evaluate --insert-nodules`` inserts
+them, and each copy is measured as the node measures it. A candidate **hits** a nodule when its place or
+its outline's middle lies on the nodule. Per split, the candidates of the clean film and of its copies are
+pooled and the sensitivity at 0.5, 1 and 2 false candidates per film run is given (each run keeps its 8
+best candidates, as the evaluation keeps 8 round densities) for:
 
 * **shipped**: the reference's focal evidence (the baseline, run in the same process);
 * **film-centred**: the focal model's log-odds minus the median of its film's candidates (does a film
@@ -120,7 +120,7 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
     for index, film in enumerate(f for f in load_zone_file(args.zones) if f.status == "normal"):
         image = decode_film(args.data_root / film.file, view=film.view)
         shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
-        lungs = zone_masks(film, shape, mm_per_pixel(image, shape[0])).lungs
+        lungs = zone_masks(film, shape, mm_per_pixel(image, shape[0])).lung_interiors
         spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(shape)
         rng = np.random.default_rng([7, index])
         copies = [(0.0, image.pixels, np.zeros(shape, dtype=np.uint16))]
