@@ -23,8 +23,13 @@ best candidates, as the evaluation keeps 8 round densities) for:
   covariance from the reference's normal films, the template that whitens it), its statistic
   normalised by its local spread as the blob detector's is, peaks as candidates, ranked by it alone.
   Its share is compared with the blob detector's strength alone.
+* **other candidate maps**: is a better map the missing measurement? The strongest peaks of three more
+  blob maps at the detector's radii, ranked by the map alone, as the Hotelling statistic is: the
+  Laplacian of Gaussian over the lungs' spread (not its local spread, as the detector's), the determinant
+  of the Hessian where both curvatures say "bright blob", and the Hessian's smaller eigenvalue there (a
+  ridge such as a rib or a vessel has one curvature near 0, so only a blob answers).
 
-Run ``python benchmarks/focal_ceiling.py --data-root ../shared/data`` (about 4 minutes).
+Run ``python benchmarks/focal_ceiling.py --data-root ../shared/data`` (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ KEPT = 8
 HOTELLING_RADII_MM = (5.0, 7.0, 10.0, 14.0)
 HOTELLING_CHANNELS = 6
 HOTELLING_WIDTH = 1.6
+#: The other candidate maps, by key.
+BLOB_MAPS = {
+    "log_lungs": "LoG over the lungs' spread alone",
+    "hessian_determinant": "determinant of the Hessian alone",
+    "hessian_smaller": "smaller Hessian eigenvalue alone",
+}
 
 
 @dataclass
@@ -71,7 +82,7 @@ def main() -> None:
 
     settings = load_config(args.config).pipeline
     hotelling = _HotellingObserver(settings, args.data_root)
-    runs, hotelling_runs = _measure(args, settings, hotelling)
+    runs, hotelling_runs, map_runs = _measure(args, settings, hotelling)
     _ceiling(runs)
     _shipped_regime(runs, hotelling)
     for split in ("development", "held-out"):
@@ -86,6 +97,7 @@ def main() -> None:
             "shipped regime: the five + Hotelling statistic": (runs, "regime_five_hotelling"),
             "blob detector's strength alone": (runs, "strength"),
             "Hotelling statistic alone": (hotelling_runs, "hotelling"),
+            **{title: (map_runs[key], key) for key, title in BLOB_MAPS.items()},
         }
         baseline: dict[float, float] = {}
         for title, (group, key) in rankings.items():
@@ -105,7 +117,9 @@ def main() -> None:
         )
 
 
-def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingObserver) -> tuple[list[Run], list[Run]]:
+def _measure(
+    args: argparse.Namespace, settings: object, hotelling: _HotellingObserver
+) -> tuple[list[Run], list[Run], dict[str, list[Run]]]:
     from miemss_node.evaluate.lesions import insert_lesions
     from miemss_node.evaluate.real import decode_film
     from miemss_node.evaluate.zones import load_zone_file, zone_masks
@@ -117,6 +131,7 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
     if model is None:
         raise SystemExit("the chest reference has no focal model")
     runs, hotelling_runs = [], []
+    map_runs: dict[str, list[Run]] = {key: [] for key in BLOB_MAPS}
     for index, film in enumerate(f for f in load_zone_file(args.zones) if f.status == "normal"):
         image = decode_film(args.data_root / film.file, view=film.view)
         shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
@@ -157,8 +172,9 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
                 "shipped_features": _shipped_measurements(measured.candidates),
             }
             runs.append(Run(film.file, film.split, contrast, nodules, hits, values))
-            best, allowed, mm = hotelling.statistic(copy, enhanced, measured)
-            peaks = hotelling.peaks(best, allowed, mm)
+            detail, mm, allowed = hotelling.prepared(copy, enhanced, measured)
+            best = hotelling.statistic(detail, mm, allowed)
+            peaks = strongest_peaks(best, allowed, mm)
             at_candidates = [float(best[int(c.row), int(c.col)]) for c in measured.candidates]
             values["with_hotelling"] = np.column_stack([values["shipped_features"], at_candidates])
             hotelling_runs.append(
@@ -171,8 +187,13 @@ def _measure(args: argparse.Namespace, settings: object, hotelling: _HotellingOb
                     {"hotelling": np.array([v for _, _, v in peaks])},
                 )
             )
+            for key, value in blob_maps(detail, mm, allowed).items():
+                peaks = strongest_peaks(value, allowed, mm)
+                hit_list = [_label_at(labels, scale, (r, c)) for r, c, _ in peaks]
+                values_at = {key: np.array([v for _, _, v in peaks])}
+                map_runs[key].append(Run(film.file, film.split, contrast, nodules, hit_list, values_at))
         print(f"  {film.file}: {len(copies)} runs", flush=True)
-    return runs, hotelling_runs
+    return runs, hotelling_runs, map_runs
 
 
 def _shipped_measurements(candidates: Sequence[object]) -> np.ndarray:
@@ -256,6 +277,50 @@ def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
     return shares
 
 
+def strongest_peaks(value: np.ndarray, allowed: np.ndarray, mm: float) -> list[tuple[int, int, float]]:
+    """The strongest peaks of a map in the lungs, as many and as far apart as the blob detector's
+    candidates: (row, col, value)."""
+    from skimage.feature import peak_local_max
+
+    from miemss_node.pipeline.focal import MAX_CANDIDATES, MIN_SEPARATION_MM
+
+    if not allowed.any():
+        return []
+    floor = float(value[allowed].min()) - 1.0
+    found = peak_local_max(
+        np.where(allowed, value, floor), min_distance=max(1, round(MIN_SEPARATION_MM / mm)), num_peaks=MAX_CANDIDATES
+    )
+    return [(int(r), int(c), float(value[r, c])) for r, c in found if allowed[r, c]]
+
+
+def blob_maps(detail: np.ndarray, mm: float, allowed: np.ndarray) -> dict[str, np.ndarray]:
+    """The maps of :data:`BLOB_MAPS` over a detail image, each over its robust spread in ``allowed`` and the
+    largest over the blob detector's radii."""
+    from scipy import ndimage
+
+    from miemss_node.pipeline.focal import RADII_MM, _normalised, scale_responses
+
+    per_key: dict[str, list[np.ndarray]] = {key: [] for key in BLOB_MAPS}
+    for radius_mm, log in zip(RADII_MM, scale_responses(detail, mm), strict=True):
+        sigma = radius_mm / np.sqrt(2.0) / mm
+        d_rr = ndimage.gaussian_filter(detail, sigma, order=(2, 0))
+        d_cc = ndimage.gaussian_filter(detail, sigma, order=(0, 2))
+        d_rc = ndimage.gaussian_filter(detail, sigma, order=(1, 1))
+        half_gap = np.sqrt(d_rc**2 + ((d_rr - d_cc) / 2.0) ** 2)
+        # Eigenvalues, larger first; a bright blob has both negative.
+        larger, smaller = (d_rr + d_cc) / 2.0 + half_gap, (d_rr + d_cc) / 2.0 - half_gap
+        blob = larger < 0
+        maps = {
+            "log_lungs": log,
+            "hessian_determinant": np.where(blob, larger * smaller, 0.0) * sigma**4,
+            "hessian_smaller": np.where(blob, -larger, 0.0) * sigma**2,
+        }
+        for key, value in maps.items():
+            # Over the lungs' robust spread (the second of the detector's two normalisations).
+            per_key[key].append(_normalised(value.astype(np.float32), allowed, sigma)[1])
+    return {key: np.max(np.stack(maps), axis=0) for key, maps in per_key.items()}
+
+
 class _HotellingObserver:
     """A channelized Hotelling observer per nodule radius, its background from the reference's films."""
 
@@ -274,7 +339,7 @@ class _HotellingObserver:
             if measured is None:
                 continue
             films.append((image, measured, enhanced))
-            detail, mm, allowed = self._prepared(image, enhanced, measured)
+            detail, mm, allowed = self.prepared(image, enhanced, measured)
             for index, channels in enumerate(self._channels(detail, mm)):
                 vectors = channels.reshape(-1, HOTELLING_CHANNELS)[np.flatnonzero(allowed.ravel())[::3]]
                 samples[index].append(vectors - vectors.mean(axis=0))
@@ -299,7 +364,7 @@ class _HotellingObserver:
             again = measure_chest(image, pixels)  # type: ignore[arg-type]
             if again is None:
                 continue
-            best, _, _ = self.statistic(image, pixels, again)
+            best = self.statistic(*self.prepared(image, pixels, again))
             scale = (rows / again.detail_shape[0], cols / again.detail_shape[1])
             five = _shipped_measurements(again.candidates)
             at = [float(best[int(c.row), int(c.col)]) for c in again.candidates]
@@ -311,12 +376,11 @@ class _HotellingObserver:
                 }
             )
 
-    def statistic(self, image: object, enhanced: np.ndarray, measured: object) -> tuple[np.ndarray, np.ndarray, float]:
-        """The locally normalised statistic at every detail pixel (the best radius), where it is allowed,
-        and the detail image's mm per pixel."""
+    def statistic(self, detail: np.ndarray, mm: float, allowed: np.ndarray) -> np.ndarray:
+        """The locally normalised statistic at every pixel of a detail image (:meth:`prepared`; the best
+        radius)."""
         from miemss_node.pipeline.focal import _normalised
 
-        detail, mm, allowed = self._prepared(image, enhanced, measured)
         best = np.full(detail.shape, -np.inf, dtype=np.float32)
         for radius_mm, covariance, channels in zip(
             HOTELLING_RADII_MM, self.covariances, self._channels(detail, mm), strict=True
@@ -327,26 +391,11 @@ class _HotellingObserver:
             statistic = (vectors @ template).reshape(detail.shape).astype(np.float32)
             local, _ = _normalised(statistic, allowed, radius_mm / np.sqrt(2.0) / mm)
             best = np.maximum(best, local)
-        return best, allowed, mm
+        return best
 
     @staticmethod
-    def peaks(best: np.ndarray, allowed: np.ndarray, mm: float) -> list[tuple[int, int, float]]:
-        """The strongest peaks of a statistic in the lungs, as many and as far apart as the blob detector's
-        candidates: (row, col, value)."""
-        from skimage.feature import peak_local_max
-
-        from miemss_node.pipeline.focal import MAX_CANDIDATES, MIN_SEPARATION_MM
-
-        if not allowed.any():
-            return []
-        floor = float(best[allowed].min()) - 1.0
-        found = peak_local_max(
-            np.where(allowed, best, floor), min_distance=max(1, round(MIN_SEPARATION_MM / mm)), num_peaks=MAX_CANDIDATES
-        )
-        return [(int(r), int(c), float(best[r, c])) for r, c in found if allowed[r, c]]
-
-    @staticmethod
-    def _prepared(image: object, enhanced: np.ndarray, measured: object) -> tuple[np.ndarray, float, np.ndarray]:
+    def prepared(image: object, enhanced: np.ndarray, measured: object) -> tuple[np.ndarray, float, np.ndarray]:
+        """The detail image of a measured film, its mm per pixel, and where the blob detector looks."""
         from scipy import ndimage
 
         from miemss_node.pipeline.chest import DETAIL_SIDE, _resize_mask, mm_per_pixel
