@@ -14,7 +14,10 @@ Classical image analysis on a small working image (:data:`ANATOMY_SIDE` pixels o
    should find. A side whose core is much smaller than the other's is completed with the other core
    mirrored across the midline; each side is then extended down to where it becomes as bright as
    the abdomen below (the diaphragm), at most a fixed fraction of the thorax's width below the apex,
-   and replaced by the convex hull of all that.
+   and replaced by the convex hull of all that. A base that meets the abdomen's level without a step
+   from aerated lung (an opacity there silhouettes the diaphragm) is followed further down while its
+   rows keep the texture of lung (ribs and vessels; the liver, heart and an opaque but smooth abdomen
+   have none); its zones' thirds stay where the aerated lung puts them (:attr:`ChestFrame.zone_bottoms`).
 5. **Mediastinum**: the body between the two hemithoraces, from their apices to their bases.
 
 When no lung core is found on one side or the other, the frame is not a frontal chest film as far
@@ -25,7 +28,7 @@ the generic analysis runs instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -85,6 +88,22 @@ MAX_HEIGHT_PER_WIDTH = 0.85
 #: ... and at most this fraction of the aerated lungs' height below the lowest of them.
 MAX_BASE_REACH = 0.25
 
+#: Texture is the local spread of a band-pass image (differences of Gaussians of these sigmas, working
+#: pixels: the width of ribs and vessels) over a window this many pixels wide ...
+TEXTURE_SIGMAS = (1.0, 4.0)
+TEXTURE_WINDOW = 9
+#: ... and a row below an opaque base is still lung while its median texture is at least this fraction of
+#: the aerated core's; the base is the last such row before this many rows without it ...
+TEXTURE_KEEP = 0.6
+TEXTURE_GAP_ROWS = 3
+#: ... at most this fraction of the aerated lungs' height below the lowest of them.
+TEXTURE_REACH = 0.6
+#: A base has the step of aerated lung meeting the diaphragm, and is not followed further, when the rows
+#: just above it (this many to this few above) are darker than the abdomen by this fraction of the way
+#: from its core's darkest pixels.
+DIAPHRAGM_STEP_ROWS = (6, 2)
+DIAPHRAGM_STEP = 0.25
+
 #: Whether the patient's right is on the image's left, by Patient Orientation's first value (the
 #: patient direction of increasing column).
 _RIGHT_ON_IMAGE_LEFT = {"L": True, "R": False}
@@ -102,6 +121,9 @@ class ChestFrame:
     #: Thorax rows: apex and base.
     apex_row: int
     base_row: int
+    #: Per side, the row its zones' thirds are measured to: its base before it was followed down through
+    #: an opacity by texture (a basal opacity joins the lower zone and leaves the other zones in place).
+    zone_bottoms: dict[str, int] = field(default_factory=dict)
 
 
 def chest_anatomy(
@@ -159,6 +181,7 @@ def chest_anatomy(
         devices=tuple(sorted(objects.kinds)),
         patient_right_on_image_left=right_on_image_left(patient_orientation),
         method="classical",
+        zone_bottoms=frame.zone_bottoms,
     )
 
 
@@ -204,16 +227,29 @@ def find_chest_frame(work: np.ndarray, body: np.ndarray, *, frontal: bool = Fals
     reach = min(int(apex + MAX_HEIGHT_PER_WIDTH * width), int(lowest + MAX_BASE_REACH * (lowest - apex)))
     limit = min(rows - 1, max(lowest, reach))
     abdomen = _abdomen_level(smooth, body, limit)
-    hemithoraces = {}
+    deepest = min(rows - 1, int(lowest + TEXTURE_REACH * (lowest - apex)))
+    texture = _texture(work)
+    hemithoraces, zone_bottoms = {}, {}
     bases = []
     for side, mask in completed.items():
         base = max(boxes[side][2], _base_row(smooth, mask, body, limit, abdomen))
+        zone_bottoms[side] = base
+        core = cores[side] if cores[side].any() else mask
+        if not _meets_diaphragm(smooth, mask, core, body, base, abdomen):
+            base = max(base, _textured_rows_end(texture, mask, core, body, deepest))
         bases.append(base)
         hemithoraces[side] = _hemithorax(mask, side, base) & body
     left, right = hemithoraces["image-left"], hemithoraces["image-right"]
     hemithoraces["image-left"] = left & (np.arange(cols)[None, :] < midline)
     hemithoraces["image-right"] = right & (np.arange(cols)[None, :] >= midline)
-    return ChestFrame(midline_col=midline, cores=cores, hemithoraces=hemithoraces, apex_row=apex, base_row=max(bases))
+    return ChestFrame(
+        midline_col=midline,
+        cores=cores,
+        hemithoraces=hemithoraces,
+        apex_row=apex,
+        base_row=max(bases),
+        zone_bottoms=zone_bottoms,
+    )
 
 
 def find_midline(smooth: np.ndarray, body: np.ndarray) -> int:
@@ -357,6 +393,46 @@ def _base_row(smooth: np.ndarray, mask: np.ndarray, body: np.ndarray, limit: int
         if float(np.median(window)) >= abdomen:
             return row
     return limit
+
+
+def _texture(work: np.ndarray) -> np.ndarray:
+    """Local spread of the working image's band of rib and vessel widths (:data:`TEXTURE_SIGMAS`)."""
+    image = np.asarray(work, dtype=np.float64)
+    band = ndimage.gaussian_filter(image, TEXTURE_SIGMAS[0]) - ndimage.gaussian_filter(image, TEXTURE_SIGMAS[1])
+    return np.sqrt(ndimage.uniform_filter(band * band, TEXTURE_WINDOW))
+
+
+def _meets_diaphragm(
+    smooth: np.ndarray, mask: np.ndarray, core: np.ndarray, body: np.ndarray, base: int, abdomen: float
+) -> bool:
+    """Whether the rows just above a base are aerated lung, well darker than the abdomen (the diaphragm's
+    step), rather than an opacity that has already reached the abdomen's level."""
+    cc = np.flatnonzero(mask.any(axis=0))
+    above_rows = slice(max(0, base - DIAPHRAGM_STEP_ROWS[0]), max(1, base - DIAPHRAGM_STEP_ROWS[1]))
+    columns = slice(cc[0], cc[-1] + 1)
+    above = smooth[above_rows, columns][body[above_rows, columns]]
+    if not above.size:
+        return True
+    darkest = float(np.percentile(smooth[core], 2))
+    return abdomen - float(np.median(above)) > DIAPHRAGM_STEP * (abdomen - darkest)
+
+
+def _textured_rows_end(texture: np.ndarray, mask: np.ndarray, core: np.ndarray, body: np.ndarray, limit: int) -> int:
+    """The last row below a hemithorax's lowest whose median texture is still the lung's (see
+    :data:`TEXTURE_KEEP`), searched down to ``limit``."""
+    rr, cc = np.nonzero(mask)
+    c0, c1 = int(cc.min()), int(cc.max()) + 1
+    level = TEXTURE_KEEP * float(np.median(texture[core]))
+    last = int(rr.max())
+    for row in range(last + 1, limit):
+        inside = body[row, c0:c1]
+        if inside.sum() < 0.5 * (c1 - c0):
+            break
+        if float(np.median(texture[row, c0:c1][inside])) >= level:
+            last = row
+        elif row - last >= TEXTURE_GAP_ROWS:
+            break
+    return last
 
 
 def _hemithorax(mask: np.ndarray, side: str, base: int) -> np.ndarray:

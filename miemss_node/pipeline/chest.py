@@ -150,7 +150,7 @@ def measure_chest(
     usable = ~anatomy.not_anatomy
     smooth = gaussian(work, sigma=1.0)
     density = normalised_density(smooth, anatomy.hemithoraces, anatomy.midline_col or work.shape[1] / 2, usable)
-    zones = zone_masks(anatomy.hemithoraces)
+    zones = zone_masks(anatomy.hemithoraces, anatomy.zone_bottoms)
     lungs_detail = _resize_mask(anatomy.hemithoraces > 0, detail.shape)
     midline = (
         (anatomy.midline_col if anatomy.midline_col is not None else work.shape[1] / 2)

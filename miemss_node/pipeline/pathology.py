@@ -71,7 +71,7 @@ def add_pathology_regions(
     """
     probability = {p.label: p.probability for p in pathologies}
     inside = (anatomy.hemithoraces > 0) & ~anatomy.not_anatomy
-    zones = zone_masks(anatomy.hemithoraces)
+    zones = zone_masks(anatomy.hemithoraces, anatomy.zone_bottoms)
     heat = region_map.heatmap.copy()
     labels = np.zeros(region_map.labels.shape, dtype=np.int32)
     regions: list[Region] = []

@@ -49,13 +49,16 @@ class ZoneKey:
 ZONES = tuple(ZoneKey(side=side, zone=zone) for side in SIDES for zone in ZONE_NAMES)
 
 
-def zone_masks(hemithoraces: np.ndarray) -> dict[ZoneKey, np.ndarray]:
+def zone_masks(hemithoraces: np.ndarray, bottoms: dict[str, int] | None = None) -> dict[ZoneKey, np.ndarray]:
     """Cut each hemithorax into upper, middle and lower thirds of its own height.
 
     Parameters
     ----------
     hemithoraces
         uint8 label image: 1 = image-left hemithorax, 2 = image-right.
+    bottoms
+        Per side, the row the thirds are measured to instead (``Anatomy.zone_bottoms``); what lies
+        below it joins the lower zone.
 
     Returns
     -------
@@ -68,7 +71,8 @@ def zone_masks(hemithoraces: np.ndarray) -> dict[ZoneKey, np.ndarray]:
         hemithorax = hemithoraces == number
         present = np.flatnonzero(hemithorax.any(axis=1))
         top, bottom = (int(present[0]), int(present[-1]) + 1) if present.size else (0, 0)
-        cuts = [top + k * (bottom - top) / 3.0 for k in range(4)]
+        measured_to = min(bottom, (bottoms or {}).get(side, bottom - 1) + 1)
+        cuts = [top + k * (measured_to - top) / 3.0 for k in range(3)] + [bottom]
         for index, zone in enumerate(ZONE_NAMES):
             masks[ZoneKey(side=side, zone=zone)] = hemithorax & (rows >= cuts[index]) & (rows < cuts[index + 1])
     return masks

@@ -42,6 +42,7 @@ from miemss_node.pipeline.focal import (
 )
 from miemss_node.pipeline.focal_model import MODEL_FEATURES, FocalModel
 from miemss_node.pipeline.objects import COMPACT, LINE, METAL, TEXT, electrode_snap_near, find_objects
+from miemss_node.pipeline.zones import zone_masks as pipeline_zone_masks
 from tests.support.paths import REPO_ROOT, SHARED_DATA, shared_file
 
 ZONE_FILE = REPO_ROOT / "benchmarks" / "zones" / "shared_chest_films.json"
@@ -229,9 +230,61 @@ def test_no_round_density_is_left_on_the_ecg_electrodes_of_a_real_film(
     assert len(measured.candidates) >= 20
 
 
+def test_an_opaque_base_is_followed_down_by_its_texture_and_its_disease_flagged() -> None:
+    """An AP film whose image-left lung base is consolidated down to 92 % of the film: with no step from
+    aerated lung to the diaphragm there, the hemithorax stopped at 70 % and the basal consolidation, the
+    film's most obvious disease, was outside every region. Followed down by its rib and vessel texture,
+    the lower zone takes it in, while the zones' thirds stay where the aerated lung puts them."""
+    image, film = _film("20200324165957625920")
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    anatomy = measured.anatomy
+    rows, cols = anatomy.shape
+    left = np.flatnonzero((anatomy.hemithoraces == 1).any(axis=1))
+    assert left[-1] > 0.8 * rows
+    assert anatomy.zone_bottoms["image-left"] < 0.75 * rows  # the thirds: measured to the old base
+    judged = judge_chest(measured, image, load_chest_reference())
+    labels = resize_labels(judged.region_map.labels, (rows, cols))
+    (box,) = [z["box"] for z in film.zones if z["kind"] == "disease" and z["box"][1] < 50]  # type: ignore[attr-defined]
+    top, left_col, bottom, right_col = (int(v * n / 100) for v, n in zip(box, (rows, cols, rows, cols), strict=True))
+    below_old_base = np.zeros((rows, cols), dtype=bool)
+    below_old_base[max(top, int(0.72 * rows)) : bottom, left_col:right_col] = True
+    assert any(
+        (labels == r.label)[below_old_base].sum() > 0.2 * below_old_base.sum() for r in judged.region_map.regions
+    )
+
+
+def test_a_base_that_meets_its_diaphragm_is_not_followed_into_the_gas_below() -> None:
+    """A normal PA film with gas in the stomach under its left hemidiaphragm: gas is textured too, but the
+    aerated lung meets the diaphragm with a step, so that base stays where it is."""
+    image, film = _film("2020032712415994976")
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    anatomy = measured.anatomy
+    masks = zone_masks(film, anatomy.shape, 1.0)  # type: ignore[arg-type]
+    drawn_bottom = np.flatnonzero(masks.lungs.any(axis=1))[-1]
+    for number, side in ((1, "image-left"), (2, "image-right")):
+        lowest = np.flatnonzero((anatomy.hemithoraces == number).any(axis=1))[-1]
+        assert lowest <= anatomy.zone_bottoms[side] + 1
+        assert lowest < drawn_bottom + 0.05 * anatomy.shape[0]
+
+
 def test_a_lateral_view_or_a_film_without_two_lungs_is_not_a_frontal_chest() -> None:
     image = decode_film(shared_file("dicom/xray/dx_thorax_canine_fuji_mono1_8bit.dcm"))
     assert measure_chest(image, enhance(image, "wavelet").pixels) is None
+
+
+def test_zone_thirds_are_measured_to_the_given_bottom_and_what_lies_below_joins_the_lower_zone() -> None:
+    hemithoraces = np.zeros((100, 40), dtype=np.uint8)
+    hemithoraces[10:70, 2:18] = 1
+    hemithoraces[10:70, 22:38] = 2
+    zones = pipeline_zone_masks(hemithoraces, {"image-left": 39})
+    rows_of = {key: np.flatnonzero(mask.any(axis=1)) for key, mask in zones.items()}
+    left = {key.zone: (int(r[0]), int(r[-1])) for key, r in rows_of.items() if key.side == "image-left"}
+    right = {key.zone: (int(r[0]), int(r[-1])) for key, r in rows_of.items() if key.side == "image-right"}
+    assert left == {"upper": (10, 19), "middle": (20, 29), "lower": (30, 69)}
+    assert right == {"upper": (10, 29), "middle": (30, 49), "lower": (50, 69)}
+    assert sum(int(m.sum()) for m in zones.values()) == int((hemithoraces > 0).sum())
 
 
 @pytest.mark.parametrize(
@@ -357,6 +410,7 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
 def test_the_focal_model_reads_its_measurements_by_name() -> None:
     """Only the named measurements move the log-odds; the others may be anything."""
     model = _focal_model((2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1), intercept=0.5)
+
     def candidate(convergence: float, others: float) -> FocalCandidate:
         features = [others] * len(FEATURE_NAMES)
         features[FEATURE_NAMES.index(MODEL_FEATURES[0])] = convergence
