@@ -399,7 +399,8 @@ def _texture(work: np.ndarray) -> np.ndarray:
     """Local spread of the working image's band of rib and vessel widths (:data:`TEXTURE_SIGMAS`)."""
     image = np.asarray(work, dtype=np.float64)
     band = ndimage.gaussian_filter(image, TEXTURE_SIGMAS[0]) - ndimage.gaussian_filter(image, TEXTURE_SIGMAS[1])
-    return np.sqrt(ndimage.uniform_filter(band * band, TEXTURE_WINDOW))
+    # A running mean of squares can come out a rounding error below 0.
+    return np.sqrt(np.maximum(ndimage.uniform_filter(band * band, TEXTURE_WINDOW), 0.0))
 
 
 def _meets_diaphragm(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from miemss_node.errors import ModelError
 from miemss_node.evaluate.real import decode_film
@@ -228,6 +229,48 @@ def test_no_round_density_is_left_on_the_ecg_electrodes_of_a_real_film(
         ]
         assert not [c for c in on_it if c.radius_px * measured.detail_mm_per_px <= 10.0], (top, left)
     assert len(measured.candidates) >= 20
+
+
+def _phantom_chest(*, consolidated_left_base: bool, textured_abdomen: bool) -> np.ndarray:
+    """A 256 x 256 frontal chest phantom: body, spine, two lungs with rib shadows every 14 rows down to row
+    200, abdomen below. Options: the image-left lung consolidates gradually from row 130 (as dense as the
+    abdomen by row 190, its ribs still seen), and bowel gas gives the abdomen texture too."""
+    rows, cols = np.mgrid[:256, :256]
+    image = np.full((256, 256), 0.75)
+    image[:, :12] = image[:, -12:] = 0.0
+    spine = np.abs(cols - 128) < 14
+    image[spine] = 0.9
+    ribs = 0.08 * np.sign(np.sin(2 * np.pi * rows / 14.0))
+    abdomen = (rows >= 200) & ~spine & (cols > 12) & (cols < 244)
+    image[abdomen] = 0.85
+    if textured_abdomen:
+        image[abdomen] += ribs[abdomen]
+    for middle in (75, 181):
+        lung = (((cols - middle) / 45.0) ** 2 + ((rows - 120) / 95.0) ** 2 < 1) & (rows > 40) & (rows < 200)
+        level = 0.3
+        if consolidated_left_base and middle < 128:
+            level = 0.3 + 0.62 * np.clip((rows[lung] - 130) / 60.0, 0.0, 1.0)
+        image[lung] = level + ribs[lung]
+    return np.clip(ndimage.gaussian_filter(image, 1.0), 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("consolidated", "textured_abdomen"), [(True, False), (False, True)])
+def test_only_a_base_without_the_diaphragms_step_is_followed_down_by_its_texture(
+    consolidated: bool, textured_abdomen: bool
+) -> None:
+    """A consolidated base reaches the abdomen's level with no step and is followed down its ribs to the
+    lung's end, its zones' thirds measured to where it was; a base where aerated lung meets the diaphragm
+    is not followed into a textured abdomen."""
+    work = _phantom_chest(consolidated_left_base=consolidated, textured_abdomen=textured_abdomen)
+    frame = find_chest_frame(work, field_mask(work), frontal=True)
+    assert frame is not None
+    for side, mask in frame.hemithoraces.items():
+        lowest = int(np.flatnonzero(mask.any(axis=1))[-1])
+        if consolidated and side == "image-left":
+            assert lowest >= 195
+            assert frame.zone_bottoms[side] < lowest - 10
+        else:
+            assert 195 <= lowest <= frame.zone_bottoms[side] + 1 <= 205
 
 
 def test_an_opaque_base_is_followed_down_by_its_texture_and_its_disease_flagged() -> None:
