@@ -190,9 +190,9 @@ class Anatomy:
     patient_right_on_image_left: bool | None = None
     #: "classical" or the name of the anatomy model that made the masks.
     method: str = "classical"
-    #: Per side ("image-left", "image-right"), the row its zones' thirds are measured to, when that is
-    #: above the hemithorax's lowest row (a basal opacity followed down joins the lower zone); a side
-    #: not named is cut into thirds of its own height.
+    #: Per side ("image-left", "image-right"), the row its zones' thirds are measured to (below it, a basal
+    #: opacity followed down by the anatomy joins the lower zone); a side not named is cut into thirds of
+    #: its own height.
     zone_bottoms: dict[str, int] = field(default_factory=dict)
 
 
