@@ -383,13 +383,12 @@ def _abdomen_level(smooth: np.ndarray, body: np.ndarray, from_row: int) -> float
 
 def _base_row(smooth: np.ndarray, mask: np.ndarray, body: np.ndarray, limit: int, abdomen: float) -> int:
     """First row below a hemithorax's lowest pixel whose median reaches the abdomen's level."""
-    rr, cc = np.nonzero(mask)
-    c0, c1 = int(cc.min()), int(cc.max()) + 1
-    for row in range(int(rr.max()), limit):
-        inside = body[row, c0:c1]
+    lowest, columns = _lowest_and_columns(mask)
+    for row in range(lowest, limit):
+        inside = body[row, columns]
         if not inside.any():
             return row
-        window = smooth[max(0, row - 1) : row + 2, c0:c1][body[max(0, row - 1) : row + 2, c0:c1]]
+        window = smooth[max(0, row - 1) : row + 2, columns][body[max(0, row - 1) : row + 2, columns]]
         if float(np.median(window)) >= abdomen:
             return row
     return limit
@@ -408,9 +407,8 @@ def _meets_diaphragm(
 ) -> bool:
     """Whether the rows just above a base are aerated lung, well darker than the abdomen (the diaphragm's
     step), rather than an opacity that has already reached the abdomen's level."""
-    cc = np.flatnonzero(mask.any(axis=0))
+    _, columns = _lowest_and_columns(mask)
     above_rows = slice(max(0, base - DIAPHRAGM_STEP_ROWS[0]), max(1, base - DIAPHRAGM_STEP_ROWS[1]))
-    columns = slice(cc[0], cc[-1] + 1)
     above = smooth[above_rows, columns][body[above_rows, columns]]
     if not above.size:
         return True
@@ -421,19 +419,23 @@ def _meets_diaphragm(
 def _textured_rows_end(texture: np.ndarray, mask: np.ndarray, core: np.ndarray, body: np.ndarray, limit: int) -> int:
     """The last row below a hemithorax's lowest whose median texture is still the lung's (see
     :data:`TEXTURE_KEEP`), searched down to ``limit``."""
-    rr, cc = np.nonzero(mask)
-    c0, c1 = int(cc.min()), int(cc.max()) + 1
+    last, columns = _lowest_and_columns(mask)
     level = TEXTURE_KEEP * float(np.median(texture[core]))
-    last = int(rr.max())
     for row in range(last + 1, limit):
-        inside = body[row, c0:c1]
-        if inside.sum() < 0.5 * (c1 - c0):
+        inside = body[row, columns]
+        if inside.sum() < 0.5 * (columns.stop - columns.start):
             break
-        if float(np.median(texture[row, c0:c1][inside])) >= level:
+        if float(np.median(texture[row, columns][inside])) >= level:
             last = row
         elif row - last >= TEXTURE_GAP_ROWS:
             break
     return last
+
+
+def _lowest_and_columns(mask: np.ndarray) -> tuple[int, slice]:
+    """A mask's lowest row and the columns it spans."""
+    rr, cc = np.nonzero(mask)
+    return int(rr.max()), slice(int(cc.min()), int(cc.max()) + 1)
 
 
 def _hemithorax(mask: np.ndarray, side: str, base: int) -> np.ndarray:

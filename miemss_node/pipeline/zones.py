@@ -71,7 +71,7 @@ def zone_masks(hemithoraces: np.ndarray, bottoms: dict[str, int] | None = None) 
         hemithorax = hemithoraces == number
         present = np.flatnonzero(hemithorax.any(axis=1))
         top, bottom = (int(present[0]), int(present[-1]) + 1) if present.size else (0, 0)
-        measured_to = min(bottom, (bottoms or {}).get(side, bottom - 1) + 1)
+        measured_to = min(bottom, bottoms[side] + 1) if bottoms and side in bottoms else bottom
         cuts = [top + k * (measured_to - top) / 3.0 for k in range(3)] + [bottom]
         for index, zone in enumerate(ZONE_NAMES):
             masks[ZoneKey(side=side, zone=zone)] = hemithorax & (rows >= cuts[index]) & (rows < cuts[index + 1])

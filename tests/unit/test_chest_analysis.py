@@ -55,6 +55,14 @@ def _film(name_part: str) -> tuple[DecodedImage, object]:
     return decode_film(SHARED_DATA / film.file, view=film.view), film
 
 
+def _measured(name_part: str) -> tuple[DecodedImage, object, ChestMeasurements]:
+    """A film of the zone file, its drawn zones, and what the chest analysis measured on it."""
+    image, film = _film(name_part)
+    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
+    assert measured is not None
+    return image, film, measured
+
+
 @pytest.fixture(scope="module")
 def normal_pa() -> tuple[DecodedImage, object]:
     """A normal PA film of the development set (ANON1), with its drawn zones."""
@@ -189,10 +197,7 @@ def test_both_hemithoraces_of_a_normal_film_lie_in_its_drawn_lungs(normal_pa: tu
 @pytest.fixture(scope="module")
 def rotated_ap() -> tuple[DecodedImage, object, ChestMeasurements]:
     """A normal AP film (ANON in the development set), rotated, with two ECG electrodes over its lungs."""
-    image, film = _film("20200418154808640220")
-    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
-    assert measured is not None
-    return image, film, measured
+    return _measured("20200418154808640220")
 
 
 def test_a_hazy_lung_core_does_not_leak_into_the_axilla_of_a_rotated_ap_film(
@@ -278,9 +283,7 @@ def test_an_opaque_base_is_followed_down_by_its_texture_and_its_disease_flagged(
     aerated lung to the diaphragm there, the hemithorax stopped at 70 % and the basal consolidation, the
     film's most obvious disease, was outside every region. Followed down by its rib and vessel texture,
     the lower zone takes it in, while the zones' thirds stay where the aerated lung puts them."""
-    image, film = _film("20200324165957625920")
-    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
-    assert measured is not None
+    image, film, measured = _measured("20200324165957625920")
     anatomy = measured.anatomy
     rows, cols = anatomy.shape
     left = np.flatnonzero((anatomy.hemithoraces == 1).any(axis=1))
@@ -300,9 +303,7 @@ def test_an_opaque_base_is_followed_down_by_its_texture_and_its_disease_flagged(
 def test_a_base_that_meets_its_diaphragm_is_not_followed_into_the_gas_below() -> None:
     """A normal PA film with gas in the stomach under its left hemidiaphragm: gas is textured too, but the
     aerated lung meets the diaphragm with a step, so that base stays where it is."""
-    image, film = _film("2020032712415994976")
-    measured = measure_chest(image, enhance(image, "vst_wavelet").pixels)
-    assert measured is not None
+    _, film, measured = _measured("2020032712415994976")
     anatomy = measured.anatomy
     masks = zone_masks(film, anatomy.shape, 1.0)  # type: ignore[arg-type]
     drawn_bottom = np.flatnonzero(masks.lungs.any(axis=1))[-1]
@@ -453,7 +454,6 @@ def test_a_focal_model_refuses_candidates_of_another_layout() -> None:
 def test_the_focal_model_reads_its_measurements_by_name() -> None:
     """Only the named measurements move the log-odds; the others may be anything."""
     model = _focal_model((2.0,) + (0.0,) * (len(MODEL_FEATURES) - 1), intercept=0.5)
-
     def candidate(convergence: float, others: float) -> FocalCandidate:
         features = [others] * len(FEATURE_NAMES)
         features[FEATURE_NAMES.index(MODEL_FEATURES[0])] = convergence
