@@ -148,8 +148,8 @@ def plot_png(path: Path, result: SyntheticResult) -> None:
 
 def real_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Per split: regions on objects/outside, abnormal films (and disease zones) with a region on the
-    disease, regions per normal film, the statements about lines and devices, and the AUC (with its
-    bootstrap 95 % interval) overall and per view."""
+    disease, regions per normal film, how much of the drawn lungs the hemithoraces cover, the statements
+    about lines and devices, and the AUC (with its bootstrap 95 % interval) overall and per view."""
     lines = []
     for split, summary in summaries.items():
         lines.append(f"  [{split}] {summary['films']} film(s); regions by class: {summary['regions_by_class']}")
@@ -164,6 +164,12 @@ def real_table(summaries: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"    regions per normal film: {summary['regions_per_normal_film']}"
                 f" ({summary['normal_films_with_more_than_one_region']} with more than one)"
+            )
+        if summary.get("lungs_covered"):
+            covered = summary["lungs_covered"]
+            lines.append(
+                f"    drawn lungs' interiors inside the hemithoraces found: median {covered['median']:.2f}, "
+                f"lowest {covered['lowest']:.2f}"
             )
         for statement, counts in summary.get("device_statements", {}).items():
             if any(counts.values()):

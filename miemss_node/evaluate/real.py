@@ -8,6 +8,8 @@ drawn zones. The summary counts, per split (development, held-out):
 * abnormal films with a region on the drawn disease, and drawn disease zones with a region on them (a
   film with disease in both lungs has a zone drawn on each);
 * regions per normal film;
+* how much of the drawn lungs' interiors the hemithoraces found cover (the anatomy's own figure: a
+  disease the outline misses cannot get a region);
 * the statements "line, tube or wire" and "metal device" against the drawn objects
   (:mod:`~miemss_node.evaluate.devices`);
 * the image-level AUC of the abnormality score (normal against abnormal), with a bootstrap 95 %
@@ -30,7 +32,7 @@ from miemss_node.errors import DecodeError
 from miemss_node.evaluate.devices import device_statements
 from miemss_node.evaluate.zones import CLASSES, ZonedFilm, classify_region, disease_zones_found, zone_masks
 from miemss_node.pipeline.base import DecodedImage, ImageAnalysis, PipelineSettings
-from miemss_node.pipeline.chest import mm_per_pixel
+from miemss_node.pipeline.chest import mm_per_pixel, resize_labels
 
 if TYPE_CHECKING:
     from miemss_node.pipeline.models import ModelSet
@@ -65,6 +67,9 @@ class FilmResult:
     drawn_objects: tuple[str, ...] | None = None
     #: Per drawn disease zone, whether a region lies on it.
     disease_zones_found: tuple[bool, ...] = ()
+    #: Share of the drawn lungs' interiors inside the hemithoraces found; None when no lungs were found
+    #: (or none drawn).
+    lungs_covered: float | None = None
 
     def count(self, region_class: str) -> int:
         """How many of its regions are of ``region_class``."""
@@ -141,6 +146,10 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         for region, name in zip(analysis.region_map.regions, classes, strict=True)
     )
     drawn = tuple(str(zone.get("what", "")) for zone in film.zones if zone.get("kind") == "object")
+    lungs_covered = None
+    if analysis.anatomy is not None and analysis.anatomy.chest_frontal and masks.lung_interiors.any():
+        found = resize_labels(analysis.anatomy.hemithoraces, shape) > 0
+        lungs_covered = float((found & masks.lung_interiors).sum() / masks.lung_interiors.sum())
     return FilmResult(
         file=film.file,
         status=film.status,
@@ -153,6 +162,7 @@ def _film_result(film: ZonedFilm, image: DecodedImage, analysis: ImageAnalysis) 
         devices=analysis.anatomy.devices if analysis.anatomy is not None else (),
         drawn_objects=drawn if film.zones else None,
         disease_zones_found=disease_zones_found(region_masks, classes, masks),
+        lungs_covered=lungs_covered,
     )
 
 
@@ -173,6 +183,7 @@ def summarise_films(results: Sequence[FilmResult], *, seed: int = 0) -> dict[str
         "normal_films_with_more_than_one_region": sum(1 for r in normal if len(r.regions) > 1),
         "auc": auc_with_interval([r.abnormality_score for r in abnormal], [r.abnormality_score for r in normal], seed),
         "device_statements": device_statements(results),
+        "lungs_covered": _median_and_lowest([r.lungs_covered for r in results if r.lungs_covered is not None]),
     }
     for view in sorted({r.view for r in results if r.view}):
         in_view = [r for r in results if r.view == view]
@@ -182,6 +193,13 @@ def summarise_films(results: Sequence[FilmResult], *, seed: int = 0) -> dict[str
             seed,
         )
     return summary
+
+
+def _median_and_lowest(values: Sequence[float]) -> dict[str, float] | None:
+    """{"median": ..., "lowest": ...} of some shares, rounded; None without any."""
+    if not values:
+        return None
+    return {"median": round(float(np.median(values)), 3), "lowest": round(float(np.min(values)), 3)}
 
 
 def auc_with_interval(positives: Sequence[float], negatives: Sequence[float], seed: int = 0) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from miemss_node.cli import main
 from miemss_node.evaluate.devices import device_statements
 from miemss_node.evaluate.lesions import insert_lesions, lesion_profile
 from miemss_node.evaluate.metrics import dice_iou, match, psnr_ssim
-from miemss_node.evaluate.output import enhancement_table, plot_png, synthetic_table, write_json
+from miemss_node.evaluate.output import enhancement_table, plot_png, real_table, synthetic_table, write_json
 from miemss_node.evaluate.pairs import MaskError, evaluate_pairs, load_pair
 from miemss_node.evaluate.real import FilmResult, summarise_films
 from miemss_node.evaluate.synthetic import (
@@ -241,3 +241,18 @@ def test_reference_fit_and_evaluate_commands(
 def test_evaluate_without_inputs_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate"]) == 2
     assert "give --zones FILE" in capsys.readouterr().out
+
+
+def test_the_summary_gives_how_much_of_the_drawn_lungs_the_hemithoraces_cover() -> None:
+    """The median and lowest share over the films whose lungs were found; a film without is left out."""
+
+    def film(covered: float | None) -> FilmResult:
+        return FilmResult(
+            file="f.png", status="normal", split="development", view="PA", method="chest", abnormality_score=0.1,
+            regions=(), lungs_covered=covered,
+        )  # fmt: skip
+
+    summary = summarise_films([film(0.9), film(0.6), film(None), film(0.8)])
+    assert summary["lungs_covered"] == {"median": 0.8, "lowest": 0.6}
+    assert summarise_films([film(None)])["lungs_covered"] is None
+    assert "inside the hemithoraces found: median 0.80, lowest 0.60" in real_table({"development": summary})
