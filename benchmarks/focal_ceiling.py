@@ -174,24 +174,11 @@ def _measure(
             runs.append(Run(film.file, film.split, contrast, nodules, hits, values))
             detail, mm, allowed = hotelling.prepared(copy, enhanced, measured)
             best = hotelling.statistic(detail, mm, allowed)
-            peaks = strongest_peaks(best, allowed, mm)
             at_candidates = [float(best[int(c.row), int(c.col)]) for c in measured.candidates]
             values["with_hotelling"] = np.column_stack([values["shipped_features"], at_candidates])
-            hotelling_runs.append(
-                Run(
-                    film.file,
-                    film.split,
-                    contrast,
-                    nodules,
-                    [_label_at(labels, scale, (r, c)) for r, c, _ in peaks],
-                    {"hotelling": np.array([v for _, _, v in peaks])},
-                )
-            )
+            hotelling_runs.append(_peak_run(runs[-1], "hotelling", best, labels, scale, allowed, mm))
             for key, value in blob_maps(detail, mm, allowed).items():
-                peaks = strongest_peaks(value, allowed, mm)
-                hit_list = [_label_at(labels, scale, (r, c)) for r, c, _ in peaks]
-                values_at = {key: np.array([v for _, _, v in peaks])}
-                map_runs[key].append(Run(film.file, film.split, contrast, nodules, hit_list, values_at))
+                map_runs[key].append(_peak_run(runs[-1], key, value, labels, scale, allowed, mm))
         print(f"  {film.file}: {len(copies)} runs", flush=True)
     return runs, hotelling_runs, map_runs
 
@@ -275,6 +262,21 @@ def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
         cut = ordered[allowed] if allowed < ordered.size else -np.inf
         shares.append(float((found > cut).mean()) if found.size else 0.0)
     return shares
+
+
+def _peak_run(
+    run: Run,
+    key: str,
+    value: np.ndarray,
+    labels: np.ndarray,
+    scale: tuple[float, float],
+    allowed: np.ndarray,
+    mm: float,
+) -> Run:
+    """The same film run with the strongest peaks of a map as its candidates, ranked by the map (``key``)."""
+    peaks = strongest_peaks(value, allowed, mm)
+    hits = [_label_at(labels, scale, (r, c)) for r, c, _ in peaks]
+    return replace(run, hits=hits, values={key: np.array([v for _, _, v in peaks])})
 
 
 def strongest_peaks(value: np.ndarray, allowed: np.ndarray, mm: float) -> list[tuple[int, int, float]]:
