@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
@@ -102,6 +103,7 @@ def send_files(
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         return SendReport(outcome=SendOutcome.RETRY, status=None, detail="association not established")
+    send_at_once(assoc)
     try:
         for index, ds in enumerate(datasets):
             report = _store_one(assoc.send_c_store(ds), ds, destination)
@@ -113,6 +115,19 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
+
+
+def send_at_once(assoc: Association) -> None:
+    """Turn off Nagle's algorithm on an established association's socket.
+
+    pynetdicom writes a C-STORE as separate PDUs (the command, then the data set in pieces); with
+    Nagle on, the last small piece waits until the peer acknowledges the one before, and a Linux peer
+    delays that acknowledgement by up to 40 ms: about 30-40 ms lost per object sent (measured against
+    pynetdicom's and dcmtk's SCPs on loopback). The receiver does the same for its connections.
+    """
+    connection = assoc.dul.socket
+    if connection is not None and connection.socket is not None:
+        connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _store_one(response: Dataset, ds: Dataset, destination: Destination) -> SendReport | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
+from pynetdicom import Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
@@ -15,7 +18,7 @@ from miemss_node.config import DeliverySettings, Destination
 from miemss_node.queue import repository
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState
-from miemss_node.send import Sender, SendOutcome, classify_status, refuse_unconfigured_deliveries
+from miemss_node.send import Sender, SendOutcome, classify_status, refuse_unconfigured_deliveries, send_files
 from tests.conftest import pacs_destination
 from tests.support.net import free_port
 from tests.support.peers import PacsScp
@@ -78,6 +81,24 @@ def test_results_are_delivered(tmp_path: Path, pacs: PacsScp) -> None:
     job, delivery = job_and_delivery(sessions, job_id)
     assert job.state is JobState.DELIVERED and delivery.state is DeliveryState.DELIVERED
     assert sorted(ds.Modality for ds in pacs.received) == ["CT", "MR"]
+
+
+def test_objects_are_sent_with_nagles_algorithm_off(
+    tmp_path: Path, pacs: PacsScp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With it on, the last small PDU of each C-STORE waits for the peer's delayed ACK (up to 40 ms)."""
+    seen: list[int] = []
+    send_c_store = Association.send_c_store
+
+    def recording(assoc: Association, *args: Any, **kwargs: Any) -> Any:
+        seen.append(assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return send_c_store(assoc, *args, **kwargs)
+
+    monkeypatch.setattr(Association, "send_c_store", recording)
+    paths = [Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
+    report = send_files(paths, pacs_destination(pacs), calling_aet="MIEMSS", timeout_seconds=5.0)
+    assert report.outcome is SendOutcome.DELIVERED
+    assert len(seen) == 2 and all(seen)
 
 
 def test_destination_down_is_retried_until_it_comes_up(tmp_path: Path) -> None:
