@@ -6,6 +6,10 @@ and prints the latency, the node's peak memory (main process and worker children
 in-process baseline, the time of the pipeline and encoders alone on the same images.
 
     .venv/bin/python benchmarks/latency.py [--images 4] [--studies 1] [--settle 2] [--image-processes N] [--config-extra TOML]
+
+``--images 1,4 --studies 5`` sends 1-image and 4-image studies in turn to the same node, five rounds, and
+prints each size's warm median (rounds after the first) and their ratio: both sizes are measured in the
+same minutes, so a machine that is slower one minute than the next does not move the ratio.
 """
 
 from __future__ import annotations
@@ -78,9 +82,12 @@ def in_process_baseline(study: list[Dataset]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--images", default="4", help="images per study; a comma list sends each size in turn")
     parser.add_argument(
-        "--studies", type=int, default=1, help="studies sent one after the other; the later ones show a warm worker"
+        "--studies",
+        type=int,
+        default=1,
+        help="studies (of each size) sent one after the other; the later ones show a warm worker",
     )
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
@@ -91,7 +98,9 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="show the node's INFO log (job, stage and send timings)")
     args = parser.parse_args()
 
-    studies = [copies_as_new_study(dcmread(get_testdata_file("RG1_J2KI.dcm")), args.images) for _ in range(args.studies)]
+    sizes = [int(size) for size in args.images.split(",")]
+    film = dcmread(get_testdata_file("RG1_J2KI.dcm"))
+    studies = [copies_as_new_study(film, size) for _ in range(args.studies) for size in sizes]
     study = studies[0]
     arrivals: list[tuple[str, float]] = []
     pacs = PacsScp(
@@ -135,9 +144,9 @@ def main() -> None:
                     mine = [t for study_uid, t in arrivals if study_uid == uid]
                     received = [ds for ds in pacs.received if str(ds.StudyInstanceUID) == uid]
                     if len(mine) >= expected or (
-                        mine and time.perf_counter() - mine[-1] > 5 and any(
-                            str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in received
-                        )
+                        mine
+                        and time.perf_counter() - mine[-1] > 5
+                        and any(str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88") for ds in received)
                     ):
                         break
                     time.sleep(0.05)
@@ -149,6 +158,9 @@ def main() -> None:
             node.send_signal(signal.SIGTERM)
             node.wait(timeout=120)
             pacs.stop()
+    if len(sizes) > 1:
+        print_sizes(sizes, studies, latencies)
+        return
     latency = latencies[0]
     baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
@@ -171,6 +183,22 @@ def main() -> None:
         f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {processes} worker and pool processes "
         f"together {below_peak:.0f} MB at most at one time (sampled every 50 ms)"
     )
+
+
+def print_sizes(sizes: list[int], studies: list[list[Dataset]], latencies: list[float]) -> None:
+    """Each size's latencies, its warm median against its in-process baseline, and the ratio of the
+    largest size's warm median to the smallest's."""
+    medians = {}
+    for size in sizes:
+        mine = [latency for study, latency in zip(studies, latencies, strict=True) if len(study) == size]
+        warm = sorted(mine[1:]) or mine
+        medians[size] = warm[len(warm) // 2]
+        baseline = in_process_baseline(next(study for study in studies if len(study) == size))
+        print(
+            f"{size} image(s): latencies {', '.join(f'{v:.2f}' for v in mine)} s; warm median {medians[size]:.2f} s; "
+            f"baseline (pipeline + encoders in one process) {baseline:.2f} s; ratio {medians[size] / baseline:.2f}"
+        )
+    print(f"ratio {max(sizes)} images / {min(sizes)} (warm medians): {medians[max(sizes)] / medians[min(sizes)]:.2f}")
 
 
 if __name__ == "__main__":
