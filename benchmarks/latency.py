@@ -158,15 +158,20 @@ def main() -> None:
             node.send_signal(signal.SIGTERM)
             node.wait(timeout=120)
             pacs.stop()
-    if len(sizes) > 1:
-        print_sizes(sizes, studies, latencies)
-        return
-    latency = latencies[0]
-    baseline = in_process_baseline(study)
     main_peak = peaks.get(node.pid, 0.0)
     worker_peak = max((v for pid, v in peaks.items() if pid in workers), default=0.0)
     pool_peaks = sorted((v for pid, v in peaks.items() if pid != node.pid and pid not in workers), reverse=True)
-    processes = len(peaks) - 1
+    memory = (
+        f"peak memory: receiver process {main_peak:.0f} MB; worker process {worker_peak:.0f} MB; image-pool processes "
+        f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {len(peaks) - 1} worker and pool processes "
+        f"together {below_peak:.0f} MB at most at one time (sampled every 50 ms)"
+    )
+    if len(sizes) > 1:
+        print_sizes(sizes, studies, latencies)
+        print(memory)
+        return
+    latency = latencies[0]
+    baseline = in_process_baseline(study)
     print(f"study: {len(study)} x CR 1841x1955 (JPEG 2000), sent in {sent_in[0]:.2f} s")
     print(f"results received: {len(pacs.received)} for {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
     print(f"latency (last instance -> last result, minus settle {args.settle:g} s): {latency:.2f} s")
@@ -178,11 +183,7 @@ def main() -> None:
             f"later studies, one after the other (the worker warm): {', '.join(f'{v:.2f}' for v in later)} s; "
             f"median {sorted(later)[len(later) // 2]:.2f} s, ratio {sorted(later)[len(later) // 2] / baseline:.2f}"
         )
-    print(
-        f"peak memory: receiver process {main_peak:.0f} MB; worker process {worker_peak:.0f} MB; image-pool processes "
-        f"{', '.join(f'{v:.0f}' for v in pool_peaks) or 'none'} MB; the {processes} worker and pool processes "
-        f"together {below_peak:.0f} MB at most at one time (sampled every 50 ms)"
-    )
+    print(memory)
 
 
 def print_sizes(sizes: list[int], studies: list[list[Dataset]], latencies: list[float]) -> None:

@@ -83,9 +83,7 @@ def test_results_are_delivered(tmp_path: Path, pacs: PacsScp) -> None:
     assert sorted(ds.Modality for ds in pacs.received) == ["CT", "MR"]
 
 
-def test_objects_are_sent_with_nagles_algorithm_off(
-    tmp_path: Path, pacs: PacsScp, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_objects_are_sent_with_nagles_algorithm_off(pacs: PacsScp, monkeypatch: pytest.MonkeyPatch) -> None:
     """With it on, the last small PDU of each C-STORE waits for the peer's delayed ACK (up to 40 ms)."""
     seen: list[int] = []
     send_c_store = Association.send_c_store
