@@ -90,6 +90,12 @@ def main() -> None:
         help="studies (of each size) sent one after the other; the later ones show a warm worker",
     )
     parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=0.1,
+        help="[worker] and [delivery] poll_seconds (the node's default: 0.25)",
+    )
     parser.add_argument("--config-extra", default="", help="TOML appended to the generated config")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds between start and sending")
     parser.add_argument(
@@ -114,7 +120,8 @@ def main() -> None:
         config = Path(folder) / "config.toml"
         config.write_text(
             f"[node]\nport={port}\nstorage_dir='store'\n[study]\nsettle_seconds={args.settle}\n"
-            f"[delivery]\npoll_seconds=0.1\n[worker]\npoll_seconds=0.1\nimage_processes={args.image_processes}\n"
+            f"[delivery]\npoll_seconds={args.poll_seconds}\n[worker]\npoll_seconds={args.poll_seconds}\n"
+            f"image_processes={args.image_processes}\n"
             f"[[destinations]]\nae_title='PACS'\nhost='127.0.0.1'\nport={pacs.port}\n{args.config_extra}\n",
             encoding="utf-8",
         )

@@ -13,6 +13,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from miemss_node.config import Config
+from miemss_node.doorbell import Bell, Doorbells
 from miemss_node.encode.templates import load_templates
 from miemss_node.errors import ConfigError
 from miemss_node.images import job_model_settings, resolve_image_processes
@@ -51,9 +52,11 @@ class Node:
         worker_count: int | None = None,
         worker_processes: bool | None = None,
         machine_workers: int | None = None,
+        doorbells: Doorbells | None = None,
     ) -> None:
         """``machine_workers`` is how many jobs run at once on this machine (default: this node's
-        workers), so that each job's image pool takes its share of the cores."""
+        workers), so that each job's image pool takes its share of the cores. ``doorbells`` are those
+        of the node that started this one's process (a worker process); by default its own."""
         self.config = config
         self.with_receiver = with_receiver
         self.worker_count = config.worker.count if worker_count is None else worker_count
@@ -67,6 +70,10 @@ class Node:
         self.http: HttpServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        if doorbells is None:
+            spawns_workers = bool(self.worker_processes and self.worker_count)
+            doorbells = Doorbells.between_processes() if spawns_workers else Doorbells.in_process()
+        self.doorbells = doorbells
 
     @property
     def port(self) -> int:
@@ -102,7 +109,7 @@ class Node:
             )
             self.server = self._start_receiver(store)
             settler = Settler(self.sessions, self.config.study, self.config.worker)
-            self._spawn("settler", settler.run_once, settler.idle_seconds)
+            self._spawn("settler", settler.run_once, settler.idle_seconds, rings=self.doorbells.jobs)
             self._start_senders()
             janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
             self._spawn("retention", janitor.run_once, 600.0)
@@ -121,9 +128,15 @@ class Node:
                 models,
                 image_processes=image_processes,
                 worker_processes=self.machine_workers,
+                results_bell=self.doorbells.results,
             )
             self._workers.append(worker)
-            self._spawn(f"worker-{index}", self._warmed(worker), self.config.worker.poll_seconds)
+            self._spawn(
+                f"worker-{index}",
+                self._warmed(worker),
+                self.config.worker.poll_seconds,
+                wakes=self.doorbells.jobs,
+            )
 
     @staticmethod
     def _warmed(worker: Worker) -> Callable[[], int]:
@@ -148,7 +161,9 @@ class Node:
             return start_receiver(node, store, context)
         except OSError as exc:
             raise ConfigError(
-                [f"[node] cannot listen on {node.host}:{node.port} ({exc.strerror or exc}); is another node running there?"]
+                [
+                    f"[node] cannot listen on {node.host}:{node.port} ({exc.strerror or exc}); is another node running there?"
+                ]
             ) from exc
 
     def _start_senders(self) -> None:
@@ -162,7 +177,12 @@ class Node:
                 self.config.node.ae_title,
                 tls=self.config.tls,
             )
-            self._spawn(f"sender-{destination.name}", sender.run_once, self.config.delivery.poll_seconds)
+            self._spawn(
+                f"sender-{destination.name}",
+                sender.run_once,
+                self.config.delivery.poll_seconds,
+                wakes=self.doorbells.results,
+            )
         destinations = self.config.destinations
         self._spawn(
             "sender-unconfigured",
@@ -173,7 +193,7 @@ class Node:
     def _start_child(self, index: int) -> BaseProcess:
         child = multiprocessing.get_context("spawn").Process(
             target=run_worker_process,
-            args=(self.config, 1, os.getpid(), self.worker_count),
+            args=(self.config, 1, os.getpid(), self.worker_count, self.doorbells),
             name=f"miemss-worker-{index}",
         )
         child.start()
@@ -224,29 +244,53 @@ class Node:
         """None when the storage disk has at least ``min_free_disk_mb`` free, else what is wrong."""
         return disk_problem(self.config.node.storage_dir, self.config.node.min_free_disk_mb * 2**20)
 
-    def _spawn(self, name: str, step: Callable[[], int], idle_seconds: float | Callable[[], float]) -> None:
-        thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds), name=name, daemon=True)
+    def _spawn(
+        self,
+        name: str,
+        step: Callable[[], int],
+        idle_seconds: float | Callable[[], float],
+        *,
+        wakes: Bell | None = None,
+        rings: Bell | None = None,
+    ) -> None:
+        thread = threading.Thread(
+            target=self._loop, args=(name, step, idle_seconds, wakes, rings), name=name, daemon=True
+        )
         thread.start()
         self._threads.append(thread)
 
-    def _loop(self, name: str, step: Callable[[], int], idle_seconds: float | Callable[[], float]) -> None:
+    def _loop(
+        self,
+        name: str,
+        step: Callable[[], int],
+        idle_seconds: float | Callable[[], float],
+        wakes: Bell | None,
+        rings: Bell | None,
+    ) -> None:
         """Call ``step`` until stopped, pausing when it found nothing to do or failed.
 
         ``idle_seconds`` is the pause, or a function that says it (the settler's: until the next
-        study is due); when that function fails, the loop pauses a second.
+        study is due); when that function fails, the loop pauses a second. A pass that did something
+        rings ``rings``; ``wakes`` ends a pause early (:mod:`~miemss_node.doorbell`).
         """
         while not self._stop.is_set():
+            if wakes is not None:
+                wakes.clear()  # before the pass: a ring during it makes the next pause end at once
             try:
                 busy = step()
             except Exception:  # noqa: BLE001 - a loop must survive a database outage and retry
                 logger.exception("%s pass failed; retrying", name, extra={"action": "node.loop_error", "loop": name})
                 busy = 0
+            if busy and rings is not None:
+                rings.set()
             if not busy:
-                self._stop.wait(_pause(idle_seconds))
+                (wakes or self._stop).wait(_pause(idle_seconds))
 
     def request_stop(self) -> None:
-        """Ask the node to stop (safe from a signal handler); ``wait()`` then returns."""
+        """Ask the node to stop; ``wait()`` then returns. Not from a signal handler: it rings the
+        doorbells, which take locks."""
         self._stop.set()
+        self.doorbells.ring_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``stop()`` is called (or the timeout passes); True when stopped."""
@@ -255,6 +299,7 @@ class Node:
     def stop(self) -> None:
         """Stop receiving, let the current job step finish, and release the database."""
         self._stop.set()
+        self.doorbells.ring_all()
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -279,7 +324,9 @@ class Node:
         logger.info("node stopped", extra={"action": "node.stopped"})
 
 
-def run_worker_process(config: Config, worker_count: int, parent_pid: int, siblings: int = 1) -> None:
+def run_worker_process(
+    config: Config, worker_count: int, parent_pid: int, siblings: int = 1, doorbells: Doorbells | None = None
+) -> None:
     """Entry point of a worker child process: run ``worker_count`` workers until SIGTERM.
 
     The child also stops when its parent dies (even by SIGKILL), so no orphan keeps claiming jobs.
@@ -293,7 +340,12 @@ def run_worker_process(config: Config, worker_count: int, parent_pid: int, sibli
     configure_logging(config.logging.level, log_format=config.logging.format)
     threadpool_limits(limits=max(1, (os.cpu_count() or 1) // max(1, siblings)))
     node = Node(
-        config, with_receiver=False, worker_count=worker_count, worker_processes=False, machine_workers=siblings
+        config,
+        with_receiver=False,
+        worker_count=worker_count,
+        worker_processes=False,
+        machine_workers=siblings,
+        doorbells=doorbells,
     )
     received: list[int] = []
     # Only note the signal (no locks in a handler); the loop below stops the node.

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import DEFAULT_RESULT_TYPES, Config, Destination
+from miemss_node.doorbell import Bell
 from miemss_node.encode.context import PredecessorDocument, Verification
 from miemss_node.encode.ko import key_image_index
 from miemss_node.encode.overlay import remember_overlay
@@ -100,11 +101,14 @@ class Worker:
         *,
         image_processes: int = 1,
         worker_processes: int = 1,
+        results_bell: Bell | None = None,
     ) -> None:
         """``image_processes`` > 1 analyses a job's images in that many processes of their own, which
         load the ViT and chest models themselves (see :mod:`~miemss_node.images`); ``models`` then
         needs only the BLIP. ``worker_processes`` jobs run at once on the machine and share its cores.
+        ``results_bell`` is rung as soon as a job's results are recorded (:mod:`~miemss_node.doorbell`).
         """
+        self.results_bell = results_bell
         self.sessions = sessions
         self.config = config
         #: Loaded once per worker process (see ``Node.start``) and shared by its worker threads.
@@ -185,6 +189,8 @@ class Worker:
                 self._fail(job, exc, extra)
                 return 1
         self._finish(job, results, extra, started, timings=timings, plan=plan, findings=findings)
+        if self.results_bell is not None:
+            self.results_bell.set()  # the senders start now, not after the thumbnails or at their next poll
         # After the results are recorded, so the sender starts while the dashboard's pictures are
         # drawn (0.1-0.2 s of a 2k film's latency); they are not part of what is delivered.
         self._write_thumbnails(job, study_uid, work)
@@ -354,7 +360,10 @@ class Worker:
                 raise OutOfSpaceError(f"the storage disk is full writing {relative}; the job waits") from exc
             raise
         return repository.ResultRecord(
-            kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID), path=relative.as_posix()
+            kind=kind,
+            sop_class_uid=str(ds.SOPClassUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            path=relative.as_posix(),
         )
 
     def _finish(
@@ -401,7 +410,9 @@ class Worker:
                 repository.record_stage_durations(session, job_id=job.id, durations=timings, now=utcnow())
         seconds = time.perf_counter() - started
         if not recorded:
-            logger.warning("job %d lost its lease before finishing", job.id, extra={"action": "job.lease_lost", **extra})
+            logger.warning(
+                "job %d lost its lease before finishing", job.id, extra={"action": "job.lease_lost", **extra}
+            )
             return
         logger.info(
             "job %d encoded %d result(s) in %.2f s%s",
@@ -427,7 +438,9 @@ class Worker:
                 now=utcnow(),
             )
         if state is None:
-            logger.warning("job %d lost its lease before failing: %s", job.id, error, extra={"action": "job.lease_lost", **extra})
+            logger.warning(
+                "job %d lost its lease before failing: %s", job.id, error, extra={"action": "job.lease_lost", **extra}
+            )
         elif state is JobState.FAILED:
             logger.error(
                 "job %d attempt %d failed for good: %s",
@@ -454,7 +467,9 @@ def job_key(study_uid: str, version: int) -> str:
     return f"{study_uid}/{version}"
 
 
-def predecessor_document(study_uid: str, version: int, sop_class_uid: str, sop_instance_uid: str) -> PredecessorDocument:
+def predecessor_document(
+    study_uid: str, version: int, sop_class_uid: str, sop_instance_uid: str
+) -> PredecessorDocument:
     """The SR that version ``version`` of a study's results sent (its series UID is derived from the job)."""
     return PredecessorDocument(
         study_instance_uid=study_uid,
