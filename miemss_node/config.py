@@ -96,8 +96,9 @@ class WorkerSettings:
     count: int = 1
     #: Run the workers in a child process, so processing never slows receiving.
     processes: bool = True
-    #: How often an idle worker looks for a job: one indexed query each time, and on average half of it
-    #: is added to a study's latency.
+    #: How often an idle worker looks for a job (one indexed query). A study settled by this node's
+    #: settler wakes its workers at once (:mod:`~miemss_node.doorbell`); the poll finds the rest
+    #: (retries falling due, reviews, studies settled by another host), adding half of it on average.
     poll_seconds: float = 0.25
     #: A running job whose lease is not renewed for this long is run again by another worker.
     lease_seconds: float = 60.0
@@ -131,7 +132,8 @@ class DeliverySettings:
     max_attempts: int = 10
     backoff_seconds: float = 10.0
     max_backoff_seconds: float = 600.0
-    #: How often the sender looks for due deliveries (one indexed query; half of it is added to latency).
+    #: How often the sender looks for due deliveries (one indexed query). A worker of this node wakes
+    #: the senders as soon as its results are recorded; the poll finds retries and other hosts' results.
     poll_seconds: float = 0.25
     timeout_seconds: float = 30.0
     #: A delivery still failing this many hours after it was queued gives up (``resend`` retries).
