@@ -5,7 +5,8 @@ senders when it has finished one. Every loop still polls (``[worker]`` and ``[de
 poll_seconds``): a bell is a shortcut only, and work made elsewhere (by a worker on another host, a
 review on the dashboard, a retry falling due) is found by the poll as before. Without bells, each of
 the two hand-overs added half a poll to a study's latency on average: about 0.25 s with the default
-0.25 s polls.
+0.25 s polls. Loops that share a bell (one sender per destination) may miss a ring rung just as
+another of them starts a pass; they then find the work at their poll, as before.
 
 Between ``serve`` and its worker processes the bells are multiprocessing events; within one process
 they are threading events, so a node without worker processes makes no semaphores.

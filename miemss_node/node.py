@@ -161,9 +161,7 @@ class Node:
             return start_receiver(node, store, context)
         except OSError as exc:
             raise ConfigError(
-                [
-                    f"[node] cannot listen on {node.host}:{node.port} ({exc.strerror or exc}); is another node running there?"
-                ]
+                [f"[node] cannot listen on {node.host}:{node.port} ({exc.strerror or exc}); is another node running there?"]
             ) from exc
 
     def _start_senders(self) -> None:
