@@ -108,8 +108,8 @@ class Node:
                 max_instance_bytes=self.config.node.max_instance_mb * 2**20,
             )
             self.server = self._start_receiver(store)
-            settler = Settler(self.sessions, self.config.study, self.config.worker)
-            self._spawn("settler", settler.run_once, settler.idle_seconds, rings=self.doorbells.jobs)
+            settler = Settler(self.sessions, self.config.study, self.config.worker, jobs_bell=self.doorbells.jobs)
+            self._spawn("settler", settler.run_once, settler.idle_seconds)
             self._start_senders()
             janitor = Janitor(self.sessions, self.config.node.storage_dir, self.config.study.retention_days)
             self._spawn("retention", janitor.run_once, 600.0)
@@ -249,11 +249,8 @@ class Node:
         idle_seconds: float | Callable[[], float],
         *,
         wakes: Bell | None = None,
-        rings: Bell | None = None,
     ) -> None:
-        thread = threading.Thread(
-            target=self._loop, args=(name, step, idle_seconds, wakes, rings), name=name, daemon=True
-        )
+        thread = threading.Thread(target=self._loop, args=(name, step, idle_seconds, wakes), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
@@ -263,13 +260,12 @@ class Node:
         step: Callable[[], int],
         idle_seconds: float | Callable[[], float],
         wakes: Bell | None,
-        rings: Bell | None,
     ) -> None:
         """Call ``step`` until stopped, pausing when it found nothing to do or failed.
 
         ``idle_seconds`` is the pause, or a function that says it (the settler's: until the next
-        study is due); when that function fails, the loop pauses a second. A pass that did something
-        rings ``rings``; ``wakes`` ends a pause early (:mod:`~miemss_node.doorbell`).
+        study is due); when that function fails, the loop pauses a second. ``wakes`` ends a pause
+        early (:mod:`~miemss_node.doorbell`).
         """
         while not self._stop.is_set():
             if wakes is not None:
@@ -279,8 +275,6 @@ class Node:
             except Exception:  # noqa: BLE001 - a loop must survive a database outage and retry
                 logger.exception("%s pass failed; retrying", name, extra={"action": "node.loop_error", "loop": name})
                 busy = 0
-            if busy and rings is not None:
-                rings.set()
             if not busy:
                 (wakes or self._stop).wait(_pause(idle_seconds))
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import StudySettings, WorkerSettings
+from miemss_node.doorbell import Bell
 from miemss_node.queue import repository
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,17 @@ MIN_PAUSE_SECONDS = 0.01
 class Settler:
     """Queues jobs for quiet studies and re-queues jobs whose worker lost its lease."""
 
-    def __init__(self, sessions: sessionmaker[Session], study: StudySettings, worker: WorkerSettings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        study: StudySettings,
+        worker: WorkerSettings,
+        *,
+        jobs_bell: Bell | None = None,
+    ) -> None:
+        """``jobs_bell`` is rung when a pass queued or reclaimed a job (:mod:`~miemss_node.doorbell`)."""
         self.sessions = sessions
+        self.jobs_bell = jobs_bell
         self.study = study
         self.worker = worker
         #: The longest pause between passes: a quarter of the settle time, 50 ms to 1 s.
@@ -72,4 +82,7 @@ class Settler:
                 version,
                 extra={"action": "job.queued", "job_id": job_id, "study_uid": study_uid},
             )
-        return len(reclaimed) + len(queued)
+        touched = len(reclaimed) + len(queued)
+        if touched and self.jobs_bell is not None:
+            self.jobs_bell.set()
+        return touched
