@@ -30,6 +30,7 @@ from miemss_node.receive import status as receive_status
 from miemss_node.receive.scp import CONNECTIONS_PER_ASSOCIATION, build_receiver_ae
 from miemss_node.result_kinds import RESULT_KINDS
 from miemss_node.send import (
+    COMPRESSED_RESULT_SYNTAXES,
     PROPOSED_TRANSFER_SYNTAXES,
     STATUS_SOP_CLASS_NOT_SUPPORTED,
     STATUS_SUCCESS,
@@ -346,10 +347,15 @@ def _sender(config: Config) -> list[str]:
                 for kind in RESULT_TYPES
             ],
         ),
-        "Each SOP class is proposed in its own presentation context with these transfer syntaxes "
-        "(results are written uncompressed):",
+        "Each SOP class is proposed in its own presentation context with these transfer syntaxes:",
         "",
         *_table(["Transfer syntax", "UID"], [[_uid_name(s), f"`{s}`"] for s in PROPOSED_TRANSFER_SYNTAXES]),
+        "Results are written uncompressed, except a Segmentation whose frames are FRACTIONAL (1-bit "
+        "frames that would not fill whole bytes), which is written RLE Lossless. Its SOP class is then also "
+        "proposed in a presentation context of that transfer syntax alone; a destination that does not "
+        "accept it there gets the object decompressed, in one of the syntaxes above.",
+        "",
+        *_table(["Compressed transfer syntax", "UID"], [[_uid_name(s), f"`{s}`"] for s in COMPRESSED_RESULT_SYNTAXES]),
         "### 4.3 C-STORE response handling",
         "",
         "Sending stops at the first object not delivered; the whole delivery is then retried or failed.",

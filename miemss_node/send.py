@@ -10,14 +10,14 @@ import enum
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, Association
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,8 +38,12 @@ STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 """Refused: the destination does not store this SOP class."""
 
 PROPOSED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-"""What we propose for every result class: our objects are written uncompressed (the conformance
-statement lists these)."""
+"""What we propose for every result class (the conformance statement lists these)."""
+
+COMPRESSED_RESULT_SYNTAXES = (RLELossless,)
+"""Transfer syntaxes some results are written in (a FRACTIONAL SEG, :func:`~miemss_node.encode.seg.compress_fractional`):
+each is proposed in a context of its own, and an object is decompressed for a destination that does not
+accept it."""
 
 
 class SendOutcome(enum.Enum):
@@ -97,8 +101,7 @@ def send_files(
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
+    _request_contexts(ae, datasets)
     tls_args = (ssl_context, destination.host) if ssl_context is not None else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -106,7 +109,7 @@ def send_files(
     send_at_once(assoc)
     try:
         for index, ds in enumerate(datasets):
-            report = _store_one(assoc.send_c_store(ds), ds, destination)
+            report = _store_one(assoc.send_c_store(in_accepted_syntax(assoc, ds)), ds, destination)
             if report is not None:
                 return report
             if on_stored is not None and not on_stored(index):
@@ -115,6 +118,43 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
+
+
+def _request_contexts(ae: AE, datasets: Sequence[Dataset]) -> None:
+    """Propose each SOP class uncompressed, and also in a context of each compressed syntax its objects have.
+
+    A context of its own, so that a destination which decodes RLE but would rather take objects
+    uncompressed cannot pick the uncompressed syntax out of one shared context.
+    """
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
+        ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
+    compressed = {
+        (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        for ds in datasets
+        if ds.file_meta.TransferSyntaxUID in COMPRESSED_RESULT_SYNTAXES
+    }
+    for sop_class, syntax in sorted(compressed):
+        ae.add_requested_context(sop_class, [syntax])
+
+
+def in_accepted_syntax(assoc: Association, ds: Dataset) -> Dataset:
+    """``ds`` as the destination accepted its SOP class: decompressed when it accepted it only uncompressed."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if not syntax.is_compressed:
+        return ds
+    accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
+    if (str(ds.SOPClassUID), str(syntax)) in accepted:
+        return ds
+    # The same instance in another (lossless) transfer syntax: pydicom would give it a new UID, which the
+    # SR's references and a retry's exactly-once bookkeeping would then miss.
+    ds.decompress(generate_instance_uid=False)
+    logger.info(
+        "%s sent decompressed: the destination did not accept %s for it",
+        ds.SOPInstanceUID,
+        syntax.name,
+        extra={"action": "send.decompressed", "sop_instance_uid": str(ds.SOPInstanceUID)},
+    )
+    return ds
 
 
 def send_at_once(assoc: Association) -> None:

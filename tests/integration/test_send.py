@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import Association
 from sqlalchemy.orm import Session, sessionmaker
 
 from miemss_node.clock import utcnow
 from miemss_node.config import DeliverySettings, Destination
+from miemss_node.encode import EncodeContext, encode_study
 from miemss_node.queue import repository
 from miemss_node.queue.db import create_database_engine, session_factory
 from miemss_node.queue.models import Delivery, DeliveryState, Job, JobState
 from miemss_node.send import Sender, SendOutcome, classify_status, refuse_unconfigured_deliveries, send_files
 from tests.conftest import pacs_destination
-from tests.support.net import free_port
+from tests.support.analysis_factory import make_analysis, make_report, read_source
+from tests.support.net import free_port, wait_for_port
 from tests.support.peers import PacsScp
+from tests.support.tools import tool
 
 FAST = DeliverySettings(max_attempts=3, backoff_seconds=0.0, poll_seconds=0.1, timeout_seconds=5.0)
 
@@ -97,6 +104,54 @@ def test_objects_are_sent_with_nagles_algorithm_off(pacs: PacsScp, monkeypatch: 
     report = send_files(paths, pacs_destination(pacs), calling_aet="MIEMSS", timeout_seconds=5.0)
     assert report.outcome is SendOutcome.DELIVERED
     assert len(seen) == 2 and all(seen)
+
+
+@pytest.fixture(scope="module")
+def fractional_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SEG as the node writes it for a film of 1955 x 1841 pixels (pydicom-data's chest CR), two regions:
+    FRACTIONAL, since 1-bit frames would not fill whole bytes, and so RLE Lossless."""
+    source = read_source(Path(get_testdata_file("RG1_J2KI.dcm")))
+    analyses = [make_analysis(source, n_regions=2)]
+    context = EncodeContext(job_key="send/fractional-seg", kinds=frozenset({"SEG"}))
+    (seg,) = [r for r in encode_study([source], analyses, make_report(analyses), context) if r.kind == "SEG"]
+    path = tmp_path_factory.mktemp("seg") / "seg.dcm"
+    seg.dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_fractional_seg_is_sent_rle_compressed_to_a_destination_that_accepts_it(
+    pacs: PacsScp, fractional_seg: Path
+) -> None:
+    written = dcmread(fractional_seg)
+    assert written.file_meta.TransferSyntaxUID == RLELossless and written.SegmentationType == "FRACTIONAL"
+    report = send_files([fractional_seg], pacs_destination(pacs), calling_aet="MIEMSS", timeout_seconds=10.0)
+    assert report.outcome is SendOutcome.DELIVERED
+    (stored,) = pacs.received
+    assert stored.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(stored.pixel_array, written.pixel_array) and written.pixel_array.any()
+
+
+def test_a_destination_that_takes_no_rle_gets_the_seg_decompressed(tmp_path: Path, fractional_seg: Path) -> None:
+    """dcmtk's storescp accepts only uncompressed transfer syntaxes unless told otherwise."""
+    storescp = tool("storescp", "dcmtk")
+    port = free_port()
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen([storescp, "-aet", "PACS", "-od", str(received), str(port)])
+    try:
+        wait_for_port(port, process=pacs)
+        destination = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port)
+        report = send_files([fractional_seg], destination, calling_aet="MIEMSS", timeout_seconds=10.0)
+    finally:
+        pacs.terminate()
+        pacs.wait(timeout=10)
+    assert report.outcome is SendOutcome.DELIVERED
+    (stored_file,) = received.iterdir()
+    stored = dcmread(stored_file)
+    assert stored.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    written = dcmread(fractional_seg)
+    assert np.array_equal(stored.pixel_array, written.pixel_array) and written.pixel_array.any()
+    assert stored.SOPInstanceUID == written.SOPInstanceUID
 
 
 def test_destination_down_is_retried_until_it_comes_up(tmp_path: Path) -> None:
