@@ -119,6 +119,15 @@ def fractional_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_dcmtks_rle_decoder_reads_the_fractional_seg_as_written(fractional_seg: Path, tmp_path: Path) -> None:
+    """An RLE decoder that is not the one the node decompresses with: dcmtk's ``dcmdrle``."""
+    decoded = tmp_path / "decoded.dcm"
+    subprocess.run([tool("dcmdrle", "dcmtk"), str(fractional_seg), str(decoded)], check=True, timeout=60)
+    written = dcmread(fractional_seg)
+    assert dcmread(decoded).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(dcmread(decoded).pixel_array, written.pixel_array) and written.pixel_array.any()
+
+
 def test_a_fractional_seg_is_sent_rle_compressed_to_a_destination_that_accepts_it(
     pacs: PacsScp, fractional_seg: Path
 ) -> None:
