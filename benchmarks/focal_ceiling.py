@@ -23,11 +23,15 @@ best candidates, as the evaluation keeps 8 round densities) for:
   covariance from the reference's normal films, the template that whitens it), its statistic
   normalised by its local spread as the blob detector's is, peaks as candidates, ranked by it alone.
   Its share is compared with the blob detector's strength alone.
-* **other candidate maps**: is a better map the missing measurement? The strongest peaks of three more
+* **other candidate maps**: is a better map the missing measurement? The strongest peaks of four more
   blob maps at the detector's radii, ranked by the map alone, as the Hotelling statistic is: the
   Laplacian of Gaussian over the lungs' spread (not its local spread, as the detector's), the determinant
   of the Hessian where both curvatures say "bright blob", and the Hessian's smaller eigenvalue there (a
-  ridge such as a rib or a vessel has one curvature near 0, so only a blob answers).
+  ridge such as a rib or a vessel has one curvature near 0, so only a blob answers); and contralateral
+  subtraction, since ribs and vessels come in left-right pairs and a nodule does not: the film's
+  band-passed detail minus its mirror image across the midline, each place matched to the mirror's best
+  fitting shift (within 8 mm, over a 30 mm window), then the detector's Laplacian of Gaussian over its
+  local spread.
 
 Run ``python benchmarks/focal_ceiling.py --data-root ../shared/data`` (about 5 minutes).
 """
@@ -55,7 +59,13 @@ BLOB_MAPS = {
     "log_lungs": "LoG over the lungs' spread alone",
     "hessian_determinant": "determinant of the Hessian alone",
     "hessian_smaller": "smaller Hessian eigenvalue alone",
+    "contralateral": "contralateral subtraction alone",
 }
+#: Contralateral subtraction: the band-pass (background removed at this scale), the window over which a
+#: place is matched to the mirror image, and how far the match may shift.
+CONTRALATERAL_BACKGROUND_MM = 12.0
+CONTRALATERAL_WINDOW_MM = 30.0
+CONTRALATERAL_SEARCH_MM = 8.0
 
 
 @dataclass
@@ -177,7 +187,9 @@ def _measure(
             at_candidates = [float(best[int(c.row), int(c.col)]) for c in measured.candidates]
             values["with_hotelling"] = np.column_stack([values["shipped_features"], at_candidates])
             hotelling_runs.append(_peak_run(runs[-1], "hotelling", best, labels, scale, allowed, mm))
-            for key, value in blob_maps(detail, mm, allowed).items():
+            anatomy = measured.anatomy
+            midline = (anatomy.midline_col or anatomy.shape[1] / 2) * detail.shape[1] / anatomy.shape[1]
+            for key, value in blob_maps(detail, mm, allowed, midline).items():
                 map_runs[key].append(_peak_run(runs[-1], key, value, labels, scale, allowed, mm))
         print(f"  {film.file}: {len(copies)} runs", flush=True)
     return runs, hotelling_runs, map_runs
@@ -295,9 +307,10 @@ def strongest_peaks(value: np.ndarray, allowed: np.ndarray, mm: float) -> list[t
     return [(int(r), int(c), float(value[r, c])) for r, c in found if allowed[r, c]]
 
 
-def blob_maps(detail: np.ndarray, mm: float, allowed: np.ndarray) -> dict[str, np.ndarray]:
-    """The maps of :data:`BLOB_MAPS` over a detail image, each over its robust spread in ``allowed`` and the
-    largest over the blob detector's radii."""
+def blob_maps(detail: np.ndarray, mm: float, allowed: np.ndarray, midline: float) -> dict[str, np.ndarray]:
+    """The maps of :data:`BLOB_MAPS` over a detail image, each the largest over the blob detector's radii:
+    over its robust spread in ``allowed``, the contralateral one over its local spread, as the detector's;
+    ``midline`` is a column of the detail image."""
     from scipy import ndimage
 
     from miemss_node.pipeline.focal import RADII_MM, _normalised, scale_responses
@@ -320,7 +333,31 @@ def blob_maps(detail: np.ndarray, mm: float, allowed: np.ndarray) -> dict[str, n
         for key, value in maps.items():
             # Over the lungs' robust spread (the second of the detector's two normalisations).
             per_key[key].append(_normalised(value.astype(np.float32), allowed, sigma)[1])
+    difference = contralateral_difference(detail, mm, midline)
+    for radius_mm, response in zip(RADII_MM, scale_responses(difference, mm), strict=True):
+        per_key["contralateral"].append(_normalised(response, allowed, radius_mm / np.sqrt(2.0) / mm)[0])
     return {key: np.max(np.stack(maps), axis=0) for key, maps in per_key.items()}
+
+
+def contralateral_difference(detail: np.ndarray, mm: float, midline: float) -> np.ndarray:
+    """The band-passed detail minus its mirror image across ``midline`` (a column), each place matched to
+    the shift of the mirror image that fits its surroundings best."""
+    from scipy import ndimage
+
+    image = detail.astype(np.float32)
+    band = image - ndimage.gaussian_filter(image, CONTRALATERAL_BACKGROUND_MM / mm)
+    columns = np.clip(np.rint(2 * midline - np.arange(band.shape[1])).astype(int), 0, band.shape[1] - 1)
+    mirror = band[:, columns]
+    window, search = max(3, round(CONTRALATERAL_WINDOW_MM / mm)), round(CONTRALATERAL_SEARCH_MM / mm)
+    best_misfit = np.full(band.shape, np.inf, dtype=np.float32)
+    matched = np.zeros_like(band)
+    for dr in range(-search, search + 1):
+        for dc in range(-search, search + 1):
+            shifted = np.roll(mirror, (dr, dc), axis=(0, 1))
+            misfit = ndimage.uniform_filter((band - shifted) ** 2, window)
+            better = misfit < best_misfit
+            best_misfit[better], matched[better] = misfit[better], shifted[better]
+    return band - matched
 
 
 class _HotellingObserver:
