@@ -109,7 +109,7 @@ def send_files(
     send_at_once(assoc)
     try:
         for index, ds in enumerate(datasets):
-            report = _store_one(assoc.send_c_store(in_accepted_syntax(assoc, ds)), ds, destination)
+            report = _store_one(assoc.send_c_store(_in_accepted_syntax(assoc, ds)), ds, destination)
             if report is not None:
                 return report
             if on_stored is not None and not on_stored(index):
@@ -137,7 +137,7 @@ def _request_contexts(ae: AE, datasets: Sequence[Dataset]) -> None:
         ae.add_requested_context(sop_class, [syntax])
 
 
-def in_accepted_syntax(assoc: Association, ds: Dataset) -> Dataset:
+def _in_accepted_syntax(assoc: Association, ds: Dataset) -> Dataset:
     """``ds`` as the destination accepted its SOP class: decompressed when it accepted it only uncompressed."""
     syntax = ds.file_meta.TransferSyntaxUID
     if not syntax.is_compressed:
