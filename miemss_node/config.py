@@ -158,6 +158,10 @@ class Destination:
     #: What a review destination gets when every finding is rejected: "report" (a short SR that
     #: says so) or "nothing" (see :data:`ALL_REJECTED_CHOICES`).
     all_rejected: str = "report"
+    #: Propose the compressed transfer syntax a result is written in (RLE Lossless for a FRACTIONAL
+    #: SEG); false sends every result uncompressed, for a PACS that accepts RLE but whose viewers do
+    #: not show it.
+    send_compressed: bool = True
 
 
 #: Values of a destination's ``all_rejected``.

@@ -353,7 +353,8 @@ def _sender(config: Config) -> list[str]:
         "Results are written uncompressed, except a Segmentation whose frames are FRACTIONAL (1-bit "
         "frames that would not fill whole bytes), which is written RLE Lossless. Its SOP class is then also "
         "proposed in a presentation context of that transfer syntax alone; a destination that does not "
-        "accept it there gets the object decompressed, in one of the syntaxes above.",
+        "accept it there, or whose `[[destinations]]` table says `send_compressed = false`, gets the object "
+        "decompressed, in one of the syntaxes above (same SOP Instance UID).",
         "",
         *_table(["Compressed transfer syntax", "UID"], [[_uid_name(s), f"`{s}`"] for s in COMPRESSED_RESULT_SYNTAXES]),
         "### 4.3 C-STORE response handling",

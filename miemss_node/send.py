@@ -101,7 +101,7 @@ def send_files(
     datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
-    _request_contexts(ae, datasets)
+    _request_contexts(ae, datasets, compressed=destination.send_compressed)
     tls_args = (ssl_context, destination.host) if ssl_context is not None else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -120,20 +120,23 @@ def send_files(
     return SendReport(outcome=SendOutcome.DELIVERED, status=STATUS_SUCCESS, detail=f"{len(datasets)} object(s)")
 
 
-def _request_contexts(ae: AE, datasets: Sequence[Dataset]) -> None:
-    """Propose each SOP class uncompressed, and also in a context of each compressed syntax its objects have.
+def _request_contexts(ae: AE, datasets: Sequence[Dataset], *, compressed: bool) -> None:
+    """Propose each SOP class uncompressed and, when ``compressed``, also in a context of each compressed
+    syntax its objects have.
 
     A context of its own, so that a destination which decodes RLE but would rather take objects
     uncompressed cannot pick the uncompressed syntax out of one shared context.
     """
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, list(PROPOSED_TRANSFER_SYNTAXES))
-    compressed = {
+    if not compressed:
+        return
+    written = {
         (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
         for ds in datasets
         if ds.file_meta.TransferSyntaxUID in COMPRESSED_RESULT_SYNTAXES
     }
-    for sop_class, syntax in sorted(compressed):
+    for sop_class, syntax in sorted(written):
         ae.add_requested_context(sop_class, [syntax])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,20 @@ def test_a_fractional_seg_is_sent_rle_compressed_to_a_destination_that_accepts_i
     assert report.outcome is SendOutcome.DELIVERED
     (stored,) = pacs.received
     assert stored.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(stored.pixel_array, written.pixel_array) and written.pixel_array.any()
+
+
+def test_a_destination_set_to_take_nothing_compressed_gets_the_seg_decompressed(
+    pacs: PacsScp, fractional_seg: Path
+) -> None:
+    """``send_compressed = false``: for a PACS that accepts RLE but whose viewers do not show it."""
+    destination = replace(pacs_destination(pacs), send_compressed=False)
+    report = send_files([fractional_seg], destination, calling_aet="MIEMSS", timeout_seconds=10.0)
+    assert report.outcome is SendOutcome.DELIVERED
+    (stored,) = pacs.received
+    written = dcmread(fractional_seg)
+    assert stored.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    assert stored.SOPInstanceUID == written.SOPInstanceUID
     assert np.array_equal(stored.pixel_array, written.pixel_array) and written.pixel_array.any()
 
 
