@@ -133,7 +133,7 @@ def _measure(
     from miemss_node.evaluate.lesions import insert_lesions
     from miemss_node.evaluate.real import decode_film
     from miemss_node.evaluate.zones import load_zone_file, zone_masks
-    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, mm_per_pixel
+    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, midline_column, mm_per_pixel
     from miemss_node.pipeline.chest_reference import focal_evidence, load_chest_reference, measure_for_reference
 
     reference = load_chest_reference(settings.chest_reference)  # type: ignore[attr-defined]
@@ -187,8 +187,7 @@ def _measure(
             at_candidates = [float(best[int(c.row), int(c.col)]) for c in measured.candidates]
             values["with_hotelling"] = np.column_stack([values["shipped_features"], at_candidates])
             hotelling_runs.append(_peak_run(runs[-1], "hotelling", best, labels, scale, allowed, mm))
-            anatomy = measured.anatomy
-            midline = (anatomy.midline_col or anatomy.shape[1] / 2) * detail.shape[1] / anatomy.shape[1]
+            midline = midline_column(measured.anatomy, int(detail.shape[1]))
             for key, value in blob_maps(detail, mm, allowed, midline).items():
                 map_runs[key].append(_peak_run(runs[-1], key, value, labels, scale, allowed, mm))
         print(f"  {film.file}: {len(copies)} runs", flush=True)

@@ -152,11 +152,7 @@ def measure_chest(
     density = normalised_density(smooth, anatomy.hemithoraces, anatomy.midline_col or work.shape[1] / 2, usable)
     zones = zone_masks(anatomy.hemithoraces, anatomy.zone_bottoms)
     lungs_detail = _resize_mask(anatomy.hemithoraces > 0, detail.shape)
-    midline = (
-        (anatomy.midline_col if anatomy.midline_col is not None else work.shape[1] / 2)
-        * detail.shape[1]
-        / work.shape[1]
-    )
+    midline = midline_column(anatomy, int(detail.shape[1]))
     candidates = focal_candidates(detail, lungs_detail, objects.mask | ~detail_body, detail_mm, midline_col=midline)
     candidates = _off_electrodes(candidates, enhanced, mm_per_pixel(image, enhanced.shape[0]), detail.shape)
     return ChestMeasurements(
@@ -167,6 +163,12 @@ def measure_chest(
         detail_shape=(int(detail.shape[0]), int(detail.shape[1])),
         detail_mm_per_px=detail_mm,
     )
+
+
+def midline_column(anatomy: Anatomy, width: int) -> float:
+    """The midline's column in an image of the film ``width`` pixels wide (the middle when none was found)."""
+    column = anatomy.midline_col if anatomy.midline_col is not None else anatomy.shape[1] / 2
+    return column * width / anatomy.shape[1]
 
 
 def _off_electrodes(
