@@ -12,6 +12,7 @@ pool too was tried (4 films of 2k: 2.3 s of CPU one after the other, 3.35 s in t
 difference being the images sent both ways; measured on a shared 2-core machine) and is not worth it.
 Drawing the SC's overlay is: 0.16 s a 2k film, and only its RGB pixels come back, so when the results
 include an SC or a PDF the pool's processes draw it too (``ImagePool.analyse(..., overlay)``).
+An outcome's arrays come back through a file in memory, not the pool's pipe (:mod:`miemss_node.handover`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from miemss_node import handover
 from miemss_node.config import Config, LoggingSettings, ModelSettings
 from miemss_node.errors import DecodeError, MiemssError, StageError
 from miemss_node.pipeline.base import ImageAnalysis, ModelRun, PipelineSettings
@@ -167,6 +169,9 @@ class _ChildSetup:
     #: BLAS/OpenMP (and torch intra-op) threads of the process.
     threads: int
     parent_pid: int
+    #: Where the pool's processes leave their outcomes' arrays for the job's process
+    #: (:mod:`miemss_node.handover`).
+    handover: Path
 
 
 #: The pool process's state, set once by :func:`_start_child`.
@@ -184,6 +189,7 @@ def _start_child(setup: _ChildSetup) -> None:
     threadpool_limits(limits=setup.threads)
     models = setup.models if setup.models.threads else replace(setup.models, threads=setup.threads)
     _CHILD["settings"] = setup.settings
+    _CHILD["handover"] = setup.handover
     import_deferred((*ANALYSIS_IMPORTS, *OVERLAY_IMPORTS))
     try:
         _CHILD["models"] = load_models(models)
@@ -215,16 +221,16 @@ def _child_runs() -> tuple[ModelRun, ...]:
 
 def _child_task(
     sop_instance_uid: str, path: Path, max_frames: int | None, overlay: CaptureTemplate | None
-) -> ImageOutcome:
-    models, settings = _child_models(), _CHILD["settings"]
-    assert isinstance(settings, PipelineSettings)
+) -> handover.Parcel:
+    models, settings, folder = _child_models(), _CHILD["settings"], _CHILD["handover"]
+    assert isinstance(settings, PipelineSettings) and isinstance(folder, Path)
     try:
         outcome = analyse_stored_image(sop_instance_uid, path, settings, models, max_frames)
-        if overlay is None or not outcome.analyses:
-            return outcome
-        from miemss_node.encode.overlay import render_analysis_overlay
+        if overlay is not None and outcome.analyses:
+            from miemss_node.encode.overlay import render_analysis_overlay
 
-        return replace(outcome, overlays=tuple(render_analysis_overlay(a, overlay) for a in outcome.analyses))
+            outcome = replace(outcome, overlays=tuple(render_analysis_overlay(a, overlay) for a in outcome.analyses))
+        return handover.pack(outcome, folder)
     except Exception as exc:
         # An exception that does not survive pickling would break the whole pool; send its text.
         try:
@@ -245,6 +251,7 @@ class ImagePool:
         #: Jobs running at the same time on this machine, each with its pool: they share the cores.
         self.worker_processes = worker_processes
         self._executor: ProcessPoolExecutor | None = None
+        self._handover: Path | None = None
         self._runs: tuple[ModelRun, ...] = ()
         self._lock = threading.Lock()
 
@@ -252,12 +259,15 @@ class ImagePool:
         with self._lock:
             if self._executor is None:
                 cores = os.cpu_count() or 1
+                if self._handover is None:
+                    self._handover = handover.new_folder()
                 setup = _ChildSetup(
                     settings=self.config.pipeline,
                     models=pool_model_settings(self.config.models),
                     logging=self.config.logging,
                     threads=max(1, cores // (self.processes * max(1, self.worker_processes))),
                     parent_pid=os.getpid(),
+                    handover=self._handover,
                 )
                 executor = ProcessPoolExecutor(
                     max_workers=self.processes,
@@ -303,22 +313,40 @@ class ImagePool:
             When a pool process died; the pool is started again on the next call.
         """
         executor = self._started()
-        futures: list[Future[ImageOutcome]] = []
+        futures: list[Future[handover.Parcel]] = []
         try:
             futures = [executor.submit(_child_task, uid, path, max_frames, overlay) for uid, path in instances]
-            return [future.result() for future in futures]
+            parcels = [future.result() for future in futures]
         except BrokenProcessPool as exc:
             with self._lock:
                 self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
             raise ImagePoolBroken(f"a process of the image pool died: {exc}") from exc
+        except BaseException:
+            # The images analysed before the failure leave files nobody will read.
+            for future in futures:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    handover.discard(future.result())
+            raise
         finally:
             for future in futures:  # after a failure, the images not yet started are not analysed
                 future.cancel()
+        outcomes: list[ImageOutcome] = []
+        try:
+            for parcel in parcels:
+                outcomes.append(handover.unpack(parcel))
+        except BaseException:
+            for parcel in parcels[len(outcomes) + 1 :]:
+                handover.discard(parcel)
+            raise
+        return outcomes
 
     def close(self) -> None:
         """Stop the processes (after their current task)."""
         with self._lock:
             executor, self._executor = self._executor, None
+            folder, self._handover = self._handover, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        if folder is not None:
+            handover.remove_folder(folder)

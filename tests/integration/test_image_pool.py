@@ -174,8 +174,12 @@ def test_the_pools_processes_draw_each_images_overlay_and_the_job_keeps_it(
     try:
         plain = pool.analyse([(str(dcmread(film).SOPInstanceUID), film)], None)[0]
         drawn = pool.analyse([(str(dcmread(film).SOPInstanceUID), film)], None, capture)[0]
+        folder = pool._handover
+        assert folder is not None and folder.is_dir()
+        assert list(folder.iterdir()) == [], "every outcome's arrays were read back and their file removed"
     finally:
         pool.close()
+    assert not folder.exists(), "the pool removes its handover folder when it closes"
     assert plain.overlays == ()
     assert len(drawn.analyses) == len(drawn.overlays) == 1
     analysis, overlay = drawn.analyses[0], drawn.overlays[0]
