@@ -4,7 +4,7 @@ The pool's pipe moves a result 64 KiB at a time between the two processes: a 2k 
 decoded, enhanced and heat-map pixels, its region labels and its SC overlay, 61 MB) took 0.3-0.4 s to
 cross it on a 2-core machine, more than encoding the study's results. Pickled with protocol 5 instead,
 the arrays' buffers go out of band into one file in a memory-backed folder (``/dev/shm`` where there
-is one), which the job's process reads back in one call and removes; only the rest (a few kB) crosses
+is one), which the job's process maps (no copy) and removes at once; only the rest (a few kB) crosses
 the pipe. The objects that come out are equal to those that went in.
 
 Each pool has its own folder, named after the process that made it; the pool removes it when it

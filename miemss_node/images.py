@@ -317,16 +317,16 @@ class ImagePool:
         try:
             futures = [executor.submit(_child_task, uid, path, max_frames, overlay) for uid, path in instances]
             parcels = [future.result() for future in futures]
-        except BrokenProcessPool as exc:
-            with self._lock:
-                self._executor = None
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise ImagePoolBroken(f"a process of the image pool died: {exc}") from exc
-        except BaseException:
+        except BaseException as exc:
             # The images analysed before the failure leave files nobody will read.
             for future in futures:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     handover.discard(future.result())
+            if isinstance(exc, BrokenProcessPool):
+                with self._lock:
+                    self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise ImagePoolBroken(f"a process of the image pool died: {exc}") from exc
             raise
         finally:
             for future in futures:  # after a failure, the images not yet started are not analysed
