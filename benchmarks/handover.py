@@ -26,25 +26,17 @@ if str(REPO) not in sys.path:
 
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from miemss_node import handover, images  # noqa: E402
+from miemss_node import images  # noqa: E402
 from miemss_node.config import load_config  # noqa: E402
 from miemss_node.encode.templates import CaptureTemplate, load_templates  # noqa: E402
-
-
-def outcome_through_the_pipe(
-    sop_instance_uid: str, path: Path, max_frames: int | None, overlay: CaptureTemplate | None
-) -> images.ImageOutcome:
-    """The pool process's task as it was before the handover: the outcome is returned as it is."""
-    outcome = handover.unpack(images._child_task(sop_instance_uid, path, max_frames, overlay))
-    assert isinstance(outcome, images.ImageOutcome)
-    return outcome
 
 
 def through_the_pipe(
     executor: Executor, files: list[tuple[str, Path]], capture: CaptureTemplate
 ) -> list[images.ImageOutcome]:
-    """The pool's ``analyse`` as it was: each outcome returned through the pipe."""
-    futures = [executor.submit(outcome_through_the_pipe, uid, path, None, capture) for uid, path in files]
+    """The pool's ``analyse`` as it was: each outcome returned through the pipe as it is (the pool
+    process's task without the handover)."""
+    futures = [executor.submit(images._child_outcome, uid, path, None, capture) for uid, path in files]
     return [future.result() for future in futures]
 
 

@@ -222,15 +222,10 @@ def _child_runs() -> tuple[ModelRun, ...]:
 def _child_task(
     sop_instance_uid: str, path: Path, max_frames: int | None, overlay: CaptureTemplate | None
 ) -> handover.Parcel:
-    models, settings, folder = _child_models(), _CHILD["settings"], _CHILD["handover"]
-    assert isinstance(settings, PipelineSettings) and isinstance(folder, Path)
+    folder = _CHILD["handover"]
+    assert isinstance(folder, Path)
     try:
-        outcome = analyse_stored_image(sop_instance_uid, path, settings, models, max_frames)
-        if overlay is not None and outcome.analyses:
-            from miemss_node.encode.overlay import render_analysis_overlay
-
-            outcome = replace(outcome, overlays=tuple(render_analysis_overlay(a, overlay) for a in outcome.analyses))
-        return handover.pack(outcome, folder)
+        return handover.pack(_child_outcome(sop_instance_uid, path, max_frames, overlay), folder)
     except Exception as exc:
         # An exception that does not survive pickling would break the whole pool; send its text.
         try:
@@ -238,6 +233,20 @@ def _child_task(
         except Exception:  # noqa: BLE001 - any failure to round-trip means: send the text instead
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         raise
+
+
+def _child_outcome(
+    sop_instance_uid: str, path: Path, max_frames: int | None, overlay: CaptureTemplate | None
+) -> ImageOutcome:
+    """A pool process's outcome of one instance: analysed, and its overlays drawn when asked."""
+    models, settings = _child_models(), _CHILD["settings"]
+    assert isinstance(settings, PipelineSettings)
+    outcome = analyse_stored_image(sop_instance_uid, path, settings, models, max_frames)
+    if overlay is None or not outcome.analyses:
+        return outcome
+    from miemss_node.encode.overlay import render_analysis_overlay
+
+    return replace(outcome, overlays=tuple(render_analysis_overlay(a, overlay) for a in outcome.analyses))
 
 
 class ImagePool:
