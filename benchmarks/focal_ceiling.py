@@ -39,9 +39,10 @@ Run ``python benchmarks/focal_ceiling.py --data-root ../shared/data`` (about 5 m
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,12 +83,7 @@ class Run:
 
 def main() -> None:
     """Print sensitivity at 0.5, 1 and 2 false candidates per film run, per split, contrast and ranking."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--zones", type=Path, default=REPO / "benchmarks" / "zones" / "shared_chest_films.json")
-    parser.add_argument("--config", type=Path, default=REPO / "config.toml")
-    parser.add_argument("--trials", type=int, default=6, help="copies per film and contrast")
-    args = parser.parse_args()
+    args = insertion_arguments(__doc__.splitlines()[0]).parse_args()
     from miemss_node.config import load_config
 
     settings = load_config(args.config).pipeline
@@ -115,7 +111,7 @@ def main() -> None:
                 continue
             cells = []
             for contrast in CONTRASTS:
-                shares = _sensitivities([r for r in group if r.split == split and r.contrast in (0.0, contrast)], key)
+                shares = sensitivities([r for r in group if r.split == split and r.contrast in (0.0, contrast)], key)
                 baseline.setdefault(contrast, shares[1])
                 ratio = shares[1] / baseline[contrast] if baseline[contrast] else float("nan")
                 cells.append(f"{contrast:g}: {'/'.join(f'{s:.2f}' for s in shares)} (x{ratio:.2f} at 1)")
@@ -127,13 +123,20 @@ def main() -> None:
         )
 
 
+def insertion_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of a nodule-insertion benchmark: data root, zone file, config and copies per film."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--zones", type=Path, default=REPO / "benchmarks" / "zones" / "shared_chest_films.json")
+    parser.add_argument("--config", type=Path, default=REPO / "config.toml")
+    parser.add_argument("--trials", type=int, default=6, help="copies per film and contrast")
+    return parser
+
+
 def _measure(
     args: argparse.Namespace, settings: object, hotelling: _HotellingObserver
 ) -> tuple[list[Run], list[Run], dict[str, list[Run]]]:
-    from miemss_node.evaluate.lesions import insert_lesions
-    from miemss_node.evaluate.real import decode_film
-    from miemss_node.evaluate.zones import load_zone_file, zone_masks
-    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, midline_column, mm_per_pixel
+    from miemss_node.pipeline.chest import midline_column
     from miemss_node.pipeline.chest_reference import focal_evidence, load_chest_reference, measure_for_reference
 
     reference = load_chest_reference(settings.chest_reference)  # type: ignore[attr-defined]
@@ -142,37 +145,16 @@ def _measure(
         raise SystemExit("the chest reference has no focal model")
     runs, hotelling_runs = [], []
     map_runs: dict[str, list[Run]] = {key: [] for key in BLOB_MAPS}
-    for index, film in enumerate(f for f in load_zone_file(args.zones) if f.status == "normal"):
-        image = decode_film(args.data_root / film.file, view=film.view)
-        shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
-        lungs = zone_masks(film, shape, mm_per_pixel(image, shape[0])).lung_interiors
-        spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(shape)
-        rng = np.random.default_rng([7, index])
-        copies = [(0.0, image.pixels, np.zeros(shape, dtype=np.uint16))]
-        for contrast in CONTRASTS:
-            for _ in range(args.trials):
-                pixels, labels, _ = insert_lesions(
-                    image.pixels,
-                    lungs,
-                    spacing,
-                    kind="nodule",
-                    contrast=contrast,
-                    count=2,
-                    diameter_range_mm=(10.0, 30.0),
-                    rng=rng,
-                )
-                copies.append((contrast, pixels, labels))
+    for film, image, lungs, spacing, rng in normal_films(args.data_root, args.zones):
+        copies = nodule_copies(image.pixels, lungs, spacing, rng, args.trials)
         for contrast, pixels, labels in copies:
             nodules = len(np.unique(labels)) - 1
             copy = replace(image, pixels=pixels)
             measured, enhanced = measure_for_reference(copy, settings)  # type: ignore[arg-type]
             if measured is None:
                 continue
-            scale = (shape[0] / measured.detail_shape[0], shape[1] / measured.detail_shape[1])
-            hits = []
-            for c in measured.candidates:
-                row, col, _ = c.outline or (c.row, c.col, c.radius_px)
-                hits.append(_label_at(labels, scale, (c.row, c.col)) or _label_at(labels, scale, (row, col)))
+            scale = (labels.shape[0] / measured.detail_shape[0], labels.shape[1] / measured.detail_shape[1])
+            hits = candidate_hits(measured.candidates, labels, scale)
             log_odds = np.array([model.log_odds(c) for c in measured.candidates])
             values = {
                 "evidence": np.array([focal_evidence(c, reference) for c in measured.candidates]),
@@ -194,6 +176,48 @@ def _measure(
     return runs, hotelling_runs, map_runs
 
 
+def normal_films(data_root: Path, zones: Path) -> Iterator[tuple[Any, Any, np.ndarray, float, np.random.Generator]]:
+    """Each normal film of a zone file, decoded: (film, image, its drawn lungs' interiors at its size, mm per
+    pixel, the random generator of its copies)."""
+    from miemss_node.evaluate.real import decode_film
+    from miemss_node.evaluate.zones import load_zone_file, zone_masks
+    from miemss_node.pipeline.chest import ASSUMED_FIELD_MM, mm_per_pixel
+
+    for index, film in enumerate(f for f in load_zone_file(zones) if f.status == "normal"):
+        image = decode_film(data_root / film.file, view=film.view)
+        shape = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+        lungs = zone_masks(film, shape, mm_per_pixel(image, shape[0])).lung_interiors
+        spacing = min(image.pixel_spacing_mm) if image.pixel_spacing_mm else ASSUMED_FIELD_MM / max(shape)
+        yield film, image, lungs, spacing, np.random.default_rng([7, index])
+
+
+def nodule_copies(
+    pixels: np.ndarray, lungs: np.ndarray, spacing: float, rng: np.random.Generator, trials: int
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """The film itself, then ``trials`` copies per contrast of :data:`CONTRASTS` with two 10-30 mm nodules
+    in ``lungs``, as ``evaluate --insert-nodules`` inserts them: (contrast, pixels, nodule labels)."""
+    from miemss_node.evaluate.lesions import insert_lesions
+
+    copies = [(0.0, pixels, np.zeros(pixels.shape, dtype=np.uint16))]
+    for contrast in CONTRASTS:
+        for _ in range(trials):
+            inserted, labels, _ = insert_lesions(
+                pixels, lungs, spacing, kind="nodule", contrast=contrast, count=2, diameter_range_mm=(10.0, 30.0), rng=rng
+            )
+            copies.append((contrast, inserted, labels))
+    return copies
+
+
+def candidate_hits(candidates: Sequence[Any], labels: np.ndarray, scale: tuple[float, float]) -> list[int]:
+    """Per candidate, the nodule it hits (its place or its outline's middle on the nodule; 0: none);
+    ``scale`` takes detail pixels to the labels' pixels."""
+    hits = []
+    for c in candidates:
+        row, col, _ = c.outline or (c.row, c.col, c.radius_px)
+        hits.append(label_at(labels, scale, (c.row, c.col)) or label_at(labels, scale, (row, col)))
+    return hits
+
+
 def _shipped_measurements(candidates: Sequence[object]) -> np.ndarray:
     """The five measurements the shipped focal model reads, one row per candidate."""
     from miemss_node.pipeline.focal_model import MODEL_FEATURES, _columns
@@ -201,7 +225,8 @@ def _shipped_measurements(candidates: Sequence[object]) -> np.ndarray:
     return np.array([_columns(c.features, MODEL_FEATURES) for c in candidates])  # type: ignore[attr-defined]
 
 
-def _label_at(labels: np.ndarray, scale: tuple[float, float], point: tuple[float, float]) -> int:
+def label_at(labels: np.ndarray, scale: tuple[float, float], point: tuple[float, float]) -> int:
+    """The label under a point of the detail image (``scale``: detail pixels to the labels' pixels)."""
     rows, cols = labels.shape
     return int(labels[min(int(point[0] * scale[0]), rows - 1), min(int(point[1] * scale[1]), cols - 1)])
 
@@ -252,7 +277,7 @@ def _with_a_candidate(group: Sequence[Run]) -> tuple[int, int]:
     return sum(len({hit for hit in run.hits if hit}) for run in group), sum(run.nodules for run in group)
 
 
-def _sensitivities(group: Sequence[Run], key: str) -> list[float]:
+def sensitivities(group: Sequence[Run], key: str) -> list[float]:
     """Share of the nodules hit above the threshold allowing each of :data:`FP_RATES` per run: the threshold
     rule of ``evaluate.froc.froc_summary``, which cannot be called here since it takes -1 for "no hit" and
     these scores (log-odds) may be negative."""
@@ -286,7 +311,7 @@ def _peak_run(
 ) -> Run:
     """The same film run with the strongest peaks of a map as its candidates, ranked by the map (``key``)."""
     peaks = strongest_peaks(value, allowed, mm)
-    hits = [_label_at(labels, scale, (r, c)) for r, c, _ in peaks]
+    hits = [label_at(labels, scale, (r, c)) for r, c, _ in peaks]
     return replace(run, hits=hits, values={key: np.array([v for _, _, v in peaks])})
 
 
@@ -410,7 +435,7 @@ class _HotellingObserver:
                 {
                     "shipped_features": five,
                     "with_hotelling": np.column_stack([five, at]),
-                    "labels": np.array([_label_at(labels, scale, (c.row, c.col)) > 0 for c in again.candidates]),
+                    "labels": np.array([label_at(labels, scale, (c.row, c.col)) > 0 for c in again.candidates]),
                 }
             )
 
