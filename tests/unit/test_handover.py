@@ -88,10 +88,26 @@ def test_without_room_in_the_folder_the_outcome_crosses_the_pipe_whole(
 
     monkeypatch.setattr(handover.os, "statvfs", real_statvfs)
 
-    def disk_full(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
+    real_fdopen = os.fdopen
 
-    monkeypatch.setattr(handover.os, "fdopen", disk_full)
+    class FullDisk:
+        """The parcel's file, on a disk that fills up at the first write (its descriptor is still closed)."""
+
+        def __init__(self, descriptor: int, mode: str) -> None:
+            self.file = real_fdopen(descriptor, mode)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(handover.os, "fdopen", FullDisk)
+    descriptors = len(os.listdir("/proc/self/fd"))
     parcel = handover.pack(pixels, folder)
     assert parcel.path is None and list(folder.iterdir()) == [], "the half-written file is removed"
+    assert len(os.listdir("/proc/self/fd")) == descriptors, "the parcel's descriptor is closed"
     assert np.array_equal(handover.unpack(parcel), pixels)
