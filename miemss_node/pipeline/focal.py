@@ -80,7 +80,7 @@ FEATURE_NAMES = (
     "contrast",
     "rim_sharpness",
     "isotropy",
-    "edge_distance_mm",
+    "wall_distance_mm",
     "surround_texture",
     "mirror_local",
     "mirror_ratio",
@@ -186,10 +186,12 @@ class _Shape:
         self.scale = max(float(high - low), 1e-3)
         self.gradient = ndimage.gaussian_gradient_magnitude(image, sigma=1.0)
         self.reference = max(float(np.percentile(self.gradient[inside], 99)) if inside.any() else 1.0, 1e-6)
-        self.edge_distance = ndimage.distance_transform_edt(lungs) * mm_per_px
+        # The found base is where the rows turn as bright as the abdomen, often above the domes and the
+        # costophrenic angles, not an edge of the lung: only the walls and the apex count.
+        self.edge_distance = ndimage.distance_transform_edt(np.maximum.accumulate(lungs, axis=0)) * mm_per_px
 
     def measure(self, r: float, c: float, radius: float) -> tuple[float, float, float, float, float] | None:
-        """(contrast, rim sharpness, isotropy, distance to the lungs' edge in mm, surround texture)."""
+        """(contrast, rim sharpness, isotropy, distance to the lungs' walls or apex in mm, surround texture)."""
         rows, cols = self.image.shape
         radius = max(radius, 1.0)
         reach = int(np.ceil(2.5 * radius)) + 1

@@ -35,7 +35,7 @@ from miemss_node.pipeline.focal import FEATURE_NAMES, FocalCandidate
 logger = logging.getLogger(__name__)
 
 #: The measurements the model reads (names of :data:`~miemss_node.pipeline.focal.FEATURE_NAMES`).
-MODEL_FEATURES = ("convergence", "medial_fraction", "hilar_distance", "edge_distance_mm", "contrast")
+MODEL_FEATURES = ("convergence", "medial_fraction", "hilar_distance", "wall_distance_mm", "contrast")
 #: Nodules inserted per training copy of a film ...
 TRAINING_NODULES = 3
 #: ... in this many copies per film ...
