@@ -188,7 +188,7 @@ class _Shape:
         self.reference = max(float(np.percentile(self.gradient[inside], 99)) if inside.any() else 1.0, 1e-6)
         # The found base is where the rows turn as bright as the abdomen, often above the domes and the
         # costophrenic angles, not an edge of the lung: only the walls and the apex count.
-        self.edge_distance = ndimage.distance_transform_edt(np.maximum.accumulate(lungs, axis=0)) * mm_per_px
+        self.wall_distance = ndimage.distance_transform_edt(np.maximum.accumulate(lungs, axis=0)) * mm_per_px
 
     def measure(self, r: float, c: float, radius: float) -> tuple[float, float, float, float, float] | None:
         """(contrast, rim sharpness, isotropy, distance to the lungs' walls or apex in mm, surround texture)."""
@@ -212,8 +212,8 @@ class _Shape:
         centre = (min(int(r) - r0, window.shape[0] - 1), min(int(c) - c0, window.shape[1] - 1))
         high, low = hessian_eigenvalues_at(window.astype(np.float64), sigma, centre)
         isotropy = float(high / low) if low < 0 and high < 0 else 0.0
-        edge = float(self.edge_distance[min(int(r), rows - 1), min(int(c), cols - 1)])
-        return contrast, sharpness, isotropy, edge, texture
+        wall = float(self.wall_distance[min(int(r), rows - 1), min(int(c), cols - 1)])
+        return contrast, sharpness, isotropy, wall, texture
 
     def looks_like_tissue(self, measured: tuple[float, float, float, float, float], radius: float) -> bool:
         """Whether a candidate's rim and contrast are those of tissue, not of metal or an electrode."""
