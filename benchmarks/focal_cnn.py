@@ -13,7 +13,7 @@ both, each standardised per film run, is the third ranking.
 
 This is the in-site ceiling of such a network (the films it is trained on come from the same site as the
 films it is measured on), not a shippable model. Run
-``python benchmarks/focal_cnn.py --data-root ../shared/data`` (about 15 minutes on 2 cores).
+``python benchmarks/focal_cnn.py --data-root ../shared/data`` (about 10 minutes on 2 cores, as measured).
 """
 
 from __future__ import annotations
