@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from miemss_node.evaluate.froc import CANDIDATE_FOCAL_REGIONS
 from miemss_node.evaluate.synthetic import DETECTORS, SyntheticResult, group_key, summarise
 
 #: Bar colours of the detectors in the plot.
@@ -200,5 +201,16 @@ def froc_table(rows: Sequence[dict[str, Any]], plan: Any) -> str:
         lines.append(
             f"  {row['contrast']:8.2f} {row['lesions']:7d} {_number(row['sensitivity_at_0.5_fp']):>10} "
             f"{_number(row['sensitivity_at_1_fp']):>9} {_number(row['sensitivity_at_2_fp']):>9} {_number(row['dice']):>6}"
+        )
+    lines.append(
+        "  where they were missed: centred outside the lungs found; hit by no region (of the zones and each run's "
+        f"{CANDIDATE_FOCAL_REGIONS} strongest round densities); sensitivity at 1 FP per normal film by diameter"
+    )
+    for row in rows:
+        bands = ", ".join(f"{band} {_number(value)}" for band, value in row["sensitivity_at_1_fp_by_diameter"].items())
+        outside = row["lesions_outside_found_lungs"]
+        lines.append(
+            f"  {row['contrast']:8.2f} {'?' if outside is None else outside} of {row['lesions']} outside, "
+            f"{row['lesions_without_a_region']} hit by no region; {bands}"
         )
     return "\n".join(lines)
