@@ -40,10 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     configure_logging("INFO", verbose=args.verbose)
-    # At exit the interpreter would otherwise run full collections over every object the command imported
-    # and made (pydicom's, highdicom's and SciPy's tables): half a second at the end of ``process``.
-    atexit.unregister(gc.freeze)
-    atexit.register(gc.freeze)
     try:
         result: int = args.func(args)
         return result
@@ -281,6 +277,10 @@ def _process(args: argparse.Namespace) -> int:
         from miemss_node.process import process_path
     finally:
         gc.enable()
+    # At exit the interpreter would otherwise run full collections over every object imported and made
+    # (pydicom's, highdicom's and SciPy's tables): half a second after the files are written and closed.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     config = _load(args)
     kinds = args.result_types
     if kinds is None and os.environ.get("MIEMSS_RESULT_TYPES"):
